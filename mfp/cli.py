@@ -1,0 +1,51 @@
+"""`mfp`: the one console script. Dispatches `mfp <command> [args...]` to the module that owns the command.
+
+Commands that take hydra overrides (`key=value`) are hydra apps; the dispatcher only rewrites argv so hydra
+sees the sub-command's own name.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module, function, one-line help). Each function takes the remaining argv.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "collect": ("demos.collect", "main", "generate scripted-expert demonstrations into a zarr dataset"),
+    "train": ("training.train", "main", "train a policy (hydra overrides: task=... policy=...)"),
+    "eval": ("envs.evaluate", "main", "evaluate a checkpoint or the scripted expert on fixed seeds"),
+    "demo": ("mfp.demo", "main", "the main job: collect -> train -> eval on the embedded default task"),
+    "export": ("deploy.export", "main", "export a checkpoint to ONNX and torch.export with parity checks"),
+    "deploy": ("deploy.run", "main", "run the real-time control loop against a robot bridge"),
+    "sim-arm": ("deploy.sim_arm", "main", "serve a simulated Meta-World arm over the robot bridge"),
+    "bench": ("mfp.bench", "main", "benchmarks: heads, encoders, envs, success, deploy"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: mfp <command> [args...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, COMMANDS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        print(f"mfp: unknown command '{name}'{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module_name, func_name, _ = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    sys.argv = [f"mfp {name}", *rest]
+    result = getattr(module, func_name)(rest)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,135 @@
+"""Typed configuration schemas for action heads, backbones and the policy.
+
+Hydra composes these (registered in ``configs/schema.py``); code below the factory receives plain arguments.
+Each dataclass validates itself on construction so a typo or an out-of-range value fails early.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from encoders.config import DispersiveConfig, EncoderConfig
+
+HEADS = ("meanflow", "flow", "ddpm", "ddim", "regression")
+BACKBONES = ("unet", "mlp")
+
+
+@dataclass
+class BackboneConfig:
+    """Noise-prediction network shared by every head (same backbone = fair comparison)."""
+
+    type: str = "unet"
+    # 1-D conditional U-Net (DP3/MP1 size: [512, 1024, 2048]; compact CPU size: [128, 256, 512]).
+    down_dims: list[int] = field(default_factory=lambda: [128, 256, 512])
+    kernel_size: int = 5
+    n_groups: int = 8
+    # MLP backbone.
+    hidden_dim: int = 512
+    n_layers: int = 4
+    # Time conditioning: sinusoidal embedding of (scale * time) then an MLP. Keep the scale <= 100 for MeanFlow
+    # (DESIGN section 2): the (t - r) * dudt target carries a factor of this scale through d/dt.
+    time_embed_dim: int = 128
+    time_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.type not in BACKBONES:
+            raise ValueError(f"unknown backbone '{self.type}'; known: {', '.join(BACKBONES)}")
+        if not self.down_dims or any(d <= 0 for d in self.down_dims):
+            raise ValueError(f"down_dims must be positive, got {self.down_dims}")
+        if self.time_scale <= 0:
+            raise ValueError("time_scale must be positive")
+
+
+@dataclass
+class MeanFlowConfig:
+    """MeanFlow (Geng et al. 2025), official convention: data at t = 0, noise at t = 1."""
+
+    p_mean: float = -0.4
+    p_std: float = 1.0
+    # Fraction of the batch with r = t (plain flow-matching samples). ImageNet official 0.75, MP1 0.5.
+    ratio_r_eq_t: float = 0.5
+    # Adaptive loss weight w = 1 / (d + c)^p.
+    adaptive_p: float = 1.0
+    adaptive_c: float = 1e-3
+    # Guidance baked into training: v~ = w v + k u(z,t,t|c) + (1 - w - k) u(z,t,t|null). w=1, k=0 disables it.
+    cfg_omega: float = 1.0
+    cfg_kappa: float = 0.0
+    cond_drop_prob: float = 0.0
+    cfg_t_min: float = 0.0
+    cfg_t_max: float = 1.0
+    num_inference_steps: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio_r_eq_t <= 1.0:
+            raise ValueError("ratio_r_eq_t must be in [0, 1]")
+        if not 0.0 <= self.cond_drop_prob < 1.0:
+            raise ValueError("cond_drop_prob must be in [0, 1)")
+        if self.cfg_kappa >= 1.0:
+            raise ValueError("cfg_kappa must be < 1 (effective scale is omega / (1 - kappa))")
+        if self.num_inference_steps < 1:
+            raise ValueError("num_inference_steps must be >= 1")
+
+
+@dataclass
+class FlowConfig:
+    """Rectified flow / flow matching, same convention (data at t = 0, noise at t = 1), Euler sampling."""
+
+    num_inference_steps: int = 10
+    # Timestep distribution for training: "uniform" or "logit_normal".
+    t_sampling: str = "uniform"
+
+    def __post_init__(self) -> None:
+        if self.num_inference_steps < 1:
+            raise ValueError("num_inference_steps must be >= 1")
+        if self.t_sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"unknown t_sampling '{self.t_sampling}'; known: uniform, logit_normal")
+
+
+@dataclass
+class DiffusionConfig:
+    """DDPM training with DDPM or DDIM sampling, configured as DP3 does."""
+
+    num_train_timesteps: int = 100
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "sample"  # "sample" (DP3) or "epsilon"
+    num_inference_steps: int = 10  # DDIM steps; DDPM always uses num_train_timesteps
+    clip_sample: bool = True
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in ("sample", "epsilon"):
+            raise ValueError(f"unknown prediction_type '{self.prediction_type}'; known: sample, epsilon")
+        if self.beta_schedule not in ("squaredcos_cap_v2", "linear"):
+            raise ValueError(f"unknown beta_schedule '{self.beta_schedule}'; known: squaredcos_cap_v2, linear")
+        if not 1 <= self.num_inference_steps <= self.num_train_timesteps:
+            raise ValueError("num_inference_steps must be in [1, num_train_timesteps]")
+
+
+@dataclass
+class PolicyConfig:
+    """A policy = observation encoder + action head (on a backbone) + normalizer."""
+
+    head: str = "meanflow"
+    # The action window of `horizon` steps starts at the first observation step (DP/DP3 alignment); the executed
+    # actions are window[n_obs_steps - 1 : n_obs_steps - 1 + n_action_steps].
+    horizon: int = 4
+    n_obs_steps: int = 2
+    n_action_steps: int = 3
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    dispersive: DispersiveConfig = field(default_factory=DispersiveConfig)
+    meanflow: MeanFlowConfig = field(default_factory=MeanFlowConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    # Optional override of the head's default number of sampling steps at inference.
+    num_inference_steps: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"unknown policy head '{self.head}'; known: {', '.join(HEADS)}")
+        if self.horizon < 1 or self.n_obs_steps < 1 or self.n_action_steps < 1:
+            raise ValueError("horizon, n_obs_steps and n_action_steps must be >= 1")
+        if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:
+            raise ValueError(
+                f"n_obs_steps - 1 + n_action_steps ({self.n_obs_steps - 1 + self.n_action_steps}) must be <= "
+                f"horizon ({self.horizon})"
+            )
