@@ -1,0 +1,92 @@
+"""The one way to build a policy from its config: used by train, eval, export and deploy alike."""
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Mapping, Optional
+
+import numpy as np
+
+from demos.spec import ShapeMeta
+from policies.config import PolicyConfig
+from policies.normalizer import LinearNormalizer
+from policies.policy import Policy
+
+
+def build_policy(
+    cfg: PolicyConfig,
+    shape_meta: ShapeMeta,
+    stats: Optional[Mapping[str, Mapping[str, np.ndarray]]] = None,
+) -> Policy:
+    """Build encoder, backbone, head and normalizer from ``cfg``; fit the normalizer when ``stats`` is given.
+
+    ``stats`` maps every low_dim/point_cloud key and ``"action"`` to ``{"min", "max"}`` arrays (from the
+    training set). Without stats (e.g. when loading a checkpoint) the normalizer is filled by the loader.
+    """
+    from encoders.fusion import ObservationEncoder
+    from policies.backbones import ConditionalUnet1D, MLPBackbone
+    from policies.heads import make_head, n_time_inputs_for
+
+    obs_encoder = ObservationEncoder(shape_meta, cfg.n_obs_steps, **asdict(cfg.encoder))
+    cond_dim = obs_encoder.output_dim
+    b = cfg.backbone
+    n_times = n_time_inputs_for(cfg.head)
+    if b.type == "unet":
+        backbone = ConditionalUnet1D(
+            input_dim=shape_meta.action_dim,
+            global_cond_dim=cond_dim,
+            n_time_inputs=n_times,
+            down_dims=list(b.down_dims),
+            kernel_size=b.kernel_size,
+            n_groups=b.n_groups,
+            time_embed_dim=b.time_embed_dim,
+            time_scale=b.time_scale,
+        )
+    else:
+        backbone = MLPBackbone(
+            input_dim=shape_meta.action_dim,
+            horizon=cfg.horizon,
+            global_cond_dim=cond_dim,
+            n_time_inputs=n_times,
+            hidden_dim=b.hidden_dim,
+            n_layers=b.n_layers,
+            time_embed_dim=b.time_embed_dim,
+            time_scale=b.time_scale,
+        )
+    head_cfg = {"meanflow": cfg.meanflow, "flow": cfg.flow, "ddpm": cfg.diffusion, "ddim": cfg.diffusion}.get(cfg.head)
+    head = make_head(cfg.head, backbone, head_cfg)
+
+    normalizer = LinearNormalizer()
+    if stats is not None:
+        fit_normalizer(normalizer, shape_meta, stats)
+
+    dispersive = None
+    if cfg.dispersive.weight > 0:
+        from encoders.dispersive import DispersiveLoss
+
+        dispersive = DispersiveLoss(cfg.dispersive.variant, cfg.dispersive.temperature, cfg.dispersive.margin)
+    return Policy(
+        shape_meta=shape_meta,
+        obs_encoder=obs_encoder,
+        head=head,
+        normalizer=normalizer,
+        horizon=cfg.horizon,
+        n_obs_steps=cfg.n_obs_steps,
+        n_action_steps=cfg.n_action_steps,
+        dispersive=dispersive,
+        dispersive_weight=cfg.dispersive.weight,
+        dispersive_layers=list(cfg.dispersive.layers),
+        num_inference_steps=cfg.num_inference_steps,
+    )
+
+
+def fit_normalizer(
+    normalizer: LinearNormalizer, shape_meta: ShapeMeta, stats: Mapping[str, Mapping[str, np.ndarray]]
+) -> None:
+    """Fit every key of ``shape_meta`` (images: fixed 0..255 → [0, 1]) and the action from dataset stats."""
+    needed = [k for k, s in shape_meta.obs.items() if s.type != "rgb"] + ["action"]
+    missing = [k for k in needed if k not in stats]
+    if missing:
+        raise KeyError(f"normalizer stats missing for {missing}; the dataset must provide min/max for them")
+    normalizer.fit({k: stats[k] for k in needed})
+    for key in shape_meta.keys_of("rgb"):
+        normalizer.fit_image(key, shape_meta.obs[key].shape[0])

@@ -1,0 +1,182 @@
+"""The policy: observation encoder + action head + normalizer, behind one small API.
+
+Training calls :meth:`Policy.compute_loss`; evaluation, export and deployment call :meth:`Policy.predict_action`
+(a whole executed chunk per call) or :meth:`Policy.select_action` (one action per call, served from a queue).
+"""
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from demos.spec import ShapeMeta, SpecError
+from policies.normalizer import LinearNormalizer
+
+OBS_EMBEDDING = "obs_embedding"
+
+
+class Policy(nn.Module):
+    """A visuomotor policy that predicts an action chunk from ``n_obs_steps`` observations.
+
+    The action window has ``horizon`` steps aligned with the first observation step; the executed part is
+    ``window[n_obs_steps - 1 : n_obs_steps - 1 + n_action_steps]`` (DP/DP3 convention).
+    """
+
+    def __init__(
+        self,
+        shape_meta: ShapeMeta,
+        obs_encoder: nn.Module,
+        head: nn.Module,
+        normalizer: LinearNormalizer,
+        horizon: int,
+        n_obs_steps: int,
+        n_action_steps: int,
+        dispersive: Optional[nn.Module] = None,
+        dispersive_weight: float = 0.0,
+        dispersive_layers: Sequence[str] = (OBS_EMBEDDING,),
+        num_inference_steps: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        if n_obs_steps - 1 + n_action_steps > horizon:
+            raise ValueError("n_obs_steps - 1 + n_action_steps must be <= horizon")
+        self.shape_meta = shape_meta
+        self.obs_encoder = obs_encoder
+        self.head = head
+        self.normalizer = normalizer
+        self.horizon = horizon
+        self.n_obs_steps = n_obs_steps
+        self.n_action_steps = n_action_steps
+        self.num_inference_steps = num_inference_steps
+        self.dispersive_weight = float(dispersive_weight)
+        self.dispersive = dispersive if self.dispersive_weight > 0 else None
+        self._disperse_embedding = OBS_EMBEDDING in dispersive_layers
+        self._tap = None
+        block_layers = [name for name in dispersive_layers if name != OBS_EMBEDDING]
+        if self.dispersive is not None and block_layers:
+            from encoders.dispersive import FeatureTap
+
+            self._tap = FeatureTap(self, block_layers)
+        self._obs_history: deque = deque(maxlen=n_obs_steps)
+        self._action_queue: deque = deque()
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(self, batch: Mapping[str, Any], diagnostics: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss on a batch ``{"obs": {key: (B, To, ...)}, "action": (B, H, Da)}`` in raw (unnormalized) units."""
+        obs, actions = batch["obs"], batch["action"]
+        self.shape_meta.check_obs(obs, leading_dims=2)
+        self._check_actions(actions)
+        if obs[next(iter(self.shape_meta.obs))].shape[1] != self.n_obs_steps:
+            raise SpecError(f"batch has {obs[next(iter(self.shape_meta.obs))].shape[1]} obs steps; policy needs {self.n_obs_steps}")
+        nactions = self.normalizer.normalize("action", actions)  # (B, H, Da)
+        if self._tap is not None:
+            self._tap.start()
+        cond = self.obs_encoder(self._normalize_obs(obs))  # (B, To * D)
+        loss, metrics = self.head.compute_loss(nactions, cond)
+        metrics = dict(metrics)
+        if self.dispersive is not None:
+            features = [cond] if self._disperse_embedding else []
+            if self._tap is not None:
+                features += self._tap.stop()
+            disp = sum(self.dispersive(f) for f in features)
+            loss = loss + self.dispersive_weight * disp
+            metrics["dispersive_loss"] = float(disp.detach())
+        metrics["loss"] = float(loss.detach())
+        if diagnostics:
+            from encoders.diagnostics import collapse_metrics
+
+            metrics.update({f"embedding/{k}": v for k, v in collapse_metrics(cond.detach()).items()})
+        return loss, metrics
+
+    def _check_actions(self, actions: torch.Tensor) -> None:
+        expected = (self.horizon, self.shape_meta.action_dim)
+        if actions.dim() != 3 or tuple(actions.shape[1:]) != expected:
+            raise SpecError(f"'action' has shape {tuple(actions.shape)}; expected (B, {expected[0]}, {expected[1]})")
+        if not torch.isfinite(actions).all():
+            raise SpecError("'action' contains NaN or inf")
+
+    def _normalize_obs(self, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {key: self.normalizer.normalize(key, obs[key]) for key in self.shape_meta.obs}
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict_action(
+        self,
+        obs: Mapping[str, Any],
+        num_steps: Optional[int] = None,
+        noise: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> Any:
+        """Executed action chunk from an observation history.
+
+        ``obs``: ``{key: (B, To, ...)}`` or unbatched ``{key: (To, ...)}``, torch tensors or numpy arrays; a longer
+        history is cut to the last ``n_obs_steps``. Returns ``(B, n_action_steps, Da)`` (or ``(n_action_steps, Da)``
+        when unbatched), numpy when the input was numpy.
+        """
+        first = self.shape_meta.obs[next(iter(self.shape_meta.obs))]
+        sample = obs.get(first.key) if isinstance(obs, Mapping) else None
+        if sample is None:
+            self.shape_meta.check_obs(obs, leading_dims=2)  # raises naming the missing key
+        as_numpy = isinstance(sample, np.ndarray)
+        unbatched = sample.ndim == len(first.shape) + 1
+        device = self._device()
+        tensors = {}
+        for key in self.shape_meta.obs:
+            if key not in obs:
+                raise SpecError(f"observation is missing key '{key}'; expected {list(self.shape_meta.obs)}")
+            x = torch.as_tensor(np.asarray(obs[key]) if isinstance(obs[key], np.ndarray) else obs[key], device=device)
+            if unbatched:
+                x = x.unsqueeze(0)
+            if x.dim() >= 2 and x.shape[1] > self.n_obs_steps:
+                x = x[:, -self.n_obs_steps :]
+            tensors[key] = x
+        self.shape_meta.check_obs(tensors, leading_dims=2)
+        steps = tensors[first.key].shape[1]
+        if steps != self.n_obs_steps:
+            raise SpecError(f"got {steps} observation steps; this policy needs {self.n_obs_steps}")
+        cond = self.obs_encoder(self._normalize_obs(tensors))
+        n = num_steps if num_steps is not None else self.num_inference_steps
+        naction = self.head.sample(cond, num_steps=n, noise=noise, generator=generator)  # (B, H, Da)
+        action = self.normalizer.unnormalize("action", naction)
+        start = self.n_obs_steps - 1
+        action = action[:, start : start + self.n_action_steps]
+        if unbatched:
+            action = action[0]
+        return action.cpu().numpy() if as_numpy else action
+
+    @torch.no_grad()
+    def select_action(self, obs: Mapping[str, Any]) -> Any:
+        """One action for the current single-step observation ``{key: (B, ...)}`` (or unbatched ``(...)``).
+
+        Keeps the last ``n_obs_steps`` observations (repeating the first at episode start) and a queue of actions;
+        the network runs only when the queue is empty.
+        """
+        self._obs_history.append(obs)
+        while len(self._obs_history) < self.n_obs_steps:
+            self._obs_history.appendleft(obs)
+        if not self._action_queue:
+            history = {key: _stack([o[key] for o in self._obs_history], axis=-len(spec.shape) - 1)
+                       for key, spec in self.shape_meta.obs.items()}
+            chunk = self.predict_action(history)  # (B, n, Da) or (n, Da)
+            steps = chunk.shape[-2]
+            for i in range(steps):
+                self._action_queue.append(chunk[..., i, :])
+        return self._action_queue.popleft()
+
+    def reset(self) -> None:
+        """Clear the observation history and the action queue (call at every episode start)."""
+        self._obs_history.clear()
+        self._action_queue.clear()
+
+    def _device(self) -> torch.device:
+        for p in self.parameters():
+            return p.device
+        return torch.device("cpu")
+
+
+def _stack(items: list[Any], axis: int) -> Any:
+    if isinstance(items[0], np.ndarray):
+        return np.stack(items, axis=axis)
+    return torch.stack([torch.as_tensor(x) for x in items], dim=axis)

@@ -1,0 +1,65 @@
+"""Training-state checkpoints: everything needed to resume a run exactly, written atomically.
+
+Holds model, EMA, optimizer and scheduler state, the step, and every RNG state (python, numpy generator, torch).
+Written to a temporary file and renamed into place, so a run killed at any moment leaves either the previous
+complete file or the new complete file, never a torn one. Loaded with ``weights_only=True`` (no arbitrary pickle).
+"""
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_FILE = "train_state.pt"
+
+
+class TrainStateError(RuntimeError):
+    pass
+
+
+def rng_state(np_rng: np.random.Generator) -> dict[str, Any]:
+    return {
+        "python": list(_tuple_to_list(random.getstate())),
+        "numpy": np_rng.bit_generator.state,
+        "torch": torch.get_rng_state(),
+    }
+
+
+def restore_rng_state(state: dict[str, Any], np_rng: np.random.Generator) -> None:
+    random.setstate(_list_to_tuple(state["python"]))
+    np_rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+
+
+def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Atomically write ``state`` to ``path`` (tmp file in the same directory + fsync + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainStateError(f"no training state at '{path}'; start without resume=true or point output_dir at the run")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated/corrupt files
+        raise TrainStateError(f"training state '{path}' cannot be read ({e}); it is corrupt") from e
+
+
+def _tuple_to_list(x: Any) -> Any:
+    return [_tuple_to_list(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _list_to_tuple(x: Any) -> Any:
+    return tuple(_list_to_tuple(v) for v in x) if isinstance(x, (tuple, list)) else x
