@@ -11,9 +11,8 @@ import sys
 # command -> (module, function, one-line help). Each function takes the remaining argv.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "collect": ("demos.collect", "main", "generate scripted-expert demonstrations into a zarr dataset"),
-    "train": ("training.train", "main", "train a policy (hydra overrides: task=... policy=...)"),
+    "train": ("training.train", "main", "collect demos if missing, train, evaluate (hydra overrides: task.env=... policy=...)"),
     "eval": ("envs.evaluate", "main", "evaluate a checkpoint or the scripted expert on fixed seeds"),
-    "demo": ("mfp.demo", "main", "the main job: collect -> train -> eval on the embedded default task"),
     "export": ("deploy.export", "main", "export a checkpoint to ONNX and torch.export with parity checks"),
     "deploy": ("deploy.run", "main", "run the real-time control loop against a robot bridge"),
     "sim-arm": ("deploy.sim_arm", "main", "serve a simulated Meta-World arm over the robot bridge"),
