@@ -1,0 +1,102 @@
+"""The `Robot` interface the control loop talks to, and `BridgeRobot`, its implementation over the robot bridge.
+
+A real arm's driver process serves the bridge protocol (``docs/robot_protocol.md``); the simulated arm
+(:mod:`deploy.sim_arm`) serves the same protocol, so the loop cannot tell them apart.
+"""
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from deploy.bridge import DEFAULT_ADDRESS, BridgeClient, BridgeTimeout, RemoteError
+from deploy.protocol import ProtocolError
+
+
+class RobotError(RuntimeError):
+    """The robot refused a command or answered something unusable."""
+
+
+class RobotConnectionError(RobotError):
+    """The robot stopped answering: the loop must stop."""
+
+
+@dataclass(frozen=True)
+class RobotInfo:
+    """What a robot says about itself when the loop connects."""
+
+    name: str
+    action_dim: int
+    control_hz: float
+    obs: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> {"dtype": str, "shape": [..]}
+
+
+class Robot(ABC):
+    """What the control loop needs from an arm. Timestamps are ``time.monotonic()`` seconds of this process."""
+
+    info: RobotInfo
+
+    @abstractmethod
+    def get_observation(self) -> tuple[float, dict[str, np.ndarray]]:
+        """The latest observation and the time it was captured."""
+
+    @abstractmethod
+    def send_action(self, timestamp: float, action: np.ndarray) -> None:
+        """Command ``action`` (Da,), scheduled for ``timestamp``."""
+
+    @abstractmethod
+    def hold(self, reason: str = "") -> None:
+        """Stop and keep the current pose until the next action."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection (the arm keeps holding)."""
+
+
+class BridgeRobot(Robot):
+    """A robot reached through the ZeroMQ/msgpack bridge (client side)."""
+
+    def __init__(self, address: str = DEFAULT_ADDRESS, timeout_s: float = 1.0, allow_remote: bool = False) -> None:
+        self._client = BridgeClient(address, timeout_s=timeout_s, allow_remote=allow_remote)
+        self.last_info: dict[str, Any] = {}
+        self._clock_offset = 0.0  # robot clock minus ours, from the latest reply (one-way latency ignored)
+        reply = self._request("hello", client="meanflow-policy")
+        self.info = RobotInfo(reply["robot"], reply["action_dim"], reply["control_hz"], reply["obs"])
+
+    @property
+    def address(self) -> str:
+        return self._client.address
+
+    def _request(self, type_: str, **fields: Any):
+        try:
+            return self._client.request(type_, **fields)
+        except BridgeTimeout as e:
+            raise RobotConnectionError(f"robot connection lost: {e}") from e
+        except RemoteError as e:
+            raise RobotError(f"robot at {self.address} refused '{type_}': {e.remote_message} ({e.code})") from e
+        except ProtocolError as e:
+            raise RobotError(f"robot at {self.address} sent an invalid reply to '{type_}': {e}") from e
+
+    def get_observation(self) -> tuple[float, dict[str, np.ndarray]]:
+        reply = self._request("get_obs")
+        received = time.monotonic()
+        self.last_info = reply["info"]
+        self._clock_offset = reply["now"] - received
+        # Place the capture on our clock: the reply says how long ago (on the robot's clock) it was captured.
+        return received - (reply["now"] - reply["timestamp"]), reply["obs"]
+
+    def send_action(self, timestamp: float, action: np.ndarray) -> None:
+        self._request("action", timestamp=float(timestamp) + self._clock_offset, action=np.asarray(action, dtype=np.float64))
+
+    def hold(self, reason: str = "") -> None:
+        self._request("hold", reason=reason)
+
+    def close(self) -> None:
+        try:
+            self._client.request("bye")
+        except (BridgeTimeout, RemoteError, ProtocolError):
+            pass  # closing a connection to a robot that is already gone is not an error
+        self._client.close()
