@@ -1,0 +1,213 @@
+"""MeanFlow action head (Geng et al. 2025, "Mean Flows for One-step Generative Modeling"), official convention.
+
+Data at t = 0, noise at t = 1: ``z_t = (1 - t) x + t eps``, ``v = eps - x``. The network predicts the average
+velocity ``u(z_t, r, t) = 1 / (t - r) * int_r^t v dtau`` conditioned on ``(t, t - r)``, trained towards
+``u_tgt = v~ - clip(t - r, 0, 1) * du/dt`` with ``du/dt`` from ``torch.func.jvp`` along tangents ``(v~, 1, 0)``.
+One network evaluation then maps noise to an action chunk: ``a = eps - u(eps, t=1, h=1)``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.func import jvp
+
+from policies.heads import ActionHead
+
+JVP_MODES = ("primal", "separate")
+
+
+class MeanFlowHead(ActionHead):
+    """One-step generative head trained with the MeanFlow identity.
+
+    ``jvp_mode``: "primal" backpropagates through the JVP's primal output (one forward-mode pass gives both u and
+    du/dt); "separate" runs a normal forward for u and the JVP under no_grad for du/dt. Both give the same loss and
+    gradients. Only samples with r != t enter the JVP: for r = t the du/dt term is multiplied by zero.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        horizon: int,
+        p_mean: float = -0.4,
+        p_std: float = 1.0,
+        ratio_r_eq_t: float = 0.5,
+        adaptive_p: float = 1.0,
+        adaptive_c: float = 1e-3,
+        cfg_omega: float = 1.0,
+        cfg_kappa: float = 0.0,
+        cond_drop_prob: float = 0.0,
+        cfg_t_min: float = 0.0,
+        cfg_t_max: float = 1.0,
+        num_inference_steps: int = 1,
+        jvp_mode: str = "primal",
+    ) -> None:
+        super().__init__(backbone, horizon)
+        if backbone.n_time_inputs != 2:
+            raise ValueError(f"MeanFlow conditions on (t, t - r): the backbone needs n_time_inputs=2, got {backbone.n_time_inputs}")
+        if jvp_mode not in JVP_MODES:
+            raise ValueError(f"unknown jvp_mode '{jvp_mode}'; known: {', '.join(JVP_MODES)}")
+        if not 0.0 <= ratio_r_eq_t <= 1.0:
+            raise ValueError("ratio_r_eq_t must be in [0, 1]")
+        if not 0.0 <= cond_drop_prob < 1.0:
+            raise ValueError("cond_drop_prob must be in [0, 1)")
+        if cfg_kappa >= 1.0:
+            raise ValueError("cfg_kappa must be < 1")
+        uses_null = cfg_omega + cfg_kappa != 1.0
+        if uses_null and cond_drop_prob == 0.0:
+            raise ValueError(
+                f"guidance with cfg_omega + cfg_kappa != 1 ({cfg_omega} + {cfg_kappa}) uses the null condition, which "
+                "is only trained when cond_drop_prob > 0; set cond_drop_prob (e.g. 0.1)"
+            )
+        self.p_mean, self.p_std = float(p_mean), float(p_std)
+        self.ratio_r_eq_t = float(ratio_r_eq_t)
+        self.adaptive_p, self.adaptive_c = float(adaptive_p), float(adaptive_c)
+        self.cfg_omega, self.cfg_kappa = float(cfg_omega), float(cfg_kappa)
+        self.cond_drop_prob = float(cond_drop_prob)
+        self.cfg_t_min, self.cfg_t_max = float(cfg_t_min), float(cfg_t_max)
+        self.default_num_steps = int(num_inference_steps)
+        self.jvp_mode = jvp_mode
+        # Learned "no condition" embedding, used for dropped samples and the unconditional guidance term.
+        self.null_cond = nn.Parameter(0.02 * torch.randn(self.cond_dim)) if cond_drop_prob > 0 else None
+
+    @property
+    def guided(self) -> bool:
+        """False when omega = 1 and kappa = 0: then v~ = v and no extra network evaluation is made."""
+        return self.cfg_omega != 1.0 or self.cfg_kappa != 0.0
+
+    def u(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Average velocity ``u(z (B, H, Da), r (B,), t (B,) | cond (B, C))``; the network sees (t, t - r)."""
+        return self.backbone(z, torch.stack([t, t - r], dim=1), cond)
+
+    # ------------------------------------------------------------------ training
+    def sample_t_r(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Two logit-normal draws, t = max and r = min; then r = t for round(ratio_r_eq_t * B) random samples."""
+        s = torch.sigmoid(self.p_std * torch.randn(2, batch, device=device) + self.p_mean)  # (2, B)
+        t, r = s.max(dim=0).values, s.min(dim=0).values
+        n_eq = int(round(self.ratio_r_eq_t * batch))
+        if n_eq:
+            idx = torch.randperm(batch, device=device)[:n_eq]
+            r[idx] = t[idx]
+        return t, r
+
+    def compute_loss(self, actions: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """MeanFlow loss on ``actions (B, H, Da)`` given ``cond (B, C)``; draws noise, (t, r) and the drop mask."""
+        self.check_batch(actions, cond)
+        batch = actions.shape[0]
+        noise = torch.randn_like(actions)
+        t, r = self.sample_t_r(batch, actions.device)
+        drop = torch.rand(batch, device=actions.device) < self.cond_drop_prob
+        return self.loss_from(actions, cond, noise, t, r, drop)
+
+    def loss_from(
+        self,
+        actions: torch.Tensor,
+        cond: torch.Tensor,
+        noise: torch.Tensor,
+        t: torch.Tensor,
+        r: torch.Tensor,
+        drop: torch.Tensor,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """The loss for given random draws: ``noise (B, H, Da)``, ``t, r (B,)`` with r <= t, ``drop (B,)`` bool."""
+        self.check_batch(actions, cond)
+        dtype = torch.promote_types(actions.dtype, torch.float32)  # the JVP runs in fp32 (or wider), never bf16
+        with torch.autocast(device_type=actions.device.type, enabled=False):
+            x, noise, cond = actions.to(dtype), noise.to(dtype), cond.to(dtype)
+            t, r = t.to(dtype), r.to(dtype)
+            te = t[:, None, None]
+            z = (1 - te) * x + te * noise  # (B, H, Da)
+            v = noise - x  # (B, H, Da)
+            if self.null_cond is not None and bool(drop.any()):
+                cond_in = torch.where(drop[:, None], self.null_cond.expand_as(cond), cond)
+            else:
+                cond_in = cond
+            v_tilde = self.guided_velocity(z, t, v, cond, drop) if self.guided else v
+
+            # Reorder so samples needing du/dt (r != t) come first: the loss is a mean, so order is irrelevant.
+            needs_jvp = t != r
+            order = torch.cat([needs_jvp.nonzero().squeeze(1), (~needs_jvp).nonzero().squeeze(1)])
+            n_jvp = int(needs_jvp.sum())
+            z, t, r, v_tilde, cond_in = z[order], t[order], r[order], v_tilde[order], cond_in[order]
+            u_pred, dudt = self._u_and_dudt(z, t, r, v_tilde, cond_in, n_jvp)  # (B, H, Da), (n_jvp, H, Da)
+
+            u_tgt = v_tilde.clone()
+            if n_jvp:
+                h = (t[:n_jvp] - r[:n_jvp]).clamp(0.0, 1.0)[:, None, None]
+                u_tgt[:n_jvp] = v_tilde[:n_jvp] - h * dudt
+            u_tgt = u_tgt.detach()
+            delta = u_pred - u_tgt  # (B, H, Da)
+            d = delta.pow(2).sum(dim=(1, 2))  # (B,)
+            w = (d.detach() + self.adaptive_c).pow(-self.adaptive_p)  # (B,)
+            loss = (w * d).mean()
+        metrics = {
+            "loss": float(loss.detach()),
+            "mse": float(delta.detach().pow(2).mean()),
+            "frac_r_neq_t": n_jvp / len(order),
+            "frac_cond_dropped": float(drop.float().mean()) if self.null_cond is not None else 0.0,
+        }
+        return loss, metrics
+
+    def guided_velocity(
+        self, z: torch.Tensor, t: torch.Tensor, v: torch.Tensor, cond: torch.Tensor, drop: torch.Tensor
+    ) -> torch.Tensor:
+        """``v~ = w v + k u(z, t, t | c) + (1 - w - k) u(z, t, t | null)`` (no gradient) inside [t_min, t_max] for
+        samples whose condition is kept; plain ``v`` elsewhere (dropped samples always use ``v``)."""
+        w_null = 1.0 - self.cfg_omega - self.cfg_kappa
+        with torch.no_grad():
+            v_tilde = self.cfg_omega * v
+            if self.cfg_kappa != 0.0:
+                v_tilde = v_tilde + self.cfg_kappa * self.u(z, t, t, cond)
+            if w_null != 0.0:
+                v_tilde = v_tilde + w_null * self.u(z, t, t, self.null_cond.expand_as(cond))
+        apply = (~drop) & (t >= self.cfg_t_min) & (t <= self.cfg_t_max)
+        return torch.where(apply[:, None, None], v_tilde, v)
+
+    def _u_and_dudt(
+        self,
+        z: torch.Tensor,
+        t: torch.Tensor,
+        r: torch.Tensor,
+        v_tilde: torch.Tensor,
+        cond: torch.Tensor,
+        n_jvp: int,
+    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """u for the whole batch (with gradient) and du/dt along (v~, 1, 0) for its first ``n_jvp`` samples."""
+        if n_jvp == 0:
+            return self.u(z, t, r, cond), None
+        zj, tj, rj, cj = z[:n_jvp], t[:n_jvp], r[:n_jvp], cond[:n_jvp]
+        tangents = (v_tilde[:n_jvp].detach(), torch.ones_like(tj), torch.zeros_like(rj))
+
+        def u_fn(z_: torch.Tensor, t_: torch.Tensor, r_: torch.Tensor) -> torch.Tensor:
+            return self.u(z_, t_, r_, cj)
+
+        if self.jvp_mode == "separate":
+            u_pred = self.u(z, t, r, cond)
+            with torch.no_grad():
+                _, dudt = jvp(u_fn, (zj, tj, rj), tangents)
+            return u_pred, dudt
+        u_j, dudt = jvp(u_fn, (zj, tj, rj), tangents)
+        if n_jvp == z.shape[0]:
+            return u_j, dudt.detach()
+        u_rest = self.u(z[n_jvp:], t[n_jvp:], r[n_jvp:], cond[n_jvp:])
+        return torch.cat([u_j, u_rest]), dudt.detach()
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: torch.Tensor,
+        num_steps: Optional[int] = None,
+        noise: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """k uniform steps ``z_r = z_t - (t - r) u(z_t, t, t - r | c)`` from t = 1 to 0; k = 1 is
+        ``a = eps - u(eps, t=1, h=1 | c)``. Returns ``(B, H, Da)``."""
+        steps = self.resolve_steps(num_steps)
+        z = self.initial_noise(cond, noise, generator)  # (B, H, Da)
+        grid = torch.linspace(1.0, 0.0, steps + 1, device=cond.device, dtype=cond.dtype)
+        ones = torch.ones(cond.shape[0], device=cond.device, dtype=cond.dtype)
+        for i in range(steps):
+            t, r = grid[i] * ones, grid[i + 1] * ones
+            z = z - (grid[i] - grid[i + 1]) * self.u(z, t, r, cond)
+        return z

@@ -1,0 +1,209 @@
+"""MeanFlow head: the JVP, the target and loss, guidance baked into training, (t, r) sampling and sampling."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.func import jvp
+
+from policies.backbones import ConditionalUnet1D, MLPBackbone
+from policies.meanflow import MeanFlowHead
+
+torch.set_num_threads(1)
+
+H, DA, C = 4, 3, 5
+
+
+def make_head(kind: str = "unet", dtype: torch.dtype = torch.float64, **kwargs) -> MeanFlowHead:
+    torch.manual_seed(0)
+    if kind == "unet":
+        net = ConditionalUnet1D(DA, C, 2, down_dims=(16, 32, 64), kernel_size=3, n_groups=4, time_embed_dim=16)
+    else:
+        net = MLPBackbone(DA, H, C, 2, hidden_dim=32, n_layers=2, time_embed_dim=16)
+    return MeanFlowHead(net.to(dtype), H, **kwargs).to(dtype)
+
+
+def draws(batch: int, seed: int = 1, dtype: torch.dtype = torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(batch, H, DA, generator=g, dtype=dtype) * 2 - 1
+    cond = torch.randn(batch, C, generator=g, dtype=dtype)
+    noise = torch.randn(batch, H, DA, generator=g, dtype=dtype)
+    a, b = torch.rand(2, batch, generator=g, dtype=dtype)
+    t, r = torch.maximum(a, b), torch.minimum(a, b)
+    r[::2] = t[::2]  # half the batch with r = t, as training does
+    return x, cond, noise, t, r
+
+
+def reference_loss(head: MeanFlowHead, x, cond, noise, t, r, v_tilde=None, fd_eps: float = 1e-6) -> torch.Tensor:
+    """DESIGN section 2 written independently: du/dt by central finite differences along (v~, 1, 0)."""
+    te = t[:, None, None]
+    z = (1 - te) * x + te * noise
+    v = noise - x if v_tilde is None else v_tilde
+    with torch.no_grad():
+        up = head.backbone(z + fd_eps * v, torch.stack([t + fd_eps, t + fd_eps - r], 1), cond)
+        down = head.backbone(z - fd_eps * v, torch.stack([t - fd_eps, t - fd_eps - r], 1), cond)
+        dudt = (up - down) / (2 * fd_eps)
+        u_tgt = v - (t - r).clamp(0, 1)[:, None, None] * dudt
+    d = (head.backbone(z, torch.stack([t, t - r], 1), cond) - u_tgt).pow(2).sum(dim=(1, 2))
+    return ((d.detach() + head.adaptive_c) ** -head.adaptive_p * d).mean()
+
+
+@pytest.mark.parametrize("kind", ["unet", "mlp"])
+def test_jvp_matches_finite_differences(kind: str) -> None:
+    head = make_head(kind)
+    x, cond, noise, t, r = draws(6)
+    tangent = torch.randn(6, H, DA, dtype=torch.float64)
+    z = torch.randn(6, H, DA, dtype=torch.float64)
+
+    def u_fn(z_, t_, r_):
+        return head.u(z_, t_, r_, cond)
+
+    _, dudt = jvp(u_fn, (z, t, r), (tangent, torch.ones_like(t), torch.zeros_like(r)))
+    eps = 1e-6
+    fd = (u_fn(z + eps * tangent, t + eps, r) - u_fn(z - eps * tangent, t - eps, r)) / (2 * eps)
+    assert dudt.abs().max() > 1e-3  # a non-trivial derivative
+    torch.testing.assert_close(dudt, fd, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("jvp_mode", ["primal", "separate"])
+@pytest.mark.parametrize("adaptive_p", [1.0, 0.75])
+def test_loss_matches_reference_formulation(jvp_mode: str, adaptive_p: float) -> None:
+    head = make_head(jvp_mode=jvp_mode, adaptive_p=adaptive_p, adaptive_c=1e-2)
+    x, cond, noise, t, r = draws(8)
+    loss, metrics = head.loss_from(x, cond, noise, t, r, torch.zeros(8, dtype=torch.bool))
+    torch.testing.assert_close(loss, reference_loss(head, x, cond, noise, t, r), rtol=1e-6, atol=1e-9)
+    assert metrics["frac_r_neq_t"] == 0.5
+
+
+def test_jvp_modes_give_identical_gradients() -> None:
+    grads = {}
+    for mode in ("primal", "separate"):
+        head = make_head(jvp_mode=mode)
+        loss, _ = head.loss_from(*draws(8), torch.zeros(8, dtype=torch.bool))
+        grads[mode] = torch.autograd.grad(loss, list(head.backbone.parameters()))
+    for a, b in zip(grads["primal"], grads["separate"]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    assert sum(float(g.abs().sum()) for g in grads["primal"]) > 0
+
+
+def test_all_r_equal_t_is_flow_matching_with_adaptive_weight() -> None:
+    head = make_head(ratio_r_eq_t=1.0)
+    x, cond, noise, t, _ = draws(6)
+    loss, metrics = head.loss_from(x, cond, noise, t, t.clone(), torch.zeros(6, dtype=torch.bool))
+    z = (1 - t[:, None, None]) * x + t[:, None, None] * noise
+    d = (head.backbone(z, torch.stack([t, 0 * t], 1), cond) - (noise - x)).pow(2).sum(dim=(1, 2))
+    torch.testing.assert_close(loss, (d / (d.detach() + head.adaptive_c)).mean())
+    assert metrics["frac_r_neq_t"] == 0.0
+
+
+# ------------------------------------------------------------------ guidance
+def test_omega_one_kappa_zero_is_exactly_unguided() -> None:
+    head = make_head(cfg_omega=1.0, cfg_kappa=0.0, cond_drop_prob=0.1)
+    x, cond, noise, t, r = draws(8)
+    keep = torch.zeros(8, dtype=torch.bool)
+    te = t[:, None, None]
+    z, v = (1 - te) * x + te * noise, noise - x
+    # the guided formula itself reduces to v bit for bit, and the head does not evaluate it at all
+    assert torch.equal(head.guided_velocity(z, t, v, cond, keep), v)
+    assert not head.guided
+    loss, _ = head.loss_from(x, cond, noise, t, r, keep)
+    assert torch.equal(loss, make_head(cfg_omega=1.0, cfg_kappa=0.0).loss_from(x, cond, noise, t, r, keep)[0])
+    torch.testing.assert_close(loss, reference_loss(head, x, cond, noise, t, r), rtol=1e-6, atol=1e-9)
+
+
+def test_guided_target_follows_the_formula_inside_the_t_interval() -> None:
+    head = make_head(cfg_omega=2.0, cfg_kappa=0.3, cond_drop_prob=0.1, cfg_t_min=0.2, cfg_t_max=0.8)
+    x, cond, noise, _, _ = draws(6)
+    t = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9, 0.5], dtype=torch.float64)
+    drop = torch.tensor([False, False, False, False, False, True])
+    te = t[:, None, None]
+    z, v = (1 - te) * x + te * noise, noise - x
+    got = head.guided_velocity(z, t, v, cond, drop)
+    with torch.no_grad():
+        u_c = head.u(z, t, t, cond)
+        u_null = head.u(z, t, t, head.null_cond.expand_as(cond))
+    guided = 2.0 * v + 0.3 * u_c + (1 - 2.0 - 0.3) * u_null
+    inside = torch.tensor([False, True, True, True, False, False])  # outside the interval or dropped -> v
+    torch.testing.assert_close(got[inside], guided[inside])
+    torch.testing.assert_close(got[~inside], v[~inside])
+    assert not got.requires_grad
+
+
+def test_dropped_samples_use_null_condition_and_target_v() -> None:
+    head = make_head(cfg_omega=2.5, cond_drop_prob=0.2)
+    x, cond, noise, t, r = draws(6)
+    drop = torch.tensor([True, False, True, False, False, True])
+    loss, metrics = head.loss_from(x, cond, noise, t, r, drop)
+    assert metrics["frac_cond_dropped"] == 0.5
+    # Per-sample losses are independent, so the batch loss is the mean of per-sample references:
+    # dropped rows see the null embedding with target v, kept rows the real condition with the guided v~.
+    te = t[:, None, None]
+    z, v = (1 - te) * x + te * noise, noise - x
+    null = head.null_cond.expand_as(cond)
+    v_tilde = head.guided_velocity(z, t, v, cond, drop)
+    torch.testing.assert_close(v_tilde[drop], v[drop])
+    per_row = []
+    for i in range(6):
+        s = slice(i, i + 1)
+        c_i = null[s] if drop[i] else cond[s]
+        per_row.append(reference_loss(head, x[s], c_i, noise[s], t[s], r[s], v_tilde=v_tilde[s]))
+    torch.testing.assert_close(loss, torch.stack(per_row).mean(), rtol=1e-6, atol=1e-9)
+    loss.backward()
+    assert head.null_cond.grad is not None and head.null_cond.grad.abs().sum() > 0
+
+
+def test_guidance_without_condition_dropout_is_rejected() -> None:
+    with pytest.raises(ValueError, match="cond_drop_prob"):
+        make_head(cfg_omega=2.0)
+
+
+# ------------------------------------------------------------------ (t, r) sampling
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 300), ratio=st.floats(0.0, 1.0), p_mean=st.floats(-2, 2), p_std=st.floats(0.1, 2))
+def test_t_r_sampling_invariants(batch: int, ratio: float, p_mean: float, p_std: float) -> None:
+    head = MeanFlowHead(MLPBackbone(DA, H, C, 2, hidden_dim=8, n_layers=1, time_embed_dim=4), H,
+                        ratio_r_eq_t=ratio, p_mean=p_mean, p_std=p_std)
+    t, r = head.sample_t_r(batch, torch.device("cpu"))
+    assert t.shape == r.shape == (batch,)
+    assert bool(((r >= 0) & (r <= t) & (t <= 1)).all())
+    assert int((t == r).sum()) >= round(ratio * batch)
+
+
+def test_t_r_distribution_is_logit_normal_order_statistics() -> None:
+    torch.manual_seed(0)
+    head = make_head(ratio_r_eq_t=0.0, p_mean=-0.4, p_std=1.0)
+    t, r = head.sample_t_r(20000, torch.device("cpu"))
+    logit_t, logit_r = torch.logit(t), torch.logit(r)
+    # max / min of two N(-0.4, 1) draws have means -0.4 +/- 1/sqrt(pi)
+    assert logit_t.mean().item() == pytest.approx(-0.4 + 0.5642, abs=0.03)
+    assert logit_r.mean().item() == pytest.approx(-0.4 - 0.5642, abs=0.03)
+
+
+# ------------------------------------------------------------------ sampling
+def test_one_step_and_k_step_sampling() -> None:
+    head = make_head(kind="mlp", num_inference_steps=1).eval()
+    cond = torch.randn(3, C, dtype=torch.float64)
+    eps = torch.randn(3, H, DA, dtype=torch.float64)
+    ones = torch.ones(3, dtype=torch.float64)
+    with torch.no_grad():
+        one_step = eps - head.u(eps, ones, 0 * ones, cond)  # a = eps - u(eps, t=1, h=1)
+        z = eps
+        for t_, r_ in [(1.0, 2 / 3), (2 / 3, 1 / 3), (1 / 3, 0.0)]:
+            z = z - (t_ - r_) * head.u(z, t_ * ones, r_ * ones, cond)
+    torch.testing.assert_close(head.sample(cond, noise=eps), one_step)
+    torch.testing.assert_close(head.sample(cond, num_steps=1, noise=eps), one_step)
+    torch.testing.assert_close(head.sample(cond, num_steps=3, noise=eps), z)
+    assert head.sample(cond, num_steps=5).shape == (3, H, DA)
+    with pytest.raises(ValueError, match="num_steps"):
+        head.sample(cond, num_steps=0)
+
+
+def test_float32_head_under_bf16_autocast_keeps_the_jvp_in_fp32() -> None:
+    head = make_head(dtype=torch.float32)
+    x, cond, noise, t, r = (d.float() for d in draws(4))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, _ = head.loss_from(x, cond, noise, t, r, torch.zeros(4, dtype=torch.bool))
+    assert loss.dtype == torch.float32
+    ref, _ = head.loss_from(x, cond, noise, t, r, torch.zeros(4, dtype=torch.bool))
+    assert torch.equal(loss, ref)
