@@ -58,8 +58,13 @@ class MeanFlowConfig:
     cfg_t_min: float = 0.0
     cfg_t_max: float = 1.0
     num_inference_steps: int = 1
+    # How du/dt is obtained: "primal" backpropagates through torch.func.jvp's primal output; "separate" runs a
+    # plain forward for u and the JVP under no_grad. Same loss and gradients; see policies/meanflow.py.
+    jvp_mode: str = "primal"
 
     def __post_init__(self) -> None:
+        if self.jvp_mode not in ("primal", "separate"):
+            raise ValueError(f"unknown jvp_mode '{self.jvp_mode}'; known: primal, separate")
         if not 0.0 <= self.ratio_r_eq_t <= 1.0:
             raise ValueError("ratio_r_eq_t must be in [0, 1]")
         if not 0.0 <= self.cond_drop_prob < 1.0:
