@@ -53,7 +53,7 @@ def build_policy(
             time_scale=b.time_scale,
         )
     head_cfg = {"meanflow": cfg.meanflow, "flow": cfg.flow, "ddpm": cfg.diffusion, "ddim": cfg.diffusion}.get(cfg.head)
-    head = make_head(cfg.head, backbone, head_cfg)
+    head = make_head(cfg.head, backbone, head_cfg, horizon=cfg.horizon)
 
     normalizer = LinearNormalizer()
     if stats is not None:

@@ -88,10 +88,17 @@ def n_time_inputs_for(name: str) -> int:
     return 2 if name == "meanflow" else 1
 
 
-def make_head(name: str, backbone: nn.Module, cfg: Any, horizon: int) -> ActionHead:
+def make_head(name: str, backbone: nn.Module, cfg: Any, horizon: Optional[int] = None) -> ActionHead:
     """Build head ``name`` on ``backbone`` from its config dataclass (``MeanFlowConfig`` for meanflow,
-    ``FlowConfig`` for flow, ``DiffusionConfig`` for ddpm/ddim, ``None`` for regression)."""
+    ``FlowConfig`` for flow, ``DiffusionConfig`` for ddpm/ddim, ``None`` for regression).
+
+    ``horizon`` (the chunk length H) may be omitted only for a backbone that knows it (``MLPBackbone``).
+    """
     _check_name(name)
+    if horizon is None:
+        horizon = getattr(backbone, "horizon", None)
+        if horizon is None:
+            raise ValueError(f"make_head('{name}', ...): pass horizon=H; {type(backbone).__name__} works for any H")
     if backbone.n_time_inputs != n_time_inputs_for(name):
         raise ValueError(
             f"head '{name}' needs a backbone with n_time_inputs={n_time_inputs_for(name)}, "
