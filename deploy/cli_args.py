@@ -1,0 +1,44 @@
+"""``key=value`` command-line overrides onto a typed dataclass (hydra style, via OmegaConf); unknown keys fail."""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from typing import Sequence, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+def usage(schema: type, command: str) -> str:
+    """One line per field: name, type and default, plus the field's ``help`` metadata."""
+    lines = [f"usage: {command} [key=value ...]", ""]
+    for f in dataclasses.fields(schema):
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+        type_name = getattr(f.type, "__name__", str(f.type))
+        lines.append(f"  {f.name}={default!s:<24} {type_name:<14} {f.metadata.get('help', '')}")
+    return "\n".join(lines)
+
+
+def parse_overrides(schema: type[T], argv: Sequence[str], command: str) -> T:
+    """Merge ``argv`` (``key=value`` items) onto ``schema``'s defaults and build the dataclass.
+
+    ``-h``/``--help`` prints :func:`usage` and exits 0; an unknown key, a bad value or a missing required field
+    exits 2 with a message naming it.
+    """
+    argv = list(argv)
+    if any(a in ("-h", "--help") for a in argv):
+        print(usage(schema, command))
+        raise SystemExit(0)
+    bad = [a for a in argv if "=" not in a or a.startswith("=")]
+    if bad:
+        print(f"{command}: arguments must be key=value, got {bad}\n\n{usage(schema, command)}", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_cli(argv))
+        return OmegaConf.to_object(merged)
+    except (OmegaConfBaseException, ValueError, TypeError) as e:
+        print(f"{command}: {e}\n\n{usage(schema, command)}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,150 @@
+"""`mfp deploy`: run a trained policy on an arm behind the robot bridge, at a fixed control rate.
+
+Example (against the simulated arm, started first with ``mfp sim-arm task=reach-v3 port=5555``)::
+
+    mfp deploy checkpoint=runs/reach/policy robot=tcp://127.0.0.1:5555 hz=50 duration_s=30 \\
+        limits=sim_sawyer record=runs/reach/deploy.zarr stats=runs/reach/deploy_stats.json
+
+Before moving anything it checks that the robot's observation keys and shapes, action size and the limits file
+agree with the policy, and refuses to start otherwise. Exit codes: 0 done, 2 bad arguments or mismatch,
+3 robot connection lost, 4 inference or robot error.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Optional
+
+from deploy.cli_args import parse_overrides
+
+EXIT_OK, EXIT_USAGE, EXIT_CONNECTION, EXIT_FAILURE = 0, 2, 3, 4
+
+
+@dataclass
+class DeployConfig:
+    checkpoint: str = field(default="???", metadata={"help": "policy checkpoint directory (required)"})
+    robot: str = field(default="tcp://127.0.0.1:5555", metadata={"help": "robot bridge address"})
+    limits: str = field(default="sim_sawyer", metadata={"help": "configs/robot/<name>.yaml or a path to one"})
+    hz: float = field(default=50.0, metadata={"help": "control rate"})
+    duration_s: float = field(default=10.0, metadata={"help": "run time in seconds"})
+    blend: str = field(default="latest", metadata={"help": "chunk hand-over: latest | ensemble"})
+    ensemble_decay: float = field(default=0.01, metadata={"help": "temporal ensembling weight exp(-decay * i)"})
+    latency_offset_s: float = field(default=0.0, metadata={"help": "added to every action timestamp"})
+    deadline_s: float = field(default=0.2, metadata={"help": "watchdog: max age of the observation behind an action"})
+    timeout_s: float = field(default=0.5, metadata={"help": "bridge reply timeout (no reply = connection lost)"})
+    num_inference_steps: Optional[int] = field(default=None, metadata={"help": "override the head's NFE"})
+    threads: int = field(default=1, metadata={"help": "torch threads for inference"})
+    device: str = field(default="cpu", metadata={"help": "inference device"})
+    allow_remote: bool = field(default=False, metadata={"help": "allow a non-loopback robot address"})
+    record: Optional[str] = field(default=None, metadata={"help": "append the run as an episode to this zarr"})
+    stats: Optional[str] = field(default=None, metadata={"help": "write timing statistics JSON here"})
+
+
+def resolve_limits(name_or_path: str) -> Path:
+    """A limits file: an existing path, or ``configs/robot/<name>.yaml`` shipped with the package."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    shipped = resources.files("configs") / "robot"
+    candidate = shipped / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return Path(str(candidate))
+    names = sorted(p.name[:-5] for p in shipped.iterdir() if p.name.endswith(".yaml"))
+    raise FileNotFoundError(f"robot limits '{name_or_path}' not found; pass a YAML path or one of: {', '.join(names)}")
+
+
+def check_compatible(policy, robot_info, limits) -> None:
+    """Raise ValueError naming every mismatch between policy, robot and limits."""
+    problems = []
+    for key, spec in policy.shape_meta.obs.items():
+        have = robot_info.obs.get(key)
+        if have is None:
+            problems.append(f"the robot sends no '{key}' (it sends {sorted(robot_info.obs)})")
+        elif tuple(have["shape"]) != tuple(spec.shape):
+            problems.append(f"'{key}' has shape {tuple(have['shape'])} on the robot, {tuple(spec.shape)} in the policy")
+    da = policy.shape_meta.action_dim
+    if robot_info.action_dim != da:
+        problems.append(f"the robot takes {robot_info.action_dim} action dims, the policy outputs {da}")
+    if limits.action_dim != da:
+        problems.append(f"limits '{limits.name}' describe {limits.action_dim} action dims, the policy outputs {da}")
+    if limits.position_key not in robot_info.obs:
+        problems.append(f"limits '{limits.name}' read the position from '{limits.position_key}', which the robot does not send")
+    if problems:
+        raise ValueError("policy, robot and limits do not match: " + "; ".join(problems))
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_overrides(DeployConfig, argv, "mfp deploy")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if cfg.checkpoint == "???":
+        print("mfp deploy: checkpoint=DIR is required", file=sys.stderr)
+        return EXIT_USAGE
+    if cfg.blend not in ("latest", "ensemble"):
+        print(f"mfp deploy: blend must be latest or ensemble, got '{cfg.blend}'", file=sys.stderr)
+        return EXIT_USAGE
+
+    import torch
+
+    from deploy.loop import ControlLoop
+    from deploy.recorder import EpisodeRecorder
+    from deploy.robot import BridgeRobot, RobotError
+    from deploy.safety import SafetyError, SafetyLayer, SafetyLimits
+    from policies.checkpoint import CheckpointError, load_policy
+
+    torch.set_num_threads(cfg.threads)
+    try:
+        limits = SafetyLimits.from_yaml(resolve_limits(cfg.limits))
+        policy = load_policy(cfg.checkpoint, device=cfg.device)
+    except (FileNotFoundError, SafetyError, CheckpointError) as e:
+        print(f"mfp deploy: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if cfg.num_inference_steps is not None:
+        policy.num_inference_steps = cfg.num_inference_steps
+    try:
+        robot = BridgeRobot(cfg.robot, timeout_s=cfg.timeout_s, allow_remote=cfg.allow_remote)
+    except RobotError as e:
+        print(f"mfp deploy: cannot reach the robot at {cfg.robot}: {e}", file=sys.stderr)
+        return EXIT_CONNECTION
+    except ValueError as e:
+        print(f"mfp deploy: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        check_compatible(policy, robot.info, limits)
+        if abs(robot.info.control_hz - cfg.hz) > 1e-6:
+            logging.warning("the robot runs at %g Hz, the loop at %g Hz", robot.info.control_hz, cfg.hz)
+        recorder = None
+        if cfg.record:
+            recorder = EpisodeRecorder(cfg.record, {k: s.type for k, s in policy.shape_meta.obs.items()},
+                                       attrs={"robot": robot.info.name, "hz": cfg.hz, "checkpoint": str(cfg.checkpoint),
+                                              "limits": limits.name})
+        loop = ControlLoop(robot, policy, SafetyLayer(limits, 1.0 / cfg.hz), cfg.hz,
+                           obs_keys=list(policy.shape_meta.obs), blend=cfg.blend, ensemble_decay=cfg.ensemble_decay,
+                           latency_offset_s=cfg.latency_offset_s, deadline_s=cfg.deadline_s, recorder=recorder)
+        stats = loop.run(cfg.duration_s)
+    except (ValueError, SafetyError) as e:
+        print(f"mfp deploy: {e}", file=sys.stderr)
+        robot.close()
+        return EXIT_USAGE
+    summary = stats.summary()
+    summary["robot"] = {"name": robot.info.name, "address": cfg.robot, "last_info": robot.last_info}
+    robot.close()
+    if recorder is not None:
+        buffer = recorder.save(seed=int(summary["robot"]["last_info"].get("seed", -1)))
+        if buffer is not None:
+            print(f"[deploy] recorded {buffer.episode_lengths[-1]} steps as episode {buffer.n_episodes - 1} of {cfg.record}")
+    print(f"[deploy] {stats.format()}")
+    if cfg.stats:
+        Path(cfg.stats).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.stats).write_text(json.dumps(summary, indent=2, default=str))
+    reason = stats.stop_reason
+    if reason.startswith("robot connection lost"):
+        print(f"mfp deploy: stopped: {reason}", file=sys.stderr)
+        return EXIT_CONNECTION
+    if reason.startswith(("inference failed", "robot error")):
+        print(f"mfp deploy: stopped: {reason}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
