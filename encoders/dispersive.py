@@ -133,26 +133,37 @@ def regularized_loss(
     return loss + weight * disp, {"dispersive_loss": float(disp.detach())}
 
 
-def _is_transformed(t: torch.Tensor) -> bool:
-    """True for tensors inside a torch.func transform (jvp/vmap): they must not leak out of it."""
-    return torch._C._functorch.is_functorch_wrapped_tensor(t)
+def _primal(t: torch.Tensor) -> torch.Tensor | None:
+    """The plain autograd tensor behind ``t``: ``t`` itself, the primal of a torch.func.jvp/grad wrapper (so a
+    layer run inside MeanFlow's JVP is still regularized, with gradient), or None inside vmap (batched)."""
+    functorch = torch._C._functorch
+    while functorch.is_functorch_wrapped_tensor(t):
+        if functorch.is_batchedtensor(t):
+            return None
+        t = functorch.get_unwrapped(t)
+    return t
 
 
 class FeatureTap:
-    """Collect the outputs of named submodules during a forward pass, with hooks only while capturing.
+    """Collect the outputs of named submodules during a forward pass, with hooks only between start and stop.
 
     ``layer_names`` are dotted names from ``model.named_modules()``; ``"obs_embedding"`` is reserved (the encoder
-    output, which the policy passes in itself) and is not hooked. Outside :meth:`capture` no hook is registered,
-    so inference pays nothing. Only outputs computed with grad enabled and outside torch.func transforms are kept
-    (a no-grad pass cannot be regularized); a module called several times in one capture contributes each call.
+    output, which the policy passes in itself) and is not hooked. Outside a capture no hook is registered, so
+    inference pays nothing. Only outputs computed with grad enabled are kept (a no-grad pass cannot be
+    regularized); outputs computed inside torch.func.jvp are kept as their primal. Several calls of one layer in
+    a capture (a batch split into chunks, like MeanFlow's JVP and non-JVP samples) are concatenated along the
+    batch dim, so the layer is regularized over the whole batch.
 
-        tap = FeatureTap(model, ["backbone.down_modules.0"])
-        with tap.capture() as feats:      # feats: {name: [tensor, ...]}
+        tap = FeatureTap(model, ["head.backbone.down_modules.0"])
+        tap.start()
+        loss = model(...)
+        features = tap.stop()             # [tensor per hooked layer], in layer order
+
+        with tap.capture() as features:  # the same, exception-safe; ``features`` is filled on exit
             loss = model(...)
     """
 
     def __init__(self, model: nn.Module, layer_names: Sequence[str]) -> None:
-        self.model = model
         self.layer_names = list(layer_names)
         self.wants_obs_embedding = OBS_EMBEDDING in self.layer_names
         self.module_names = [n for n in self.layer_names if n != OBS_EMBEDDING]
@@ -166,34 +177,64 @@ class FeatureTap:
                 f"output; available module names: {', '.join(available)}"
             )
         self._modules = {n: model.get_submodule(n) for n in self.module_names}
+        for name, module in self._modules.items():
+            if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+                children = ", ".join(f"{name}.{c}" for c, _ in module.named_children())
+                raise KeyError(
+                    f"FeatureTap: '{name}' is a {type(module).__name__}, which is never called itself; "
+                    f"tap one of its children: {children}"
+                )
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._store: dict[str, list[torch.Tensor]] = {}
 
     @property
     def active(self) -> bool:
         return bool(self._handles)
 
-    @contextmanager
-    def capture(self) -> Iterator[dict[str, list[torch.Tensor]]]:
-        """Register the hooks for the duration of the block; yields {name: [outputs]} filled by the forward."""
+    def start(self) -> None:
+        """Register the forward hooks and clear what an earlier capture collected."""
         if self.active:
-            raise RuntimeError("FeatureTap.capture() is already active; captures do not nest")
-        store: dict[str, list[torch.Tensor]] = {n: [] for n in self.module_names}
+            raise RuntimeError("FeatureTap.start(): a capture is already active; call stop() first")
+        self._store = {n: [] for n in self.module_names}
         for name, module in self._modules.items():
-            self._handles.append(module.register_forward_hook(self._hook(name, store)))
-        try:
-            yield store
-        finally:
-            for handle in self._handles:
-                handle.remove()
-            self._handles.clear()
+            self._handles.append(module.register_forward_hook(self._hook(name)))
 
-    @staticmethod
-    def _hook(name: str, store: dict[str, list[torch.Tensor]]):
+    def stop(self) -> list[torch.Tensor]:
+        """Remove the hooks; return one (B, ...) tensor per hooked layer. Raises if a layer produced nothing."""
+        self._remove_hooks()
+        silent = [n for n, outs in self._store.items() if not outs]
+        if silent:
+            raise RuntimeError(
+                f"FeatureTap: layer(s) {silent} produced no output with grad enabled during the capture; "
+                "the forward did not call them, or called them only under torch.no_grad()"
+            )
+        return [outs[0] if len(outs) == 1 else torch.cat(outs, dim=0) for outs in self._store.values()]
+
+    @contextmanager
+    def capture(self) -> Iterator[list[torch.Tensor]]:
+        """``start()`` on entry; on a normal exit the yielded list receives ``stop()``'s tensors."""
+        features: list[torch.Tensor] = []
+        self.start()
+        try:
+            yield features
+        except BaseException:
+            self._remove_hooks()
+            raise
+        features.extend(self.stop())
+
+    def _remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, name: str):
         def hook(module: nn.Module, args: object, output: object) -> None:
             out = output[0] if isinstance(output, (tuple, list)) and output else output
             if not isinstance(out, torch.Tensor):
                 raise TypeError(f"FeatureTap: layer '{name}' returned {type(output).__name__}, not a tensor")
-            if torch.is_grad_enabled() and not _is_transformed(out):
-                store[name].append(out)
+            if torch.is_grad_enabled():
+                primal = _primal(out)
+                if primal is not None and primal.requires_grad:
+                    self._store[name].append(primal)
 
         return hook

@@ -180,45 +180,75 @@ def test_feature_tap_captures_named_layers_only_while_capturing() -> None:
     assert all(not m._forward_hooks for m in hooked)
 
     x = torch.rand(6, 20, 3)
-    with tap.capture() as feats:
-        assert tap.active and all(len(m._forward_hooks) == 1 for m in hooked)
-        out = net(x)
+    tap.start()
+    assert tap.active and all(len(m._forward_hooks) == 1 for m in hooked)
+    out = net(x)
+    feats = tap.stop()
     assert not tap.active and all(not m._forward_hooks for m in hooked)
-    assert [t.shape for t in feats["blocks.0"]] == [(6, 8)]
-    torch.testing.assert_close(feats["blocks.1.0"][0], net.blocks[1][0](net.blocks[0](net.encoder(x))))
-    assert out.shape == (6, 8)
+    assert [f.shape for f in feats] == [(6, 8), (6, 8), (6, 8)] and out.shape == (6, 8)
+    torch.testing.assert_close(feats[1], net.blocks[1][0](net.blocks[0](net.encoder(x))))
 
     # Captured features carry gradient back into the encoder.
-    DispersiveLoss()(feats["blocks.0"]).backward()
+    DispersiveLoss()(feats[0]).backward()
     assert net.encoder.mlp[0].weight.grad.abs().sum() > 0
 
-    # Without grad nothing is collected (such a pass cannot be regularized).
-    with tap.capture() as feats, torch.no_grad():
+    # The context manager does the same and removes its hooks even when the forward raises.
+    with tap.capture() as captured:
         net(x)
-    assert all(v == [] for v in feats.values())
+    assert len(captured) == 3
+    with pytest.raises(ValueError), tap.capture():
+        net(torch.rand(6, 20, 4))
+    assert not tap.active and all(not m._forward_hooks for m in hooked)
+
+    # A pass without grad cannot be regularized: stop() says the layers produced nothing.
+    tap.start()
+    with torch.no_grad():
+        net(x)
+    with pytest.raises(RuntimeError, match=r"no output with grad.*blocks\.0|blocks\.0.*no output with grad"):
+        tap.stop()
+    assert not tap.active
 
 
-def test_feature_tap_skips_tensors_inside_torch_func_transforms() -> None:
+def test_feature_tap_keeps_the_primal_of_a_jvp_and_joins_chunks() -> None:
+    """MeanFlow runs part of the batch inside torch.func.jvp and the rest plainly; the tap sees one batch."""
     net = _Net()
     tap = FeatureTap(net, ["blocks.0"])
-    x = torch.rand(4, 10, 3)
-    h = net.encoder(x).detach()
+    x = torch.rand(6, 10, 3)
+    h = net.encoder(x)  # (6, 8), requires grad
     with tap.capture() as feats:
-        torch.func.jvp(lambda a: net.blocks[1](net.blocks[0](a)), (h,), (torch.ones_like(h),))
-        net(x)
-    assert len(feats["blocks.0"]) == 1  # only the plain forward
+        _, tangent = torch.func.jvp(lambda a: net.blocks[1](net.blocks[0](a)), (h[:4],), (torch.ones_like(h[:4]),))
+        net.blocks[1](net.blocks[0](h[4:]))
+    (joined,) = feats
+    assert tangent.shape == (4, 8)
+    torch.testing.assert_close(joined, net.blocks[0](h))
+    DispersiveLoss()(joined).backward()
+    assert net.encoder.mlp[0].weight.grad.abs().sum() > 0
+
+    # Inside vmap there is no per-sample batch to disperse: nothing is kept.
+    tap.start()
+    torch.vmap(net.blocks[0])(h.detach().unsqueeze(1).requires_grad_(True))
+    with pytest.raises(RuntimeError, match="no output with grad"):
+        tap.stop()
+
+
+def test_feature_tap_rejects_containers_that_are_never_called() -> None:
+    with pytest.raises(KeyError, match=r"'blocks' is a ModuleList.*blocks\.0, blocks\.1"):
+        FeatureTap(_Net(), ["blocks"])
 
 
 @settings(max_examples=30, deadline=None)
 @given(name=st.text(alphabet="abcdefghijklmnopqrstuvwxyz._0123456789", min_size=1, max_size=20))
 def test_feature_tap_unknown_names_fail_loudly(name: str) -> None:
     net = _Net()
-    known = {n for n, _ in net.named_modules()} | {OBS_EMBEDDING}
-    if name in known:
+    modules = dict(net.named_modules())
+    if name == OBS_EMBEDDING or (name in modules and not isinstance(modules[name], nn.ModuleList)):
         FeatureTap(net, [name])
-        return
-    with pytest.raises(KeyError, match="available module names: encoder, encoder.mlp"):
-        FeatureTap(net, [name])
+    elif name in modules:
+        with pytest.raises(KeyError, match="never called"):
+            FeatureTap(net, [name])
+    else:
+        with pytest.raises(KeyError, match=r"unknown layer name.*available module names: encoder, encoder\.mlp"):
+            FeatureTap(net, [name])
 
 
 def test_diagnostics_on_known_geometry() -> None:
