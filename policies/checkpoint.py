@@ -51,7 +51,8 @@ def save_policy(policy: Policy, cfg: PolicyConfig, path: str | os.PathLike, meta
         "shape_meta": policy.shape_meta.to_dict(),
         "metadata": dict(metadata or {}),
     }
-    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+    # No sort_keys: the order of shape_meta["obs"] is the order in which the encoder concatenates features.
+    (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
     save_file(_model_tensors(policy), str(tmp / MODEL_FILE), metadata={"format_version": str(FORMAT_VERSION)})
     save_file(policy.normalizer.state_tensors(), str(tmp / NORMALIZER_FILE))
     old = path.with_name(f".{path.name}.old-{os.getpid()}")

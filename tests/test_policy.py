@@ -1,0 +1,136 @@
+"""Policy API and portable checkpoints, parametrized over every registered head and both backbones."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import random_batch, random_stats
+from demos.spec import SpecError
+from policies.checkpoint import CheckpointError, load_policy, save_policy
+from policies.config import HEADS, BackboneConfig, EncoderConfig, PolicyConfig
+from policies.factory import build_policy
+
+
+def tiny_config(head: str, backbone: str = "mlp") -> PolicyConfig:
+    return PolicyConfig(
+        head=head,
+        horizon=4,
+        n_obs_steps=2,
+        n_action_steps=3,
+        backbone=BackboneConfig(type=backbone, down_dims=[16, 32], hidden_dim=32, n_layers=2, time_embed_dim=16, n_groups=4),
+        encoder=EncoderConfig(point_hidden_dims=[16, 32], point_out_dim=16, state_hidden_dim=16, state_out_dim=16),
+    )
+
+
+@pytest.mark.parametrize("backbone", ["mlp", "unet"])
+@pytest.mark.parametrize("head", HEADS)
+def test_loss_predict_and_checkpoint_round_trip(head, backbone, small_shape_meta, tmp_path):
+    cfg = tiny_config(head, backbone)
+    policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta))
+    batch = random_batch(small_shape_meta, 8, cfg.n_obs_steps, cfg.horizon)
+    loss, metrics = policy.compute_loss(batch)
+    assert torch.isfinite(loss) and "loss" in metrics
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.obs_encoder.parameters())
+
+    policy.eval()
+    obs = {k: v[:2] for k, v in batch["obs"].items()}
+    noise = torch.randn(2, cfg.horizon, small_shape_meta.action_dim)
+    a = policy.predict_action(obs, noise=noise, generator=torch.Generator().manual_seed(0))  # DDPM: per-step noise
+    assert a.shape == (2, cfg.n_action_steps, small_shape_meta.action_dim)
+
+    save_policy(policy, cfg, tmp_path / "ckpt", metadata={"task": "unit"})
+    loaded = load_policy(tmp_path / "ckpt")
+    b = loaded.predict_action(obs, noise=noise, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b), "save -> load must give identical actions for the same noise"
+    assert loaded.checkpoint_metadata["task"] == "unit"
+
+
+def test_predict_action_accepts_unbatched_numpy(small_shape_meta):
+    cfg = tiny_config("meanflow")
+    policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta)).eval()
+    obs = {k: np.random.rand(3, *s.shape).astype(np.float32) for k, s in small_shape_meta.obs.items()}  # To=3 > 2
+    a = policy.predict_action(obs)
+    assert isinstance(a, np.ndarray) and a.shape == (cfg.n_action_steps, 4)
+
+
+def test_select_action_serves_queue_and_calls_network_once_per_chunk(small_shape_meta):
+    cfg = tiny_config("meanflow")
+    policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta)).eval()
+    calls = []
+    original = policy.predict_action
+    policy.predict_action = lambda obs, **kw: calls.append(1) or original(obs, **kw)
+    step = {k: torch.rand(1, *s.shape) for k, s in small_shape_meta.obs.items()}
+    actions = [policy.select_action(step) for _ in range(7)]
+    assert all(a.shape == (1, 4) for a in actions)
+    assert len(calls) == 3  # ceil(7 / n_action_steps=3)
+    policy.reset()
+    policy.select_action(step)
+    assert len(calls) == 4
+
+
+def test_bad_batches_name_the_key(small_shape_meta):
+    cfg = tiny_config("flow")
+    policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta))
+    batch = random_batch(small_shape_meta, 4, 2, 4)
+    bad = {"obs": dict(batch["obs"]), "action": batch["action"]}
+    bad["obs"]["agent_pos"] = torch.rand(4, 2, 5)
+    with pytest.raises(SpecError, match="agent_pos"):
+        policy.compute_loss(bad)
+    bad["obs"]["agent_pos"] = batch["obs"]["agent_pos"].clone()
+    bad["obs"]["agent_pos"][0, 0, 0] = float("nan")
+    with pytest.raises(SpecError, match="agent_pos.*NaN"):
+        policy.compute_loss(bad)
+    del bad["obs"]["point_cloud"]
+    with pytest.raises(SpecError, match="point_cloud"):
+        policy.compute_loss(bad)
+    with pytest.raises(SpecError, match="action"):
+        policy.compute_loss({"obs": batch["obs"], "action": torch.rand(4, 4, 7)})
+    nan_action = batch["action"].clone()
+    nan_action[1, 2, 3] = float("nan")
+    with pytest.raises(SpecError, match="action.*NaN"):
+        policy.compute_loss({"obs": batch["obs"], "action": nan_action})
+
+
+def test_corrupt_and_mismatched_checkpoints_raise_clear_errors(small_shape_meta, tmp_path):
+    cfg = tiny_config("meanflow")
+    policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta))
+    ckpt = save_policy(policy, cfg, tmp_path / "ckpt")
+
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_policy(tmp_path / "nope")
+
+    # Truncated weights file.
+    data = (ckpt / "model.safetensors").read_bytes()
+    (ckpt / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_policy(ckpt)
+
+    # Config edited to a different architecture: weights no longer fit -> error names the tensors.
+    ckpt = save_policy(policy, cfg, tmp_path / "ckpt")
+    config = json.loads((ckpt / "config.json").read_text())
+    config["policy"]["backbone"]["hidden_dim"] = 48
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_policy(ckpt)
+
+    # Normalizer stats for another observation layout.
+    ckpt = save_policy(policy, cfg, tmp_path / "ckpt")
+    config = json.loads((ckpt / "config.json").read_text())
+    config["shape_meta"]["obs"]["agent_pos"]["shape"] = [7]
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="agent_pos"):
+        load_policy(ckpt)
+
+    # Unknown config key (typo) fails instead of being dropped.
+    ckpt = save_policy(policy, cfg, tmp_path / "ckpt")
+    config = json.loads((ckpt / "config.json").read_text())
+    config["policy"]["horizn"] = 8
+    (ckpt / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="horizn"):
+        load_policy(ckpt)
+
+    (ckpt / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        load_policy(ckpt)
