@@ -26,7 +26,8 @@ EXIT_OK, EXIT_USAGE, EXIT_CONNECTION, EXIT_FAILURE = 0, 2, 3, 4
 
 @dataclass
 class DeployConfig:
-    checkpoint: str = field(default="???", metadata={"help": "policy checkpoint directory (required)"})
+    checkpoint: str = field(default="???", metadata={"help": "policy checkpoint or `mfp export` directory (required)"})
+    backend: str = field(default="auto", metadata={"help": "auto | eager | onnx | pt2 (export directories)"})
     robot: str = field(default="tcp://127.0.0.1:5555", metadata={"help": "robot bridge address"})
     limits: str = field(default="sim_sawyer", metadata={"help": "configs/robot/<name>.yaml or a path to one"})
     hz: float = field(default=50.0, metadata={"help": "control rate"})
@@ -83,12 +84,17 @@ def main(argv: list[str]) -> int:
     if cfg.checkpoint == "???":
         print("mfp deploy: checkpoint=DIR is required", file=sys.stderr)
         return EXIT_USAGE
+    if cfg.backend not in ("auto", "eager", "onnx", "pt2"):
+        print(f"mfp deploy: backend must be auto, eager, onnx or pt2, got '{cfg.backend}'", file=sys.stderr)
+        return EXIT_USAGE
     if cfg.blend not in ("latest", "ensemble"):
         print(f"mfp deploy: blend must be latest or ensemble, got '{cfg.blend}'", file=sys.stderr)
         return EXIT_USAGE
 
     import torch
 
+    from deploy.export import META_FILE, ExportError
+    from deploy.exported import ExportedPolicy
     from deploy.loop import ControlLoop
     from deploy.recorder import EpisodeRecorder
     from deploy.robot import BridgeRobot, RobotError
@@ -98,12 +104,20 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(cfg.threads)
     try:
         limits = SafetyLimits.from_yaml(resolve_limits(cfg.limits))
-        policy = load_policy(cfg.checkpoint, device=cfg.device)
-    except (FileNotFoundError, SafetyError, CheckpointError) as e:
+        exported = (Path(cfg.checkpoint) / META_FILE).is_file()
+        if exported:
+            if cfg.backend == "eager" or cfg.num_inference_steps is not None:
+                raise ExportError("an export directory runs its graph (backend onnx or pt2) with the NFE baked in")
+            policy = ExportedPolicy(cfg.checkpoint, "onnx" if cfg.backend == "auto" else cfg.backend, cfg.threads)
+        else:
+            if cfg.backend not in ("auto", "eager"):
+                raise ExportError(f"backend={cfg.backend} needs an `mfp export` directory; '{cfg.checkpoint}' is a checkpoint")
+            policy = load_policy(cfg.checkpoint, device=cfg.device)
+            if cfg.num_inference_steps is not None:
+                policy.num_inference_steps = cfg.num_inference_steps
+    except (FileNotFoundError, SafetyError, CheckpointError, ExportError) as e:
         print(f"mfp deploy: {e}", file=sys.stderr)
         return EXIT_USAGE
-    if cfg.num_inference_steps is not None:
-        policy.num_inference_steps = cfg.num_inference_steps
     try:
         robot = BridgeRobot(cfg.robot, timeout_s=cfg.timeout_s, allow_remote=cfg.allow_remote)
     except RobotError as e:

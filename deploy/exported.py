@@ -1,0 +1,95 @@
+"""Run an `mfp export` directory as an agent (onnxruntime or the torch.export program), without the training code.
+
+``ExportedPolicy(dir).predict_action({key: (To, ...)})`` returns the executed chunk ``(n_action_steps, Da)`` like
+:meth:`policies.policy.Policy.predict_action`; the control loop and ``mfp deploy`` accept it in place of a policy.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from demos.spec import ShapeMeta, SpecError
+from deploy.export import EXPORT_FORMAT, META_FILE, NOISE, OUTPUT, ExportError, onnx_session
+
+BACKENDS = ("onnx", "pt2")
+
+
+class ExportedPolicy:
+    """An exported policy graph behind the agent interface (``n_obs_steps``, ``reset``, ``predict_action``).
+
+    Args:
+        path: directory written by ``mfp export``.
+        backend: ``"onnx"`` (onnxruntime, CPU) or ``"pt2"`` (the ``torch.export`` program).
+        threads: intra-op threads (onnxruntime) / torch threads are the caller's to set.
+        noise: ``"fixed"`` uses the noise stored in ``export.json`` (deterministic actions); ``"random"`` draws
+            standard normal noise per call from ``seed``.
+    """
+
+    def __init__(self, path: str | Path, backend: str = "onnx", threads: int = 1, noise: str = "fixed",
+                 seed: Optional[int] = None) -> None:
+        path = Path(path)
+        meta_file = path / META_FILE
+        if not meta_file.is_file():
+            raise ExportError(f"'{path}' has no {META_FILE}; export a checkpoint with `mfp export` first")
+        self.meta: dict[str, Any] = json.loads(meta_file.read_text())
+        if self.meta.get("format") != EXPORT_FORMAT:
+            raise ExportError(f"{meta_file}: format {self.meta.get('format')!r}; this package reads {EXPORT_FORMAT}")
+        if backend not in BACKENDS:
+            raise ExportError(f"unknown backend '{backend}'; known: {', '.join(BACKENDS)}")
+        if backend not in self.meta["files"]:
+            raise ExportError(f"'{path}' was exported without {backend}; it has {list(self.meta['files'])}")
+        if noise not in ("fixed", "random"):
+            raise ExportError(f"noise must be 'fixed' or 'random', got '{noise}'")
+        self.backend = backend
+        self.shape_meta = ShapeMeta.from_dict(self.meta["shape_meta"])
+        self.n_obs_steps = int(self.meta["n_obs_steps"])
+        self.n_action_steps = int(self.meta["n_action_steps"])
+        self._inputs = self.meta["inputs"]
+        self._noise_mode = noise
+        self._fixed_noise = np.asarray(self.meta["noise"]["values"], dtype=np.float32)[None]  # (1, H, Da)
+        self._rng = np.random.default_rng(seed)
+        file = path / self.meta["files"][backend]
+        if backend == "onnx":
+            self._session = onnx_session(file, threads)
+            self._program = None
+        else:
+            import torch
+
+            self._session = None
+            self._program = torch.export.load(str(file)).module()
+
+    def reset(self) -> None:
+        """Nothing to clear: the graph keeps no state."""
+
+    def predict_action(self, obs: Mapping[str, Any]) -> np.ndarray:
+        """``obs`` {key: (To, ...)} numpy → (n_action_steps, Da) float32."""
+        feeds = {}
+        for spec in self._inputs:
+            name = spec["name"]
+            if name == NOISE:
+                z = self._fixed_noise if self._noise_mode == "fixed" else \
+                    self._rng.standard_normal(spec["shape"]).astype(np.float32)
+                feeds[name] = z
+                continue
+            if name not in obs:
+                raise SpecError(f"observation is missing key '{name}'; the export needs {self.shape_meta.obs.keys()}")
+            x = np.asarray(obs[name])
+            if x.ndim == len(spec["shape"]) - 1 and x.shape[0] > self.n_obs_steps:
+                x = x[-self.n_obs_steps:]
+            if list(x.shape) == spec["shape"][1:]:
+                x = x[None]  # (1, To, ...)
+            if list(x.shape) != spec["shape"]:
+                raise SpecError(f"observation '{name}' has shape {tuple(np.shape(obs[name]))}; the export needs "
+                                f"{spec['shape'][1:]} (n_obs_steps, ...)")
+            feeds[name] = np.ascontiguousarray(x, dtype=spec["dtype"])
+        if self._session is not None:
+            out = self._session.run([OUTPUT], feeds)[0]
+        else:
+            import torch
+
+            with torch.no_grad():
+                out = self._program(*[torch.from_numpy(feeds[s["name"]]) for s in self._inputs]).numpy()
+        return out[0]  # (n_action_steps, Da)
