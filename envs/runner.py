@@ -1,0 +1,378 @@
+"""Evaluation runner: N Meta-World episodes on fixed seeds, in parallel worker processes → ``eval_info.json``.
+
+Works with any *agent*: an object with ``reset()``, ``n_obs_steps`` and ``predict_action(obs) -> (n, Da)`` where
+``obs`` is ``{key: (To, ...)}`` (the last ``n_obs_steps`` observations, the first one repeated at episode start).
+The returned chunk is executed open-loop. An episode succeeds when Meta-World's ``info["success"]`` is true at
+any step; it then ends. An agent that raises, or returns NaN/inf or a wrong shape, fails that episode with the
+reason recorded, and the run goes on.
+
+Workers are spawned processes (EGL contexts and torch threads do not survive ``fork``); each builds its own env
+and agent. Pass the agent itself when it pickles (a ``Policy`` does), or a zero-argument factory such as
+``functools.partial(policies.checkpoint.load_policy, "runs/x/policy")``.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import multiprocessing
+import os
+import time
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from demos.spec import ShapeMeta
+
+ACTION_DIM = 4
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95 % (by default) Wilson score interval of a success rate; (0, 1) when ``n == 0``."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    denom = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def env_kwargs_from_shape_meta(shape_meta: ShapeMeta, image_camera: str = "corner2") -> dict[str, Any]:
+    """MetaWorldEnv arguments that produce the observations ``shape_meta`` declares.
+
+    ``point_cloud`` (N, 3|6) sets the point count and colour; ``image`` uses ``image_camera`` and
+    ``image_<camera>`` keys name their camera; the image size comes from the (3, H, W) shape.
+    """
+    from demos.spec import IMAGE, POINT_CLOUD
+
+    kwargs: dict[str, Any] = {"point_cloud_cameras": (), "image_cameras": ()}
+    cameras, sizes = [], set()
+    for key, spec in shape_meta.obs.items():
+        if key == POINT_CLOUD:
+            kwargs.update(point_cloud_cameras=("corner2",), num_points=spec.shape[0],
+                          use_point_color=spec.shape[1] == 6)
+        elif spec.type == "rgb":
+            if spec.shape[1] != spec.shape[2]:
+                raise ValueError(f"'{key}': Meta-World images are square, shape_meta says {spec.shape}")
+            sizes.add(spec.shape[1])
+            cameras.append(image_camera if key == IMAGE else key[len(IMAGE) + 1:])
+    if len(sizes) > 1:
+        raise ValueError(f"image keys of different sizes {sorted(sizes)} are not supported by MetaWorldEnv")
+    if cameras:
+        if IMAGE not in shape_meta.obs:
+            raise ValueError(f"image keys {cameras} need the first camera under key '{IMAGE}'")
+        kwargs.update(image_cameras=tuple(cameras), image_size=sizes.pop())
+    return kwargs
+
+
+def evaluate(
+    agent: Any,
+    task: str,
+    seeds: Sequence[int],
+    n_workers: int = 2,
+    out_dir: Optional[str | os.PathLike] = None,
+    video_dir: Optional[str | os.PathLike] = None,
+    n_videos: int = 0,
+    max_steps: int = 200,
+    env_kwargs: Optional[Mapping[str, Any]] = None,
+    threads_per_worker: int = 1,
+    progress: bool = False,
+    label: str = "",
+) -> dict[str, Any]:
+    """Run one episode per seed; returns the eval info (also written to ``out_dir/eval_info.json``).
+
+    Args:
+        agent: an agent, or a zero-argument callable that builds one (in each worker).
+        task: Meta-World v3 task name.
+        seeds: one episode per seed (use :func:`envs.seeds.eval_seeds`).
+        n_workers: worker processes; <= 1 runs in this process.
+        out_dir: where ``eval_info.json`` (and, without ``video_dir``, ``videos/``) go; None writes nothing.
+        video_dir: where the mp4 videos of the first ``n_videos`` episodes go.
+        max_steps: step limit per episode.
+        env_kwargs: extra :class:`envs.metaworld_env.MetaWorldEnv` arguments (observations the agent needs).
+        threads_per_worker: torch/OpenMP threads in each worker.
+        label: free text recorded as the agent's name.
+    """
+    from envs.metaworld_env import check_task
+
+    task = check_task(task)
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("evaluate needs at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("seeds must be distinct (one episode per seed)")
+    if video_dir is None and out_dir is not None and n_videos > 0:
+        video_dir = Path(out_dir) / "videos"
+    env_kwargs = dict(env_kwargs or {})
+    jobs = [(i, s, str(video_dir) if video_dir is not None and i < n_videos else None) for i, s in enumerate(seeds)]
+    setup = (agent, task, env_kwargs, max_steps, threads_per_worker)
+
+    t0 = time.perf_counter()
+    results: list[dict] = []
+    bar = _progress_bar(len(jobs), task, progress)
+    if n_workers <= 1:
+        _init_worker(*setup)
+        try:
+            for job in jobs:
+                results.append(_run_job(*job))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            _worker.pop("env").close()
+            _worker.clear()
+    else:
+        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        for k in saved:
+            os.environ[k] = str(threads_per_worker)  # inherited by the spawned workers before torch loads
+        try:
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=ctx,
+                                     initializer=_init_worker, initargs=setup) as pool:
+                futures = [pool.submit(_run_job, *job) for job in jobs]
+                for fut in as_completed(futures):
+                    results.append(fut.result())
+                    if bar is not None:
+                        bar.update(1)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    if bar is not None:
+        bar.close()
+    elapsed = time.perf_counter() - t0
+    results.sort(key=lambda r: r["episode_ix"])
+    info = _summarize(results, task, elapsed, label, max_steps, n_workers, env_kwargs)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "eval_info.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def load_agent(path: str, num_steps: int = 0, device: str = "cpu"):
+    """The policy saved at ``path`` (module-level so worker processes can build it from a ``partial``)."""
+    from policies.checkpoint import load_policy
+
+    policy = load_policy(path, device=device)
+    if num_steps > 0:
+        policy.num_inference_steps = num_steps
+    return policy
+
+
+def evaluate_checkpoint(
+    policy_dir: str | os.PathLike,
+    episodes: int = 50,
+    n_workers: int = 2,
+    out_dir: Optional[str | os.PathLike] = None,
+    n_videos: int = 0,
+    seed0: int = 0,
+    max_steps: Optional[int] = None,
+    task: Optional[str] = None,
+    num_steps: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate the policy saved in ``policy_dir`` on ``eval_seeds(episodes, seed0)``.
+
+    The task and step limit come from the checkpoint's ``metadata.task`` (``env``, ``max_episode_steps``) unless
+    given; the env's observations are derived from the checkpoint's shape_meta (plus any ``crop_box``,
+    ``point_cloud_cameras`` or ``depth_size`` the task metadata records). ``num_steps`` > 0 overrides the NFE.
+    """
+    import functools
+
+    from demos.spec import ShapeMeta
+    from envs.seeds import eval_seeds
+    from policies.checkpoint import read_config
+
+    config = read_config(policy_dir)
+    saved_task = config.get("metadata", {}).get("task", {})
+    if not isinstance(saved_task, Mapping):
+        saved_task = {"env": str(saved_task)}
+    task = task or saved_task.get("env")
+    if not task:
+        raise ValueError(f"checkpoint '{policy_dir}' records no task (metadata.task.env); pass task=<name>")
+    env_kwargs = env_kwargs_from_shape_meta(ShapeMeta.from_dict(config["shape_meta"]))
+    for key in ("crop_box", "point_cloud_cameras", "depth_size"):
+        if saved_task.get(key) is not None:
+            env_kwargs[key] = saved_task[key]
+    max_steps = max_steps or int(saved_task.get("max_episode_steps", 200))
+    agent = functools.partial(load_agent, str(policy_dir), num_steps, device)
+    label = f"checkpoint:{policy_dir}" + (f" (num_steps={num_steps})" if num_steps else "")
+    return evaluate(agent, task, eval_seeds(episodes, seed0), n_workers=n_workers, out_dir=out_dir,
+                    n_videos=n_videos, max_steps=max_steps, env_kwargs=env_kwargs, progress=progress, label=label)
+
+
+def _summarize(results: list[dict], task: str, elapsed: float, label: str, max_steps: int, n_workers: int,
+               env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    latencies = np.concatenate([np.asarray(r.pop("latencies_s"), dtype=np.float64) for r in results])
+    spans = np.array([r.pop("_span") for r in results])
+    episodes_s = float(spans[:, 1].max() - spans[:, 0].min())  # from the first episode start: no worker start-up
+    n = len(results)
+    k = sum(r["success"] for r in results)
+    lo, hi = wilson_interval(k, n)
+    steps = sum(r["steps"] for r in results)
+    aggregated = {
+        "n_episodes": n,
+        "n_success": k,
+        "pc_success": 100.0 * k / n,
+        "ci95_low": lo,
+        "ci95_high": hi,
+        "avg_sum_reward": float(np.mean([r["sum_reward"] for r in results])),
+        "avg_max_reward": float(np.mean([r["max_reward"] for r in results])),
+        "avg_steps": steps / n,
+        "n_agent_failures": sum(r["failure"] is not None for r in results),
+        "latency_ms_p50": float(np.percentile(latencies, 50) * 1e3) if len(latencies) else None,
+        "latency_ms_p99": float(np.percentile(latencies, 99) * 1e3) if len(latencies) else None,
+        "latency_calls": int(len(latencies)),
+        "env_steps": steps,
+        "env_steps_per_s": steps / episodes_s if episodes_s > 0 else None,
+        "startup_s": max(0.0, elapsed - episodes_s),
+        "eval_s": elapsed,
+        "eval_ep_s": elapsed / n,
+    }
+    return {
+        "task": task,
+        "agent": label,
+        "per_episode": results,
+        "aggregated": aggregated,
+        "video_paths": [r["video"] for r in results if r["video"]],
+        "config": {"max_steps": max_steps, "n_workers": n_workers, "seeds": [r["seed"] for r in results],
+                   "env_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in env_kwargs.items()},
+                   "latency": "wall time of each predict_action call, first call per worker excluded"},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- worker side
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(agent: Any, task: str, env_kwargs: Mapping[str, Any], max_steps: int, threads: int) -> None:
+    """Build this process's env and agent (runs once per worker)."""
+    import sys
+
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(threads)
+    from envs.metaworld_env import MetaWorldEnv
+
+    if callable(agent) and not hasattr(agent, "predict_action"):
+        agent = agent()
+    for attr in ("reset", "predict_action"):
+        if not callable(getattr(agent, attr, None)):
+            raise TypeError(f"agent {type(agent).__name__} lacks {attr}(); see the agent interface in docs/ARCHITECTURE.md")
+    env = _worker.get("env")
+    if env is not None:
+        env.close()
+    env = MetaWorldEnv(task, max_episode_steps=max_steps, **env_kwargs)
+    meta = getattr(agent, "shape_meta", None)
+    keys = list(meta.obs) if meta is not None else env.obs_keys
+    missing = [k for k in keys if k not in env.obs_keys]
+    if missing:
+        raise ValueError(f"the agent needs observation key(s) {missing} that this env does not produce "
+                         f"({env.obs_keys}); pass matching env_kwargs (see env_kwargs_from_shape_meta)")
+    reset_takes_seed = "seed" in inspect.signature(agent.reset).parameters
+    _worker.update(env=env, agent=agent, keys=keys, n_obs=int(getattr(agent, "n_obs_steps", 1)),
+                   reset_takes_seed=reset_takes_seed, max_steps=max_steps, warm=False)
+
+
+def _run_job(episode_ix: int, seed: int, video_dir: Optional[str]) -> dict[str, Any]:
+    w = _worker
+    env, agent, keys, n_obs = w["env"], w["agent"], w["keys"], w["n_obs"]
+    result: dict[str, Any] = {"episode_ix": episode_ix, "seed": seed, "success": False, "steps": 0,
+                              "sum_reward": 0.0, "max_reward": 0.0, "failure": None, "video": None}
+    latencies: list[float] = []
+    frames: list[np.ndarray] = []
+    rewards: list[float] = []
+    t_start = time.time()
+    try:
+        obs, _ = env.reset(seed=seed)
+        agent.reset(seed=seed) if w["reset_takes_seed"] else agent.reset()
+        history = deque([obs] * n_obs, maxlen=n_obs)
+        if video_dir is not None:
+            frames.append(env.render())
+        done = False
+        while not done:
+            stacked = {k: np.stack([o[k] for o in history]) for k in keys}  # (To, ...)
+            t = time.perf_counter()
+            try:
+                chunk = agent.predict_action(stacked)
+            except Exception as e:  # any agent bug fails this episode only
+                result["failure"] = f"agent raised {type(e).__name__}: {e}"
+                break
+            dt = time.perf_counter() - t
+            if w["warm"]:
+                latencies.append(dt)
+            w["warm"] = True
+            chunk, problem = _check_chunk(chunk)
+            if problem is not None:
+                result["failure"] = f"step {result['steps']}: {problem}"
+                break
+            for action in chunk:
+                obs, reward, _, truncated, info = env.step(action)
+                result["steps"] += 1
+                rewards.append(reward)
+                history.append(obs)
+                if video_dir is not None:
+                    frames.append(env.render())
+                if info["success"]:
+                    result["success"] = True
+                if result["success"] or truncated or result["steps"] >= w["max_steps"]:
+                    done = True
+                    break
+    except Exception as e:  # simulator errors also end only this episode
+        result["failure"] = result["failure"] or f"episode error {type(e).__name__}: {e}"
+    if rewards:
+        result["sum_reward"], result["max_reward"] = float(np.sum(rewards)), float(np.max(rewards))
+    if frames:
+        result["video"] = _write_video(frames, Path(video_dir) / f"episode_{episode_ix:03d}_seed{seed}.mp4")
+    result["latencies_s"] = latencies
+    result["_span"] = (t_start, time.time())
+    return result
+
+
+def _check_chunk(chunk: Any) -> tuple[np.ndarray, Optional[str]]:
+    """(actions (n, 4) float32, None) or (_, reason) for a chunk the env cannot execute."""
+    if hasattr(chunk, "detach"):
+        chunk = chunk.detach().cpu().numpy()
+    try:
+        arr = np.asarray(chunk, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        return np.zeros((0, ACTION_DIM), np.float32), f"agent returned a non-numeric action ({e})"
+    shape = arr.shape
+    if arr.ndim == 3 and shape[0] == 1:
+        arr = arr[0]
+    elif arr.ndim == 1 and shape[0] == ACTION_DIM:
+        arr = arr[None]
+    if arr.ndim != 2 or arr.shape[1] != ACTION_DIM or arr.shape[0] < 1:
+        return arr, f"agent returned an action of shape {shape}; expected (n, {ACTION_DIM})"
+    if not np.all(np.isfinite(arr)):
+        return arr, "agent returned NaN or inf actions"
+    return arr, None
+
+
+def _write_video(frames: list[np.ndarray], path: Path, fps: int = 30) -> Optional[str]:
+    import warnings
+
+    try:
+        import imageio.v2 as imageio
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        imageio.mimwrite(str(path), frames, fps=fps, macro_block_size=1)
+        return str(path)
+    except Exception as e:  # missing ffmpeg must not lose the evaluation
+        warnings.warn(f"could not write video {path}: {e} (pip install imageio-ffmpeg)", RuntimeWarning)
+        return None
+
+
+def _progress_bar(total: int, task: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"eval {task}", unit="ep", dynamic_ncols=True)
+
