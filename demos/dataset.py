@@ -25,7 +25,8 @@ class SequenceDataset(torch.utils.data.Dataset):
     """Windows of ``horizon`` steps from the training (or validation) episodes of a dataset, held in memory.
 
     Args:
-        replay_buffer_or_path: a :class:`ReplayBuffer` or the path of a zarr dataset (read whole into memory).
+        replay_buffer_or_path: a :class:`ReplayBuffer` or the path of a zarr dataset or a robomimic HDF5 file
+            (read whole into memory).
         shape_meta: the observation keys/shapes and action dim the policy expects; a mismatch raises
             :class:`SpecError` naming the key.
         horizon: action window length H.
@@ -57,6 +58,11 @@ class SequenceDataset(torch.utils.data.Dataset):
         if not 0.0 <= val_ratio < 1.0:
             raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
         rb = replay_buffer_or_path
+        if isinstance(rb, (str, os.PathLike)):
+            from demos.robomimic_hdf5 import is_robomimic_file, load_replay_buffer
+
+            if is_robomimic_file(rb):  # robomimic HDF5: read in the training layout (images (3, H, W))
+                rb = load_replay_buffer(rb, obs_keys=list(shape_meta.obs))
         if not isinstance(rb, ReplayBuffer) or not rb.in_memory:
             rb = ReplayBuffer.load(rb)
         _check_layout(rb, shape_meta)

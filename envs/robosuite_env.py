@@ -72,6 +72,30 @@ def task_info(task: str) -> TaskInfo:
     raise RobosuiteEnvError(f"unknown robosuite task '{task}'; known: {known}")
 
 
+def is_robosuite_task(task: str) -> bool:
+    """True for a task this module builds (``lift``, ``robomimic/can``, ``NutAssemblySquare``, ...)."""
+    try:
+        task_info(task)
+    except RobosuiteEnvError:
+        return False
+    return True
+
+
+def env_kwargs_from_shape_meta(shape_meta: ShapeMeta) -> dict[str, Any]:
+    """:class:`RobosuiteEnv` arguments (cameras, image size) that produce the observations ``shape_meta`` declares."""
+    cameras, sizes = [], set()
+    for key, spec in shape_meta.obs.items():
+        if spec.type != "rgb":
+            continue
+        if not key.endswith("_image") or spec.shape[1] != spec.shape[2]:
+            raise RobosuiteEnvError(f"'{key}' {spec.shape}: robosuite images are '<camera>_image' keys, square (3, H, W)")
+        cameras.append(key[: -len("_image")])
+        sizes.add(spec.shape[1])
+    if len(sizes) > 1:
+        raise RobosuiteEnvError(f"image keys of different sizes {sorted(sizes)} are not supported")
+    return {"cameras": tuple(cameras), "image_size": sizes.pop() if sizes else 84}
+
+
 def task_name(task: str) -> str:
     """Our short name for ``task`` given either form."""
     info = task_info(task)
@@ -204,6 +228,13 @@ class RobosuiteEnv:
         return self._env
 
     # ------------------------------------------------------------------ spec
+    action_dim = ACTION_DIM
+
+    @property
+    def obs_keys(self) -> list[str]:
+        """Every key this env returns, in order."""
+        return [f"{cam}_image" for cam in self.cameras] + list(LOW_DIM_KEYS)
+
     def shape_meta(self) -> ShapeMeta:
         """rgb keys (3, H, W) for each camera, then the low-dim keys, action dim 7."""
         obs = self._observation() if self._obs_cache is None else self._obs_cache

@@ -1,4 +1,4 @@
-"""Evaluation runner: N Meta-World episodes on fixed seeds, in parallel worker processes → ``eval_info.json``.
+"""Evaluation runner: N Meta-World or robosuite episodes on fixed seeds, in parallel worker processes → ``eval_info.json``.
 
 Works with any *agent*: an object with ``reset()``, ``n_obs_steps`` and ``predict_action(obs) -> (n, Da)`` where
 ``obs`` is ``{key: (To, ...)}`` (the last ``n_obs_steps`` observations, the first one repeated at episode start).
@@ -20,6 +20,7 @@ import os
 import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -77,7 +78,7 @@ def evaluate(
     out_dir: Optional[str | os.PathLike] = None,
     video_dir: Optional[str | os.PathLike] = None,
     n_videos: int = 0,
-    max_steps: int = 200,
+    max_steps: Optional[int] = None,
     env_kwargs: Optional[Mapping[str, Any]] = None,
     threads_per_worker: int = 1,
     progress: bool = False,
@@ -87,19 +88,22 @@ def evaluate(
 
     Args:
         agent: an agent, or a zero-argument callable that builds one (in each worker).
-        task: Meta-World v3 task name.
+        task: Meta-World v3 task name, or a robosuite task (``lift``/``can``/``square``, ``robomimic/`` prefix optional).
         seeds: one episode per seed (use :func:`envs.seeds.eval_seeds`).
         n_workers: worker processes; <= 1 runs in this process.
         out_dir: where ``eval_info.json`` (and, without ``video_dir``, ``videos/``) go; None writes nothing.
         video_dir: where the mp4 videos of the first ``n_videos`` episodes go.
-        max_steps: step limit per episode.
-        env_kwargs: extra :class:`envs.metaworld_env.MetaWorldEnv` arguments (observations the agent needs).
+        max_steps: step limit per episode (default: 200 for Meta-World, the task's robomimic horizon for robosuite).
+        env_kwargs: extra :class:`envs.metaworld_env.MetaWorldEnv` (or :class:`envs.robosuite_env.RobosuiteEnv`)
+            arguments (observations the agent needs).
         threads_per_worker: torch/OpenMP threads in each worker.
         label: free text recorded as the agent's name.
     """
-    from envs.metaworld_env import check_task
+    task = _check_task(task)
+    if max_steps is None:
+        from envs.robosuite_env import task_info
 
-    task = check_task(task)
+        max_steps = task_info(task).max_steps if _is_robosuite(task) else 200
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("evaluate needs at least one seed")
@@ -125,9 +129,10 @@ def evaluate(
             _worker.pop("env").close()
             _worker.clear()
     else:
-        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        # Inherited by the spawned workers before torch / the llvmpipe renderer start their thread pools.
+        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LP_NUM_THREADS")}
         for k in saved:
-            os.environ[k] = str(threads_per_worker)  # inherited by the spawned workers before torch loads
+            os.environ[k] = str(threads_per_worker)
         try:
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=ctx,
@@ -137,6 +142,9 @@ def evaluate(
                     results.append(fut.result())
                     if bar is not None:
                         bar.update(1)
+        except BrokenProcessPool as e:
+            raise RuntimeError("an evaluation worker died while building its env or agent, or crashed; its "
+                               "traceback is printed above (run with n_workers=0 to debug in this process)") from e
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -197,7 +205,12 @@ def evaluate_checkpoint(
     task = task or saved_task.get("env")
     if not task:
         raise ValueError(f"checkpoint '{policy_dir}' records no task (metadata.task.env); pass task=<name>")
-    env_kwargs = env_kwargs_from_shape_meta(ShapeMeta.from_dict(config["shape_meta"]))
+    if _is_robosuite(task):
+        from envs.robosuite_env import env_kwargs_from_shape_meta as robosuite_env_kwargs
+
+        env_kwargs = robosuite_env_kwargs(ShapeMeta.from_dict(config["shape_meta"]))
+    else:
+        env_kwargs = env_kwargs_from_shape_meta(ShapeMeta.from_dict(config["shape_meta"]))
     for key in ("crop_box", "point_cloud_cameras", "depth_size"):
         if saved_task.get(key) is not None:
             env_kwargs[key] = saved_task[key]
@@ -258,8 +271,6 @@ def _init_worker(agent: Any, task: str, env_kwargs: Mapping[str, Any], max_steps
 
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
-    from envs.metaworld_env import MetaWorldEnv
-
     if callable(agent) and not hasattr(agent, "predict_action"):
         agent = agent()
     for attr in ("reset", "predict_action"):
@@ -268,7 +279,11 @@ def _init_worker(agent: Any, task: str, env_kwargs: Mapping[str, Any], max_steps
     env = _worker.get("env")
     if env is not None:
         env.close()
-    env = MetaWorldEnv(task, max_episode_steps=max_steps, **env_kwargs)
+    if _is_robosuite(task):
+        from envs.robosuite_env import RobosuiteEnv as Env
+    else:
+        from envs.metaworld_env import MetaWorldEnv as Env
+    env = Env(task, max_episode_steps=max_steps, **env_kwargs)
     meta = getattr(agent, "shape_meta", None)
     keys = list(meta.obs) if meta is not None else env.obs_keys
     missing = [k for k in keys if k not in env.obs_keys]
@@ -308,7 +323,7 @@ def _run_job(episode_ix: int, seed: int, video_dir: Optional[str]) -> dict[str, 
             if w["warm"]:
                 latencies.append(dt)
             w["warm"] = True
-            chunk, problem = _check_chunk(chunk)
+            chunk, problem = _check_chunk(chunk, getattr(env, "action_dim", ACTION_DIM))
             if problem is not None:
                 result["failure"] = f"step {result['steps']}: {problem}"
                 break
@@ -335,21 +350,38 @@ def _run_job(episode_ix: int, seed: int, video_dir: Optional[str]) -> dict[str, 
     return result
 
 
-def _check_chunk(chunk: Any) -> tuple[np.ndarray, Optional[str]]:
-    """(actions (n, 4) float32, None) or (_, reason) for a chunk the env cannot execute."""
+def _is_robosuite(task: str) -> bool:
+    from envs.robosuite_env import is_robosuite_task
+
+    return is_robosuite_task(task)
+
+
+def _check_task(task: str) -> str:
+    """A robosuite task's short name (``robomimic/lift`` -> ``lift``), or a checked Meta-World task name."""
+    if _is_robosuite(task):
+        from envs.robosuite_env import task_name
+
+        return task_name(task)
+    from envs.metaworld_env import check_task
+
+    return check_task(task)
+
+
+def _check_chunk(chunk: Any, action_dim: int = ACTION_DIM) -> tuple[np.ndarray, Optional[str]]:
+    """(actions (n, Da) float32, None) or (_, reason) for a chunk the env cannot execute."""
     if hasattr(chunk, "detach"):
         chunk = chunk.detach().cpu().numpy()
     try:
         arr = np.asarray(chunk, dtype=np.float32)
     except (TypeError, ValueError) as e:
-        return np.zeros((0, ACTION_DIM), np.float32), f"agent returned a non-numeric action ({e})"
+        return np.zeros((0, action_dim), np.float32), f"agent returned a non-numeric action ({e})"
     shape = arr.shape
     if arr.ndim == 3 and shape[0] == 1:
         arr = arr[0]
-    elif arr.ndim == 1 and shape[0] == ACTION_DIM:
+    elif arr.ndim == 1 and shape[0] == action_dim:
         arr = arr[None]
-    if arr.ndim != 2 or arr.shape[1] != ACTION_DIM or arr.shape[0] < 1:
-        return arr, f"agent returned an action of shape {shape}; expected (n, {ACTION_DIM})"
+    if arr.ndim != 2 or arr.shape[1] != action_dim or arr.shape[0] < 1:
+        return arr, f"agent returned an action of shape {shape}; expected (n, {action_dim})"
     if not np.all(np.isfinite(arr)):
         return arr, "agent returned NaN or inf actions"
     return arr, None

@@ -205,14 +205,22 @@ def test_split_masks_is_seeded_and_disjoint():
     assert split_masks(names, 0.0)["valid"] == []
 
 
-def test_collect_lift_then_replay_states_and_actions(tmp_path):
-    """Real collection; then robomimic's two uses of a file: observations from ``states`` and action playback."""
+@pytest.fixture(scope="module")
+def collected_lift(tmp_path_factory):
+    """Two real scripted Lift demos (one 32x32 camera), collected once for this module."""
     pytest.importorskip("robosuite")
     from demos.collect_robomimic import collect_robomimic
+
+    out = tmp_path_factory.mktemp("collect") / "lift.hdf5"
+    summary = collect_robomimic("robomimic/lift", 2, str(out), image_size=32, cameras=("agentview",), verbose=False)
+    return out, summary
+
+
+def test_collect_lift_then_replay_states_and_actions(collected_lift):
+    """Real collection; then robomimic's two uses of a file: observations from ``states`` and action playback."""
     from envs.robosuite_env import RobosuiteEnv
 
-    out = tmp_path / "lift.hdf5"
-    summary = collect_robomimic("robomimic/lift", 2, str(out), image_size=32, cameras=("agentview",), verbose=False)
+    out, summary = collected_lift
     assert summary["demos"] == 2 and summary["seeds"] == [0, 1]
     f = read_robomimic(out)
     assert f.total == sum(len(d) for d in f.demos.values()) and set(f.masks) == {"train", "valid"}
@@ -235,3 +243,33 @@ def test_collect_lift_then_replay_states_and_actions(tmp_path):
         np.testing.assert_array_equal(obs["agentview_image"].transpose(1, 2, 0), demo.next_obs["agentview_image"][-1])
     finally:
         env.close()
+
+
+class ReplayAgent:
+    """Replays a file's recorded actions for the episode seed it was recorded with (an agent for the runner)."""
+
+    n_obs_steps = 1
+
+    def __init__(self, path):
+        self.by_seed = {d.attrs["seed"]: d.actions for d in read_robomimic(path).demos.values()}
+        self.queue: list = []
+
+    def reset(self, seed=None):
+        self.queue = list(self.by_seed[seed])
+
+    def predict_action(self, obs):
+        assert obs["agentview_image"].shape == (1, 3, 32, 32)
+        return np.asarray(self.queue.pop(0))[None]  # (1, 7)
+
+
+def test_runner_evaluates_robosuite_tasks(collected_lift, tmp_path):
+    """The shared eval runner drives a robosuite env: the same seeds rebuild the demos' initial states."""
+    from envs.runner import evaluate
+
+    out, summary = collected_lift
+    info = evaluate(ReplayAgent(out), "robomimic/lift", seeds=summary["seeds"], n_workers=1, out_dir=tmp_path,
+                    env_kwargs={"cameras": ("agentview",), "image_size": 32}, label="replay")
+    assert info["task"] == "lift" and info["config"]["max_steps"] == 400
+    assert info["aggregated"]["n_success"] == 2 and info["aggregated"]["n_agent_failures"] == 0
+    assert [r["steps"] for r in info["per_episode"]] == [len(d) for d in read_robomimic(out).demos.values()]
+    assert (tmp_path / "eval_info.json").exists()
