@@ -10,6 +10,7 @@ BENCHMARKS = {
     "envs": "mfp.bench.envs",
     "success": "mfp.bench.success",
     "deploy": "mfp.bench.deploy",
+    "robomimic": "mfp.bench.robomimic",
 }
 
 
