@@ -26,7 +26,7 @@ def parse_overrides(schema: type[T], argv: Sequence[str], command: str) -> T:
     """Merge ``argv`` (``key=value`` items) onto ``schema``'s defaults and build the dataclass.
 
     ``-h``/``--help`` prints :func:`usage` and exits 0; an unknown key, a bad value or a missing required field
-    exits 2 with a message naming it.
+    (default ``"???"``) exits 2 with a message naming it.
     """
     argv = list(argv)
     if any(a in ("-h", "--help") for a in argv):

@@ -81,9 +81,6 @@ def check_compatible(policy, robot_info, limits) -> None:
 def main(argv: list[str]) -> int:
     cfg = parse_overrides(DeployConfig, argv, "mfp deploy")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if cfg.checkpoint == "???":
-        print("mfp deploy: checkpoint=DIR is required", file=sys.stderr)
-        return EXIT_USAGE
     if cfg.backend not in ("auto", "eager", "onnx", "pt2"):
         print(f"mfp deploy: backend must be auto, eager, onnx or pt2, got '{cfg.backend}'", file=sys.stderr)
         return EXIT_USAGE
