@@ -170,3 +170,12 @@ def test_eval_cli_runs_the_expert(tmp_path, capsys):
     assert main(["task=reach-v2", "policy=expert", "n_episodes=1"]) == 2
     assert "reach-v3" in capsys.readouterr().err
     assert main(["taks=reach-v3"]) == 2  # unknown option
+
+
+def _failing_factory():
+    raise RuntimeError("checkpoint is corrupt")
+
+
+def test_a_worker_that_cannot_build_its_agent_gives_a_clear_error():
+    with pytest.raises(RuntimeError, match="worker died while building"):
+        evaluate(_failing_factory, "reach-v3", eval_seeds(2), n_workers=2, max_steps=5, env_kwargs=STATE_ONLY)
