@@ -37,8 +37,9 @@ class EncoderConfig:
 class DispersiveConfig:
     """Dispersive regularization ("Diffuse and Disperse"): total loss = head loss + weight * sum over layers.
 
-    ``layers`` names the features to regularize: "obs_embedding" (the global condition) and/or dotted module
-    names inside the backbone (taken with forward hooks), e.g. "backbone.down_modules.0".
+    ``layers`` names the features to regularize: "obs_embedding" (the global condition) and/or dotted
+    names of modules inside the policy (taken with forward hooks), e.g. "head.backbone.down_modules.0.1" (the
+    second residual block of the first U-Net level; a ModuleList itself is never called and is rejected).
     """
 
     weight: float = 0.0

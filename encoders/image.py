@@ -136,6 +136,10 @@ class ImageEncoder(nn.Module):
         self.trunk = ResNet18GN()
         if pretrained:
             load_imagenet_weights(self.trunk)
+        # Channels-last conv weights and inputs take oneDNN's kernels; at batch 1 PyTorch otherwise picks its
+        # slow im2col convolution for these small maps (measured 2-3x slower). Savers must call .contiguous()
+        # on the 4-D weights (safetensors refuses other strides; policies/checkpoint.py does).
+        self.trunk.to(memory_format=torch.channels_last)
         fh, fw = self._feature_hw(ch), self._feature_hw(cw)
         self.pool = SpatialSoftmax(self.trunk.out_channels, fh, fw, num_keypoints)
         self.proj = nn.Linear(2 * num_keypoints, self.output_dim)
@@ -159,7 +163,7 @@ class ImageEncoder(nn.Module):
         if images.dtype == torch.uint8:
             images = images.float() / 255.0
         images = self._random_crop(images) if self.training else self._center_crop(images)  # (N, 3, ch, cw)
-        images = (images - self.mean) / self.std
+        images = ((images - self.mean) / self.std).contiguous(memory_format=torch.channels_last)
         return self.proj(self.pool(self.trunk(images)))
 
     def _center_crop(self, images: torch.Tensor) -> torch.Tensor:
@@ -177,4 +181,4 @@ class ImageEncoder(nn.Module):
         left = torch.randint(0, w - cw + 1, (n, 1), device=dev) + torch.arange(cw, device=dev)  # (N, cw)
         batch = torch.arange(n, device=dev)[:, None, None]
         patches = images.permute(0, 2, 3, 1)[batch, top[:, :, None], left[:, None, :]]  # (N, ch, cw, 3)
-        return patches.permute(0, 3, 1, 2).contiguous()
+        return patches.permute(0, 3, 1, 2)  # (N, 3, ch, cw), channels-last strides

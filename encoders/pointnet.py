@@ -102,7 +102,10 @@ class PointNetEncoder(nn.Module):
         """Max-pool over points with autograd only through the critical points. (N, P, Cin) -> (N, C)."""
         n, p, c_in = points.shape
         with torch.no_grad():
-            arg = self.mlp(points).argmax(dim=1)  # (N, C): index of the max point per channel
+            h = points
+            for layer in self.mlp:
+                h = torch.relu_(h) if isinstance(layer, nn.ReLU) else layer(h)
+            arg = h.argmax(dim=1)  # (N, C): index of the max point per channel
         rows = arg + torch.arange(n, device=points.device).unsqueeze(1) * p  # (N, C) row in (N*P)
         crit_rows, inverse = torch.unique(rows, return_inverse=True)  # (K,), (N, C)
         crit_feats = self.mlp(points.reshape(n * p, c_in)[crit_rows])  # (K, C) with autograd

@@ -241,3 +241,33 @@ def test_export_in_train_mode_with_grad_uses_the_dense_path() -> None:
     ops = {str(node.target) for node in exported.graph.nodes}
     assert not any("unique" in op for op in ops)
     torch.testing.assert_close(exported.module()(x), enc(x), atol=1e-5, rtol=0)
+
+
+def test_image_weights_save_after_contiguous(image_encoder: ImageEncoder, tmp_path) -> None:
+    """Conv weights are channels-last for speed; the safetensors round trip (with .contiguous()) is exact."""
+    from safetensors.torch import load_file, save_file
+
+    state = {k: v.contiguous() for k, v in image_encoder.state_dict().items()}
+    save_file(state, str(tmp_path / "image.safetensors"))
+    fresh = ImageEncoder((3, 84, 84), crop_shape=(76, 76), num_keypoints=32, out_dim=64).eval()
+    fresh.load_state_dict(load_file(str(tmp_path / "image.safetensors")))
+    image_encoder.eval()
+    images = torch.rand(2, 3, 84, 84)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(images), image_encoder(images), atol=0, rtol=0)
+
+
+def test_bench_encoders_runs_and_writes_json(tmp_path) -> None:
+    import json
+
+    from mfp.bench.encoders import main
+
+    out = tmp_path / "encoders.json"
+    args = ["--out", str(out), "--calls", "3", "--warmup", "1", "--train-reps", "1", "--batch", "4",
+            "--points", "64", "--image-size", "40"]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert set(result["latency"]) == {"pointnet", "pointnet_maxmean", "image_40", "condition_pc+state_2steps"}
+    assert result["train"]["clouds_per_step"] == 8 and 0 < result["train"]["critical_fraction"] <= 1
+    assert set(result["dispersive"]["overhead"]) == {"infonce_l2", "infonce_cosine", "hinge", "covariance"}
+    assert all(s["p50_ms"] > 0 for s in result["latency"].values())
