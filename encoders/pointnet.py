@@ -26,9 +26,14 @@ from torch import nn
 POOLINGS = ("max", "maxmean")
 
 
-def _tracing() -> bool:
-    """True while an exporter or compiler traces the module (they must see the static dense path)."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+def _tracing(points: torch.Tensor) -> bool:
+    """True while an exporter, compiler or torch.func transform traces the module: they get the dense path."""
+    return (
+        torch.compiler.is_compiling()
+        or torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+        or torch._C._functorch.is_functorch_wrapped_tensor(points)
+    )
 
 
 class PointNetEncoder(nn.Module):
@@ -83,7 +88,7 @@ class PointNetEncoder(nn.Module):
                 f"PointNetEncoder expects points of shape (N, P, {self.in_channels}), got {tuple(points.shape)}"
             )
         if self.pooling == "max":
-            if self.sparse_backward and self._needs_grad(points) and not _tracing():
+            if self.sparse_backward and self._needs_grad(points) and not _tracing(points):
                 pooled = self._max_pool_sparse(points)  # (N, C)
             else:
                 pooled = self.mlp(points).amax(dim=1)  # (N, C)

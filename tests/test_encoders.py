@@ -271,3 +271,10 @@ def test_bench_encoders_runs_and_writes_json(tmp_path) -> None:
     assert result["train"]["clouds_per_step"] == 8 and 0 < result["train"]["critical_fraction"] <= 1
     assert set(result["dispersive"]["overhead"]) == {"infonce_l2", "infonce_cosine", "hinge", "covariance"}
     assert all(s["p50_ms"] > 0 for s in result["latency"].values())
+
+
+def test_pointnet_under_vmap_uses_the_dense_path() -> None:
+    enc = PointNetEncoder(3, [16, 32], 8, "max")
+    clouds = torch.rand(3, 2, 20, 3)
+    batched = torch.vmap(enc)(clouds)  # (3, 2, 8): the critical-point path (torch.unique) cannot run in vmap
+    torch.testing.assert_close(batched, enc(clouds.reshape(6, 20, 3)).reshape(3, 2, 8), atol=1e-5, rtol=0)
