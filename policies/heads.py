@@ -5,6 +5,7 @@ model of normalized action chunks: ``compute_loss(actions, cond)`` for training,
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Optional
 
 import torch
@@ -14,7 +15,7 @@ from policies.config import HEADS as HEAD_NAMES
 from policies.config import DiffusionConfig, FlowConfig, MeanFlowConfig
 
 
-class ActionHead(nn.Module):
+class ActionHead(nn.Module, ABC):
     """Base class of every action head.
 
     Subclasses set ``default_num_steps`` (the NFE used when the caller does not say) and implement
@@ -35,10 +36,11 @@ class ActionHead(nn.Module):
         self.action_dim = int(backbone.input_dim)
         self.cond_dim = int(backbone.global_cond_dim)
 
+    @abstractmethod
     def compute_loss(self, actions: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Scalar training loss and float metrics for ``actions (B, H, Da)`` given ``cond (B, C)``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def sample(
         self,
         cond: torch.Tensor,
@@ -47,7 +49,6 @@ class ActionHead(nn.Module):
         generator: Optional[torch.Generator] = None,
     ) -> torch.Tensor:
         """Action chunks ``(B, H, Da)`` for ``cond (B, C)`` with ``num_steps`` network evaluations."""
-        raise NotImplementedError
 
     # ------------------------------------------------------------------ helpers for subclasses
     def check_batch(self, actions: torch.Tensor, cond: torch.Tensor) -> None:

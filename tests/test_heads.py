@@ -71,6 +71,35 @@ def test_deterministic_heads_depend_on_noise_and_cond(name: str) -> None:
     assert not torch.allclose(a, b) and not torch.allclose(a, c)
 
 
+def test_flow_sampling_is_euler_on_the_velocity() -> None:
+    head = build_head("flow", "mlp", 4).eval()
+    cond, eps = torch.randn(2, COND_DIM), torch.randn(2, 4, ACTION_DIM)
+    with torch.no_grad():
+        z = eps
+        for t in (1.0, 0.5):
+            z = z - 0.5 * head.backbone(z, torch.full((2, 1), t), cond)
+        one = eps - head.backbone(eps, torch.ones(2, 1), cond)
+    torch.testing.assert_close(head.sample(cond, num_steps=2, noise=eps), z)
+    torch.testing.assert_close(head.sample(cond, num_steps=1, noise=eps), one)
+
+
+def test_regression_ignores_noise_and_fits_the_mean() -> None:
+    head = build_head("regression", "mlp", 4)
+    cond = torch.randn(4, COND_DIM)
+    a = head.sample(cond, noise=torch.randn(4, 4, ACTION_DIM))
+    assert torch.equal(a, head.sample(cond))
+    # two equally likely targets per condition: MSE training converges to their average
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    target = torch.rand(1, 4, ACTION_DIM).expand(8, -1, -1)
+    for i in range(150):
+        actions = torch.where(torch.arange(8)[:, None, None] % 2 == 0, target, -target)
+        loss, _ = head.compute_loss(actions, torch.zeros(8, COND_DIM))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert head.sample(torch.zeros(1, COND_DIM)).abs().max() < 0.05
+
+
 def test_registry_errors_name_what_is_known() -> None:
     with pytest.raises(ValueError, match="known: meanflow, flow, ddpm, ddim, regression"):
         make_head("meanflw", build_backbone("mlp", 4, 2), MeanFlowConfig(), 4)
