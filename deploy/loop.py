@@ -276,7 +276,7 @@ class ControlLoop:
         self._stop.set()
 
     # ------------------------------------------------------------------ run
-    def run(self, duration_s: float, on_tick: Optional[Callable[[int], None]] = None) -> LoopStats:
+    def run(self, duration_s: float) -> LoopStats:
         """Run for ``duration_s`` seconds (or until stopped or the robot is lost)."""
         stats = LoopStats(hz=self.hz)
         self.agent.reset()
@@ -373,8 +373,6 @@ class ControlLoop:
                     self.recorder.add(obs, command, t_obs, hold=reason is not None)
                 stats.ticks += 1
                 stats.tick_work.append(time.monotonic() - start)
-                if on_tick is not None:
-                    on_tick(k)
                 k += 1
             stats.stop_reason = "stopped" if self._stop.is_set() else "duration reached"
         except RobotConnectionError as e:
