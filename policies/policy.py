@@ -87,7 +87,7 @@ class Policy(nn.Module):
         if diagnostics:
             from encoders.diagnostics import collapse_metrics
 
-            metrics.update({f"embedding/{k}": v for k, v in collapse_metrics(cond.detach()).items()})
+            metrics.update(collapse_metrics(cond.detach(), prefix="embedding"))
         return loss, metrics
 
     def _check_actions(self, actions: torch.Tensor) -> None:

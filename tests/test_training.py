@@ -1,0 +1,144 @@
+"""The trainer end to end on real scripted demos: train -> checkpoint -> evaluate, exact resume, bad input."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from policies.checkpoint import CheckpointError, load_policy
+from policies.config import BackboneConfig, EncoderConfig, PolicyConfig
+from training.config import EvalConfig, TaskConfig, TrainConfig, WandbConfig
+from training.tasks import TaskDataError, load_task_data
+from training.trainer import Trainer, TrainingError
+
+TASK = "button-press-topdown-v3"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_cfg(out: Path, dataset: Path, steps: int, **kw) -> TrainConfig:
+    policy = PolicyConfig(
+        head="meanflow", horizon=4, n_obs_steps=2, n_action_steps=3,
+        backbone=BackboneConfig(type="mlp", hidden_dim=64, n_layers=2, time_embed_dim=32),
+        encoder=EncoderConfig(point_hidden_dims=[32, 64], point_out_dim=32, state_hidden_dim=32, state_out_dim=32),
+    )
+    task = TaskConfig(env=TASK, num_points=128, n_demos=2, dataset=str(dataset), max_episode_steps=120)
+    base = TrainConfig(task=task, policy=policy, eval=EvalConfig(episodes=2, workers=1, videos=0),
+                       wandb=WandbConfig(mode="disabled"), batch_size=16, num_steps=steps, warmup_steps=5,
+                       output_dir=str(out), checkpoint_every=10, log_every=5, diagnostics_every=10,
+                       progress=False, torch_threads=1)
+    return replace(base, **kw)
+
+
+@pytest.fixture(scope="module")
+def demos(tmp_path_factory) -> Path:
+    """Two real scripted-expert episodes (collected through the trainer's own data path)."""
+    from training.tasks import ensure_demos
+
+    path = tmp_path_factory.mktemp("data") / "demos.zarr"
+    ensure_demos(TaskConfig(env=TASK, num_points=128, n_demos=2, dataset=str(path)))
+    return path
+
+
+def test_train_checkpoint_evaluate(tmp_path, demos):
+    trainer = Trainer(tiny_cfg(tmp_path / "run", demos, steps=40))
+    summary = trainer.fit()
+    info = trainer.evaluate(2, "eval", videos=0)
+    trainer.close()
+    assert summary["steps"] == 40
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert any("embedding_erank" in m and "embedding_mean_cos" in m for m in metrics), "collapse diagnostics are logged"
+    policy = load_policy(tmp_path / "run" / "policy")
+    assert policy.checkpoint_metadata["step"] == 40
+    assert info["aggregated"]["n_episodes"] == 2
+    assert (tmp_path / "run" / "eval" / "eval_info.json").is_file()
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, demos):
+    straight = Trainer(tiny_cfg(tmp_path / "a", demos, steps=20))
+    straight.fit()
+    # Interrupted run: stops at step 10 (a checkpoint boundary), then a new process-equivalent resumes it.
+    first = Trainer(tiny_cfg(tmp_path / "b", demos, steps=20))
+    first._prepare_output()
+    while first.step < 10:
+        first.train_step(first.data.train.sample_batch(first.np_rng, 16))
+    first.save_checkpoint()
+    resumed = Trainer(tiny_cfg(tmp_path / "b", demos, steps=20, resume=True))
+    resumed.fit()
+    for (name, a), (_, b) in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().items()):
+        assert torch.equal(a, b), f"resumed run differs from the uninterrupted one at '{name}'"
+    for (name, a), (_, b) in zip(straight.ema.ema_model.state_dict().items(), resumed.ema.ema_model.state_dict().items()):
+        assert torch.equal(a, b), f"EMA differs at '{name}'"
+
+
+def test_existing_run_needs_resume_flag_and_resume_needs_same_config(tmp_path, demos):
+    Trainer(tiny_cfg(tmp_path / "run", demos, steps=10)).fit()
+    with pytest.raises(TrainingError, match="resume=true"):
+        Trainer(tiny_cfg(tmp_path / "run", demos, steps=10)).fit()
+    other = tiny_cfg(tmp_path / "run", demos, steps=20, resume=True)
+    other = replace(other, policy=replace(other.policy, head="flow"))
+    with pytest.raises(TrainingError, match="policy"):
+        Trainer(other).fit()
+
+
+def test_bad_data_fails_before_training(tmp_path, demos):
+    cfg = tiny_cfg(tmp_path / "run", demos, steps=10)
+    # Dataset collected for another task.
+    with pytest.raises(TaskDataError, match="collected for"):
+        load_task_data(replace(cfg.task, env="drawer-open-v3"), cfg.policy, 0, 0.0)
+    # Keys the dataset does not hold.
+    with pytest.raises(Exception, match="image"):
+        load_task_data(replace(cfg.task, obs_keys=["image", "agent_pos"]), cfg.policy, 0, 0.0)
+    # Point count that does not match the dataset.
+    with pytest.raises(Exception, match="point_cloud"):
+        load_task_data(replace(cfg.task, num_points=256), cfg.policy, 0, 0.0)
+    # Unknown task name: the error lists close matches.
+    with pytest.raises(Exception, match="button-press-topdown-v3"):
+        load_task_data(replace(cfg.task, env="button-press-topdown"), cfg.policy, 0, 0.0)
+    assert not (tmp_path / "run").exists(), "nothing is written when the data is bad"
+
+
+def test_checkpoint_of_another_task_is_rejected_by_eval(tmp_path, demos):
+    trainer = Trainer(tiny_cfg(tmp_path / "run", demos, steps=5))
+    trainer.fit()
+    trainer.close()
+    from envs.runner import evaluate_checkpoint
+
+    with pytest.raises(Exception, match="full_state|point_cloud|agent_pos|obs"):
+        # a policy trained on point clouds cannot be evaluated with a state-only observation layout
+        cfg = json.loads((tmp_path / "run" / "policy" / "config.json").read_text())
+        cfg["shape_meta"]["obs"] = {"full_state": {"type": "low_dim", "shape": [39]}}
+        (tmp_path / "run" / "policy" / "config.json").write_text(json.dumps(cfg))
+        load_policy(tmp_path / "run" / "policy")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume(tmp_path, demos):
+    """A real `mfp train` process killed with SIGKILL resumes from its last training state."""
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "mfp.cli", "train", f"task.dataset={demos}", "task.n_demos=2", "task.num_points=128",
+            "policy.backbone.type=mlp", "policy.backbone.hidden_dim=64", "policy.backbone.n_layers=2",
+            "num_steps=400", "checkpoint_every=20", "batch_size=16", "eval.episodes=0", "wandb.mode=disabled",
+            "torch_threads=1", "progress=false", f"output_dir={out}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    state = out / "train_state.pt"
+    deadline = time.time() + 240
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists(), proc.stderr.read().decode()[-2000:]
+    saved = torch.load(state, weights_only=True)["step"]
+    assert 20 <= saved < 400
+    load_policy(out / "policy")  # the portable checkpoint is readable after the kill
+    done = subprocess.run(args + ["resume=true"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert torch.load(state, weights_only=True)["step"] == 400
+    assert load_policy(out / "policy").checkpoint_metadata["step"] == 400
