@@ -299,7 +299,7 @@ class ControlLoop:
         holding: Optional[str] = None
         resync = True
         try:
-            t_first, obs = self.robot.get_observation()
+            _, obs = self.robot.get_observation()
             self._check_spec(obs)
             self.safety.reset(self.safety.position_from_obs(obs))
             t0 = time.monotonic() + self.dt
@@ -313,9 +313,11 @@ class ControlLoop:
                 start = time.monotonic()
                 late = start - t_k
                 if late >= self.dt:  # a whole period lost (the process was descheduled): skip, do not burst
-                    skip = int(late // self.dt)
+                    skip = min(int(late // self.dt), n_ticks - k)
                     stats.missed_ticks += skip
                     k += skip
+                    if k >= n_ticks:
+                        break
                     t_k = t0 + k * self.dt
                     late = start - t_k
                 if last_start is not None:
