@@ -176,8 +176,8 @@ class FeatureTap:
                 f"FeatureTap: unknown layer name(s) {hint_text}. '{OBS_EMBEDDING}' is reserved for the encoder "
                 f"output; available module names: {', '.join(available)}"
             )
-        self._modules = {n: model.get_submodule(n) for n in self.module_names}
-        for name, module in self._modules.items():
+        self._targets = {n: model.get_submodule(n) for n in self.module_names}
+        for name, module in self._targets.items():
             if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
                 children = ", ".join(f"{name}.{c}" for c, _ in module.named_children())
                 raise KeyError(
@@ -196,7 +196,7 @@ class FeatureTap:
         if self.active:
             raise RuntimeError("FeatureTap.start(): a capture is already active; call stop() first")
         self._store = {n: [] for n in self.module_names}
-        for name, module in self._modules.items():
+        for name, module in self._targets.items():
             self._handles.append(module.register_forward_hook(self._hook(name)))
 
     def stop(self) -> list[torch.Tensor]:

@@ -75,7 +75,9 @@ class ObservationEncoder(nn.Module):
                         f"use_point_color=True needs '{key}' of shape (N, 6) (xyz + rgb), got {spec.shape}"
                     )
                 if channels not in (3, 6):
-                    raise SpecError(f"point cloud '{key}' must have 3 (xyz) or 6 (xyz + rgb) channels, got {spec.shape}")
+                    raise SpecError(
+                        f"point cloud '{key}' must have 3 (xyz) or 6 (xyz + rgb) channels, got {spec.shape}"
+                    )
                 self._point_channels[key] = 6 if use_point_color else 3
                 self.encoders[key] = PointNetEncoder(
                     self._point_channels[key], point_hidden_dims, point_out_dim, _POOLING_OF[point_net]

@@ -54,7 +54,8 @@ class ResNet18GN(nn.Module):
         in_ch = 64
         for i, width in enumerate(RESNET18_WIDTHS):
             stride = 1 if i == 0 else 2
-            self.add_module(f"layer{i + 1}", nn.Sequential(BasicBlock(in_ch, width, stride), BasicBlock(width, width, 1)))
+            blocks = nn.Sequential(BasicBlock(in_ch, width, stride), BasicBlock(width, width, 1))
+            self.add_module(f"layer{i + 1}", blocks)
             in_ch = width
         self.out_channels = in_ch
 

@@ -132,7 +132,8 @@ def test_image_crop_train_random_eval_centre(image_encoder: ImageEncoder) -> Non
     crops = image_encoder._random_crop(images)
     offsets = []
     for b in range(4):
-        hits = [(i, j) for i in range(9) for j in range(9) if torch.equal(crops[b], images[b, :, i : i + 76, j : j + 76])]
+        windows = {(i, j): images[b, :, i : i + 76, j : j + 76] for i in range(9) for j in range(9)}
+        hits = [ij for ij, window in windows.items() if torch.equal(crops[b], window)]
         assert len(hits) == 1
         offsets.append(hits[0])
     assert len(set(offsets)) > 1
