@@ -43,8 +43,8 @@ class PointNetEncoder(nn.Module):
         in_channels: 3 for xyz, 6 for xyz + rgb.
         hidden_dims: widths of the per-point MLP (DP3: 64, 128, 256).
         out_dim: output width after the projection (DP3: 64).
-        pooling: "max" (DP3) or "maxmean" (concatenated max and mean over points; denser gradient, ~1.6x the
-            training cost of "max" because every point is back-propagated).
+        pooling: "max" (DP3) or "maxmean" (concatenated max and mean over points; the mean sends gradient to
+            every point, so it trains at the dense cost, measured ~2-3x a "max" step with sparse_backward).
         sparse_backward: use the critical-point backward described in the module docstring (max pooling only).
     """
 
