@@ -5,6 +5,7 @@ Training calls :meth:`Policy.compute_loss`; evaluation, export and deployment ca
 """
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from typing import Any, Mapping, Optional, Sequence
 
@@ -13,9 +14,9 @@ import torch
 from torch import nn
 
 from demos.spec import ShapeMeta, SpecError
+from encoders.dispersive import OBS_EMBEDDING, FeatureTap, regularized_loss
 from policies.normalizer import LinearNormalizer
 
-OBS_EMBEDDING = "obs_embedding"
 
 
 class Policy(nn.Module):
@@ -53,12 +54,10 @@ class Policy(nn.Module):
         self.dispersive_weight = float(dispersive_weight)
         self.dispersive = dispersive if self.dispersive_weight > 0 else None
         self._disperse_embedding = OBS_EMBEDDING in dispersive_layers
-        self._tap = None
         block_layers = [name for name in dispersive_layers if name != OBS_EMBEDDING]
-        if self.dispersive is not None and block_layers:
-            from encoders.dispersive import FeatureTap
-
-            self._tap = FeatureTap(self, block_layers)
+        if self.dispersive is not None and not (block_layers or self._disperse_embedding):
+            raise ValueError("dispersive weight > 0 but no layer to regularize; set dispersive.layers")
+        self._tap = FeatureTap(self, block_layers) if self.dispersive is not None and block_layers else None
         self._obs_history: deque = deque(maxlen=n_obs_steps)
         self._action_queue: deque = deque()
 
@@ -68,27 +67,28 @@ class Policy(nn.Module):
         obs, actions = batch["obs"], batch["action"]
         self.shape_meta.check_obs(obs, leading_dims=2)
         self._check_actions(actions)
-        if obs[next(iter(self.shape_meta.obs))].shape[1] != self.n_obs_steps:
-            raise SpecError(f"batch has {obs[next(iter(self.shape_meta.obs))].shape[1]} obs steps; policy needs {self.n_obs_steps}")
+        steps = obs[next(iter(self.shape_meta.obs))].shape[1]
+        if steps != self.n_obs_steps:
+            raise SpecError(f"batch has {steps} observation steps; this policy needs {self.n_obs_steps}")
         nactions = self.normalizer.normalize("action", actions)  # (B, H, Da)
-        if self._tap is not None:
-            self._tap.start()
-        cond = self.obs_encoder(self._normalize_obs(obs))  # (B, To * D)
-        loss, metrics = self.head.compute_loss(nactions, cond)
+        with self._capture() as block_features:
+            cond = self.obs_encoder(self._normalize_obs(obs))  # (B, To * D)
+            loss, metrics = self.head.compute_loss(nactions, cond)
         metrics = dict(metrics)
         if self.dispersive is not None:
-            features = [cond] if self._disperse_embedding else []
-            if self._tap is not None:
-                features += self._tap.stop()
-            disp = sum(self.dispersive(f) for f in features)
-            loss = loss + self.dispersive_weight * disp
-            metrics["dispersive_loss"] = float(disp.detach())
+            features = ([cond] if self._disperse_embedding else []) + block_features
+            loss, disp_metrics = regularized_loss(loss, features, self.dispersive, self.dispersive_weight)
+            metrics.update(disp_metrics)
         metrics["loss"] = float(loss.detach())
         if diagnostics:
             from encoders.diagnostics import collapse_metrics
 
             metrics.update(collapse_metrics(cond.detach(), prefix="embedding"))
         return loss, metrics
+
+    def _capture(self):
+        """Hooks on the configured backbone blocks for the duration of one loss computation."""
+        return self._tap.capture() if self._tap is not None else contextlib.nullcontext([])
 
     def _check_actions(self, actions: torch.Tensor) -> None:
         expected = (self.horizon, self.shape_meta.action_dim)

@@ -134,3 +134,50 @@ def test_corrupt_and_mismatched_checkpoints_raise_clear_errors(small_shape_meta,
     (ckpt / "config.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="not valid JSON"):
         load_policy(ckpt)
+
+
+@pytest.mark.parametrize("jvp_mode", ["primal", "separate"])
+def test_dispersive_on_embedding_and_backbone_block_reaches_encoder(small_shape_meta, jvp_mode):
+    from encoders.config import DispersiveConfig
+
+    cfg = tiny_config("meanflow", backbone="unet")
+    cfg.meanflow.jvp_mode = jvp_mode
+    cfg.dispersive = DispersiveConfig(weight=0.5, layers=["obs_embedding", "head.backbone.down_modules.0.1"])
+    torch.manual_seed(0)
+    policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta))
+    plain_cfg = tiny_config("meanflow", backbone="unet")
+    plain_cfg.meanflow.jvp_mode = jvp_mode
+    torch.manual_seed(0)
+    plain = build_policy(plain_cfg, small_shape_meta, random_stats(small_shape_meta))
+    batch = random_batch(small_shape_meta, 8, 2, 4)
+
+    torch.manual_seed(1)
+    loss, metrics = policy.compute_loss(batch)
+    torch.manual_seed(1)
+    plain_loss, _ = plain.compute_loss(batch)
+    assert metrics["dispersive_loss"] != 0.0
+    assert not torch.allclose(loss, plain_loss), "the regularizer must change the loss"
+    loss.backward()
+    plain_loss.backward()
+    enc = dict(policy.obs_encoder.named_parameters())
+    differs = [n for n, p in plain.obs_encoder.named_parameters() if not torch.allclose(p.grad, enc[n].grad)]
+    assert differs, "the dispersive gradient must reach the encoder parameters"
+    # Hooks exist only during a loss computation: inference pays nothing.
+    assert not any(m._forward_hooks for m in policy.modules())
+
+
+def test_dispersive_weight_zero_is_exactly_the_plain_loss(small_shape_meta):
+    from encoders.config import DispersiveConfig
+
+    cfg = tiny_config("meanflow")
+    cfg.dispersive = DispersiveConfig(weight=0.0, layers=["obs_embedding"])
+    torch.manual_seed(0)
+    a = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta))
+    torch.manual_seed(0)
+    b = build_policy(tiny_config("meanflow"), small_shape_meta, random_stats(small_shape_meta))
+    batch = random_batch(small_shape_meta, 8, 2, 4)
+    torch.manual_seed(3)
+    la, ma = a.compute_loss(batch)
+    torch.manual_seed(3)
+    lb, _ = b.compute_loss(batch)
+    assert torch.equal(la, lb) and "dispersive_loss" not in ma
