@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -120,32 +121,41 @@ def collect_robomimic(
     return summary
 
 
+@dataclass
+class RobomimicCollectConfig:
+    """``key=value`` options of ``python -m demos.collect_robomimic`` (and ``mfp collect task=robomimic/<task>``)."""
+
+    task: str = "lift"
+    n_episodes: int = 10
+    out: str = ""  # default: data/robomimic_<task>.hdf5
+    seed0: int = 0
+    image_size: int = 84
+    cameras: list[str] = field(default_factory=lambda: ["agentview", "robot0_eye_in_hand"])
+    val_ratio: float = 0.1
+    fast_render: bool = True
+    max_attempts: int = 0  # 0: 2 * n_episodes + 10
+    overwrite: bool = False
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``key=value`` arguments: task, n_episodes, out, seed0, image_size, cameras (comma-separated), overwrite."""
+    from omegaconf import OmegaConf
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    known = {"task", "n_episodes", "out", "seed0", "image_size", "cameras", "overwrite", "val_ratio", "fast_render"}
-    args: dict[str, str] = {}
-    for item in argv:
-        key, sep, value = item.partition("=")
-        if not sep or key not in known:
-            print(f"collect_robomimic: bad argument '{item}'; use key=value with keys {sorted(known)}", file=sys.stderr)
-            return 2
-        args[key] = value
-    if "task" not in args:
-        print("collect_robomimic: task=lift|can|square is required", file=sys.stderr)
+    if any(a in ("-h", "--help") for a in argv):
+        print(__doc__)
+        print("options (key=value):", ", ".join(f"{k}={v}" for k, v in asdict(RobomimicCollectConfig()).items()))
+        return 0
+    try:
+        cfg: RobomimicCollectConfig = OmegaConf.to_object(
+            OmegaConf.merge(OmegaConf.structured(RobomimicCollectConfig), OmegaConf.from_cli(argv)))
+    except Exception as e:  # omegaconf: unknown key, wrong type, bad value
+        print(f"collect_robomimic: {e}", file=sys.stderr)
         return 2
-    task = args["task"]
-    truthy = ("1", "true", "yes")
+    task = cfg.task.split("/")[-1]
     collect_robomimic(
-        task=task,
-        n_episodes=int(args.get("n_episodes", 10)),
-        out_path=args.get("out", f"data/robomimic_{task.split('/')[-1]}.hdf5"),
-        seed0=int(args.get("seed0", 0)),
-        image_size=int(args.get("image_size", 84)),
-        cameras=tuple(c for c in args.get("cameras", "agentview,robot0_eye_in_hand").split(",") if c),
-        val_ratio=float(args.get("val_ratio", 0.1)),
-        fast_render=args.get("fast_render", "true").lower() in truthy,
-        overwrite=args.get("overwrite", "false").lower() in truthy,
+        task=task, n_episodes=cfg.n_episodes, out_path=cfg.out or f"data/robomimic_{task}.hdf5", seed0=cfg.seed0,
+        image_size=cfg.image_size, cameras=tuple(cfg.cameras), max_attempts=cfg.max_attempts or None,
+        val_ratio=cfg.val_ratio, fast_render=cfg.fast_render, overwrite=cfg.overwrite,
     )
     return 0
 

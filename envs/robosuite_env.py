@@ -372,6 +372,17 @@ class RobosuiteEnv:
         if "env_name" not in args:
             raise RobosuiteEnvError(f"env_args has no 'env_name'; got keys {sorted(args)}")
         kwargs = args.get("env_kwargs", {})
+        robots = kwargs.get("robots", "Panda")
+        if (robots if isinstance(robots, str) else list(robots)) not in ("Panda", ["Panda"]):
+            raise RobosuiteEnvError(f"env_args robots {robots!r}: only the single-Panda tasks are supported")
+        controller = kwargs.get("controller_configs")
+        if controller is not None:
+            from robosuite.controllers.composite.composite_controller_factory import (
+                refactor_composite_controller_config,
+            )
+
+            # robosuite <= 1.4 datasets (robomimic v0.1) store a bare arm config: wrap it as 1.5 expects.
+            controller = refactor_composite_controller_config(dict(controller), "Panda", ["right"])
         if cameras is None:
             names = kwargs.get("camera_names", []) if kwargs.get("use_camera_obs", True) else []
             cameras = [names] if isinstance(names, str) else list(names)
@@ -386,7 +397,7 @@ class RobosuiteEnv:
             cameras=cameras,
             seed=seed,
             fast_render=fast_render,
-            controller_configs=kwargs.get("controller_configs"),
+            controller_configs=controller,
             model_seed=int(args.get("model_seed", 0)),
         )
 

@@ -15,8 +15,7 @@ import numpy as np
 
 from envs.robosuite_env import ACTION_DIM, RobosuiteEnv, RobosuiteEnvError
 
-POS_SCALE = 0.05  # metres per unit of action[:3] (OSC_POSE output_max)
-ROT_SCALE = 0.5  # radians per unit of action[3:6]
+ROT_SCALE = 0.5  # radians per unit of action[3:6] (OSC_POSE output_max); action[:3] is ±5 cm
 OPEN, CLOSE = -1.0, 1.0
 
 
@@ -120,14 +119,17 @@ class WaypointExpert:
         return _quat_xyzw_yaw(np.r_[q_wxyz[1:], q_wxyz[0]])
 
     # ------------------------------------------------------------------ motion primitives
-    def _action(self, target_pos: np.ndarray, yaw: float, gripper: float, gain: float = 12.0) -> np.ndarray:
+    def _action(self, target_pos: np.ndarray, yaw: float, gripper: float, gain: float = 12.0,
+                rot_gain: float = 2.0) -> np.ndarray:
+        """Saturated P-law: translation ``gain`` action units per metre of error, rotation ``rot_gain`` per
+        action-scale radian; the target orientation points the gripper down at ``yaw``."""
         base_R = np.array(self.env.sim.data.xmat[self._base_body]).reshape(3, 3)
         dpos = base_R.T @ (target_pos - self.eef_pos())
         a_pos = np.clip(gain * self.speed * dpos, -1.0, 1.0)
         if self.action_noise > 0:
             a_pos = np.clip(a_pos + self.rng.normal(0.0, self.action_noise, 3), -1.0, 1.0)
         rot_err = base_R.T @ _rotvec(_down_rotation(yaw) @ self.eef_rot().T)
-        a_rot = np.clip(rot_err / ROT_SCALE * 2.0, -1.0, 1.0)
+        a_rot = np.clip(rot_gain * rot_err / ROT_SCALE, -1.0, 1.0)
         self._gripper = gripper
         return np.concatenate([a_pos, a_rot, [gripper]])
 
@@ -151,6 +153,23 @@ class WaypointExpert:
         for _ in range(steps):
             yield self._action(hold, yaw, gripper)
 
+    def pick(self, grasp_point, grasp_yaw, carry_height: float, held, attempts: int = 3):
+        """Top-down grasp at ``grasp_point()`` with ``grasp_yaw()`` (re-read on every attempt), then rise to
+        ``carry_height`` above the grasp; retry when ``held()`` says the object did not come along.
+        A generator whose return value is whether the object is held."""
+        for _ in range(attempts):
+            grasp, yaw = grasp_point(), grasp_yaw()
+            yield from self.goto(grasp + np.r_[0.0, 0.0, self.rng.uniform(0.07, 0.12)], yaw, OPEN, tol=0.008)
+            # Settle the xy error just above the object before contact, then descend.
+            yield from self.goto(grasp + np.r_[0.0, 0.0, 0.025], yaw, OPEN, tol=0.005, max_steps=40)
+            yield from self.goto(grasp, yaw, OPEN, tol=0.005, max_steps=40)
+            yield from self.actuate(CLOSE, int(self.rng.integers(8, 13)), yaw)
+            yield from self.goto(np.r_[grasp[:2], grasp[2] + carry_height], yaw, CLOSE, tol=0.02)
+            if held():
+                return True
+            yield from self.actuate(OPEN, 6, yaw)
+        return False
+
     def jitter(self, scale: float = 1.0) -> np.ndarray:
         """A per-episode xy offset (metres) for a waypoint."""
         return np.r_[self.rng.normal(0.0, self.waypoint_noise * scale, 2), 0.0]
@@ -162,15 +181,13 @@ class LiftExpert(WaypointExpert):
     def plan(self) -> Iterator[np.ndarray]:
         env = self.env.robosuite_env
         cube_id = env.cube_body_id
-        cube = self.body_pos(cube_id)
-        yaw = _nearest_yaw(self.body_yaw(cube_id), self.eef_yaw(), np.pi / 2)
-        grasp = cube + self.jitter() + np.r_[0.0, 0.0, self.rng.uniform(-0.005, 0.003)]
-        above = grasp + np.r_[0.0, 0.0, self.rng.uniform(0.06, 0.12)]
-        yield from self.goto(above, yaw, OPEN, tol=0.015)
-        yield from self.goto(grasp, yaw, OPEN, tol=0.006, max_steps=60)
-        yield from self.actuate(CLOSE, int(self.rng.integers(8, 13)), yaw)
-        lift = grasp + np.r_[0.0, 0.0, self.rng.uniform(0.12, 0.2)]
-        yield from self.goto(lift, yaw, CLOSE, tol=0.01, max_steps=80)
+        table_z = env.model.mujoco_arena.table_offset[2]
+        yield from self.pick(
+            grasp_point=lambda: self.body_pos(cube_id) + self.jitter() + np.r_[0.0, 0.0, self.rng.uniform(-0.005, 0.003)],
+            grasp_yaw=lambda: _nearest_yaw(self.body_yaw(cube_id), self.eef_yaw(), np.pi / 2),
+            carry_height=self.rng.uniform(0.12, 0.2),
+            held=lambda: self.body_pos(cube_id)[2] > table_z + 0.04,
+        )
 
 
 class CanExpert(WaypointExpert):
@@ -179,15 +196,17 @@ class CanExpert(WaypointExpert):
     def plan(self) -> Iterator[np.ndarray]:
         env = self.env.robosuite_env
         can_id = env.obj_body_id[env.obj_to_use]
-        can = self.body_pos(can_id)
+        rest_z = self.body_pos(can_id)[2]
         yaw = self.eef_yaw() + self.rng.uniform(-0.3, 0.3)
-        grasp = can + self.jitter() + np.r_[0.0, 0.0, self.rng.uniform(0.0, 0.015)]
-        above = grasp + np.r_[0.0, 0.0, self.rng.uniform(0.08, 0.14)]
-        yield from self.goto(above, yaw, OPEN, tol=0.015)
-        yield from self.goto(grasp, yaw, OPEN, tol=0.006, max_steps=60)
-        yield from self.actuate(CLOSE, int(self.rng.integers(8, 13)), yaw)
         carry_z = env.bin2_pos[2] + self.rng.uniform(0.22, 0.28)
-        yield from self.goto(np.r_[grasp[:2], carry_z], yaw, CLOSE, tol=0.02)
+        held = yield from self.pick(
+            grasp_point=lambda: self.body_pos(can_id) + self.jitter() + np.r_[0.0, 0.0, self.rng.uniform(0.0, 0.015)],
+            grasp_yaw=lambda: yaw,
+            carry_height=carry_z - rest_z,
+            held=lambda: self.body_pos(can_id)[2] > rest_z + 0.05,
+        )
+        if not held:
+            return
         goal = self._drop_point(env) + self.jitter(2.5)[:2]
         yield from self.goto(np.r_[goal, carry_z], yaw, CLOSE, tol=0.015, max_steps=100)
         drop_z = env.bin2_pos[2] + self.rng.uniform(0.10, 0.13)
@@ -218,17 +237,23 @@ class SquareExpert(WaypointExpert):
         peg = self.body_pos(env.peg1_body_id)
         # Let the nut settle on the table (it is placed a few cm above it).
         yield from self.actuate(OPEN, 4, self.eef_yaw())
-        nut = self.body_pos(nut_id)
-        handle = np.array(env.sim.data.site_xpos[handle_site])
-        along = np.arctan2(*(handle - nut)[[1, 0]])
-        yaw = _nearest_yaw(along + np.pi / 2, self.eef_yaw(), np.pi)
-        grasp = handle + self.jitter(0.5) + np.r_[0.0, 0.0, self.rng.uniform(-0.004, 0.002)]
-        above = grasp + np.r_[0.0, 0.0, self.rng.uniform(0.07, 0.12)]
-        yield from self.goto(above, yaw, OPEN, tol=0.012)
-        yield from self.goto(grasp, yaw, OPEN, tol=0.005, max_steps=60)
-        yield from self.actuate(CLOSE, int(self.rng.integers(9, 13)), yaw)
+        table_z = env.table_offset[2]
+
+        def grasp_point() -> np.ndarray:
+            # A little outwards along the handle: at its middle a finger can land on the nut's ring.
+            handle = np.array(env.sim.data.site_xpos[handle_site])
+            out = np.r_[np.cos(self._handle_dir(nut_id, handle_site)), np.sin(self._handle_dir(nut_id, handle_site)), 0.0]
+            return handle + 0.008 * out + self.jitter(0.5) + np.r_[0.0, 0.0, self.rng.uniform(-0.004, 0.002)]
+
         carry_z = peg[2] + self.rng.uniform(0.2, 0.24)
-        yield from self.goto(np.r_[grasp[:2], carry_z], yaw, CLOSE, tol=0.02)
+        held = yield from self.pick(
+            grasp_point=grasp_point,
+            grasp_yaw=lambda: _nearest_yaw(self._handle_dir(nut_id, handle_site) + np.pi / 2, self.eef_yaw(), np.pi),
+            carry_height=carry_z - table_z,
+            held=lambda: self.body_pos(nut_id)[2] > table_z + 0.05,
+        )
+        if not held:
+            return
         # Turn the handle to the side of the nut nearest the robot's reach (−x, ±y): the peg is far out.
         handle_dir = self._handle_dir(nut_id, handle_site)
         want_dir = min((np.pi / 2, np.pi, -np.pi / 2), key=lambda d: abs(_nearest_yaw(d, handle_dir, 2 * np.pi) - handle_dir))

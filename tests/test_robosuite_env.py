@@ -1,6 +1,8 @@
 """robosuite environments and scripted experts: real simulators, real rendering (EGL), no mocks."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -128,14 +130,22 @@ def test_env_args_rebuild_the_same_env(lift_env):
     assert args["type"] == 1 and args["env_name"] == "Lift"
     assert args["env_kwargs"]["controller_configs"]["body_parts"]["right"]["type"] == "OSC_POSE"
     assert args["env_kwargs"]["camera_names"] == ["agentview", "robot0_eye_in_hand"]
-    rebuilt = RobosuiteEnv.from_env_args(args)
+    # robomimic v0.1 datasets (robosuite <= 1.4) store the bare arm config and a robot list
+    arm = dict(args["env_kwargs"]["controller_configs"]["body_parts"]["right"])
+    arm.pop("gripper")
+    args["env_kwargs"].update(controller_configs=arm, robots=["Panda"])
+    rebuilt = RobosuiteEnv.from_env_args(json.dumps(args))
     try:
         assert (rebuilt.task, rebuilt.image_size, rebuilt.cameras) == ("lift", IMAGE_SIZE, lift_env.cameras)
         a, _ = rebuilt.reset(seed=4)
         b, _ = lift_env.reset(seed=4)
         np.testing.assert_array_equal(a[OBJECT], b[OBJECT])
+        assert rebuilt.env_kwargs["controller_configs"]["body_parts"]["right"]["gripper"] == {"type": "GRIP"}
     finally:
         rebuilt.close()
+    args["env_kwargs"]["robots"] = ["Sawyer"]
+    with pytest.raises(RobosuiteEnvError, match="only the single-Panda"):
+        RobosuiteEnv.from_env_args(args)
 
 
 def test_unknown_task_lists_known_ones():
