@@ -1,9 +1,10 @@
-"""Fixed-rate control loop: the arm gets one command per period while inference runs beside it in a thread.
+"""Fixed-rate control loop: the arm gets one command per period while inference runs beside it (a thread or, for
+steady timing on a busy machine, a process: :mod:`deploy.inference`).
 
 Each tick ``k`` (scheduled at ``t_k = t_0 + k·dt``) the control thread
 
 1. reads the newest observation from the robot (a NaN/inf in it → hold, history cleared, reason logged);
-2. hands the last ``n_obs_steps`` observations to the inference thread if it is idle (latest-only mailbox);
+2. collects finished chunks and hands the last ``n_obs_steps`` observations to inference if it is idle;
 3. sends the action scheduled for slot ``k`` through the safety layer, or a hold when there is none (watchdog).
 
 A chunk predicted from an observation captured at ``t_obs`` gives action ``i`` the timestamp
@@ -19,15 +20,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import threading
 import time
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+from typing import Any, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
 
+from deploy.inference import InferenceThread, InferenceWorker, set_realtime_priority
 from deploy.robot import Robot, RobotConnectionError, RobotError
 from deploy.safety import SafetyError, SafetyLayer
 
@@ -177,63 +180,13 @@ class ActionSchedule:
             self._floor = max(self._floor, min_obs_time)
 
 
-class _InferenceThread(threading.Thread):
-    """Runs the agent on the newest submitted observation history; a newer submission replaces a pending one."""
-
-    def __init__(self, agent: Agent, on_chunk: Callable[[float, np.ndarray, float], None]) -> None:
-        super().__init__(name="inference", daemon=True)
-        self._agent = agent
-        self._on_chunk = on_chunk
-        self._cv = threading.Condition()
-        self._pending: Optional[tuple[dict, float]] = None
-        self._busy = False
-        self._stopping = False
-        self.error: Optional[BaseException] = None
-
-    @property
-    def idle(self) -> bool:
-        with self._cv:
-            return not self._busy and self._pending is None
-
-    def submit(self, obs: dict[str, np.ndarray], obs_time: float) -> None:
-        with self._cv:
-            self._pending = (obs, obs_time)
-            self._cv.notify()
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stopping = True
-            self._cv.notify()
-
-    def run(self) -> None:
-        while True:
-            with self._cv:
-                while self._pending is None and not self._stopping:
-                    self._cv.wait()
-                if self._stopping:
-                    return
-                obs, obs_time = self._pending
-                self._pending, self._busy = None, True
-            try:
-                t0 = time.monotonic()
-                chunk = np.asarray(self._agent.predict_action(obs), dtype=np.float64)
-                latency = time.monotonic() - t0
-            # Any failure of the policy must reach the control thread, which stops the loop and reports it.
-            except BaseException as e:
-                self.error = e
-                return
-            finally:
-                with self._cv:
-                    self._busy = False
-            self._on_chunk(obs_time, chunk, latency)
-
-
 class ControlLoop:
     """Drive ``robot`` with ``agent`` at ``hz`` through ``safety``; :meth:`run` returns :class:`LoopStats`.
 
     Args:
         robot: the arm (e.g. :class:`deploy.robot.BridgeRobot`).
-        agent: has ``n_obs_steps``, ``reset()`` and ``predict_action(obs {key: (To, ...)}) -> (n, Da)``.
+        agent: has ``n_obs_steps``, ``reset()`` and ``predict_action(obs {key: (To, ...)}) -> (n, Da)`` (run in a
+            thread), or an :class:`deploy.inference.InferenceProcess` (its own process; the caller stops it).
         safety: applied to every action; reset from the measured position at start and after every hold.
         hz: control rate.
         obs_keys: observation keys the agent reads (default: all keys the robot sends).
@@ -241,12 +194,14 @@ class ControlLoop:
         latency_offset_s: added to every action timestamp.
         deadline_s: actions planned from observations older than this are not executed (watchdog).
         recorder: gets every tick's observation and executed command (holds included, flagged).
+        realtime_priority: > 0 runs the control thread under SCHED_FIFO at this priority (needs CAP_SYS_NICE;
+            a warning if refused). Worth it only with inference in a process: a thread shares the interpreter lock.
     """
 
     def __init__(
         self,
         robot: Robot,
-        agent: Agent,
+        agent: Union[Agent, InferenceWorker],
         safety: SafetyLayer,
         hz: float,
         obs_keys: Optional[Sequence[str]] = None,
@@ -255,6 +210,7 @@ class ControlLoop:
         latency_offset_s: float = 0.0,
         deadline_s: float = 0.2,
         recorder: Optional[Recorder] = None,
+        realtime_priority: int = 0,
     ) -> None:
         if not hz > 0:
             raise ValueError(f"hz must be positive, got {hz}")
@@ -268,6 +224,7 @@ class ControlLoop:
         self.blend, self.ensemble_decay = blend, ensemble_decay
         self.latency_offset_s, self.deadline_s = float(latency_offset_s), float(deadline_s)
         self.recorder = recorder
+        self.realtime_priority = int(realtime_priority)
         self._stop = threading.Event()
         self._stats_lock = threading.Lock()
 
@@ -279,8 +236,9 @@ class ControlLoop:
     def run(self, duration_s: float) -> LoopStats:
         """Run for ``duration_s`` seconds (or until stopped or the robot is lost)."""
         stats = LoopStats(hz=self.hz)
-        self.agent.reset()
-        n_obs = int(self.agent.n_obs_steps)
+        own_worker = not isinstance(self.agent, InferenceWorker)
+        worker = InferenceThread(self.agent) if own_worker else self.agent
+        n_obs = int(worker.n_obs_steps)
         history: deque = deque(maxlen=n_obs)
         schedule: Optional[ActionSchedule] = None
 
@@ -293,9 +251,9 @@ class ControlLoop:
                 stats.inference.append(latency)
                 stats.dropped_actions += dropped
 
-        worker = _InferenceThread(self.agent, on_chunk)
         old_switch = sys.getswitchinterval()
         sys.setswitchinterval(5e-4)  # let the control thread preempt inference's Python code quickly
+        old_sched = self._enter_realtime()
         holding: Optional[str] = None
         resync = True
         try:
@@ -304,7 +262,7 @@ class ControlLoop:
             self.safety.reset(self.safety.position_from_obs(obs))
             t0 = time.monotonic() + self.dt
             schedule = ActionSchedule(t0, self.dt, self.blend, self.ensemble_decay)
-            worker.start()
+            worker.start(on_chunk)
             k, last_start = 0, None
             n_ticks = int(math.floor(duration_s * self.hz))
             while k < n_ticks and not self._stop.is_set():
@@ -324,6 +282,7 @@ class ControlLoop:
                     stats.periods.append(start - last_start)
                 stats.lateness.append(late)
                 last_start = start
+                worker.poll()
                 if worker.error is not None:
                     raise _InferenceFailed(worker.error)
 
@@ -395,12 +354,22 @@ class ControlLoop:
             self._try_hold("loop finished")
         finally:
             sys.setswitchinterval(old_switch)
-            worker.stop()
-            if worker.is_alive():
-                worker.join(timeout=1.0)
+            self._leave_realtime(old_sched)
+            if own_worker:
+                worker.stop()
         return stats
 
     # ------------------------------------------------------------------ helpers
+    def _enter_realtime(self) -> Optional[tuple[int, Any]]:
+        if self.realtime_priority <= 0:
+            return None
+        old = (os.sched_getscheduler(0), os.sched_getparam(0))
+        return old if set_realtime_priority(self.realtime_priority, "control loop") else None
+
+    def _leave_realtime(self, old: Optional[tuple[int, Any]]) -> None:
+        if old is not None:
+            os.sched_setscheduler(0, old[0], old[1])
+
     def _sleep_until(self, t: float) -> None:
         # Coarse sleep, then short sleeps for the last millisecond (time.sleep alone overshoots by up to ~1 ms).
         while True:

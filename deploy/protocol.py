@@ -30,7 +30,8 @@ observation was captured and ``now`` is when the reply was sent, so a client on 
 ``receive_time - (now - timestamp)``. Limits: :data:`MAX_MESSAGE_BYTES` per message, :data:`MAX_KEYS` keys per map,
 keys of at most :data:`MAX_KEY_LEN` characters from ``[A-Za-z0-9_./-]``, strings of at most :data:`MAX_STR_LEN`.
 Anything else (unknown type, unknown or missing field, wrong dtype or shape, oversized) raises
-:class:`ProtocolError`. The same text, for driver authors, is ``docs/robot_protocol.md``.
+:class:`ProtocolError`. Three more types (``ready``, ``infer``, ``chunk``) carry observations and action chunks
+between the control loop and its inference worker process (:mod:`deploy.inference`); robots never see them. The same text, for driver authors, is ``docs/robot_protocol.md``.
 """
 from __future__ import annotations
 
@@ -169,6 +170,19 @@ def _float_vector(name: str, value: Any) -> np.ndarray:
     return arr
 
 
+def _float_matrix(name: str, value: Any) -> np.ndarray:
+    arr = _array(name, value)
+    if arr.ndim != 2 or arr.size == 0 or arr.dtype.name not in _FLOAT_DTYPES:
+        raise ProtocolError(f"'{name}' must be a non-empty 2-D float32/float64 array, got {arr.dtype.name} {list(arr.shape)}")
+    return arr
+
+
+def _count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 62:
+        raise ProtocolError(f"field '{name}' must be a non-negative integer, got {value!r}"[:300])
+    return value
+
+
 def _array_map(name: str, value: Any) -> dict[str, np.ndarray]:
     return {_key(name, k): _array(f"{name}.{k}", v) for k, v in _map(name, value).items()}
 
@@ -209,6 +223,10 @@ SCHEMAS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
     "bye": {},
     "ack": {"now": _float},
     "error": {"code": _str, "message": _str},
+    # Between the control loop and its inference worker process (deploy/inference.py), same codec.
+    "ready": {"n_obs_steps": _positive_int, "n_action_steps": _positive_int, "action_dim": _positive_int},
+    "infer": {"seq": _count, "obs": _array_map},
+    "chunk": {"seq": _count, "action": _float_matrix, "latency": _float},
 }
 REQUEST_TYPES = ("hello", "get_obs", "action", "hold", "bye")
 REPLY_TYPES = ("info", "obs", "ack", "error")

@@ -39,6 +39,9 @@ class DeployConfig:
     timeout_s: float = field(default=0.5, metadata={"help": "bridge reply timeout (no reply = connection lost)"})
     num_inference_steps: Optional[int] = field(default=None, metadata={"help": "override the head's NFE"})
     threads: int = field(default=1, metadata={"help": "torch threads for inference"})
+    inference: str = field(default="process", metadata={"help": "process (own interpreter) | thread"})
+    realtime_priority: int = field(default=0, metadata={
+        "help": ">0: SCHED_FIFO control thread at this priority, inference worker one below (CAP_SYS_NICE)"})
     device: str = field(default="cpu", metadata={"help": "inference device"})
     allow_remote: bool = field(default=False, metadata={"help": "allow a non-loopback robot address"})
     record: Optional[str] = field(default=None, metadata={"help": "append the run as an episode to this zarr"})
@@ -84,6 +87,9 @@ def main(argv: list[str]) -> int:
     if cfg.backend not in ("auto", "eager", "onnx", "pt2"):
         print(f"mfp deploy: backend must be auto, eager, onnx or pt2, got '{cfg.backend}'", file=sys.stderr)
         return EXIT_USAGE
+    if cfg.inference not in ("process", "thread"):
+        print(f"mfp deploy: inference must be process or thread, got '{cfg.inference}'", file=sys.stderr)
+        return EXIT_USAGE
     if cfg.blend not in ("latest", "ensemble"):
         print(f"mfp deploy: blend must be latest or ensemble, got '{cfg.blend}'", file=sys.stderr)
         return EXIT_USAGE
@@ -92,6 +98,7 @@ def main(argv: list[str]) -> int:
 
     from deploy.export import META_FILE, ExportError
     from deploy.exported import ExportedPolicy
+    from deploy.inference import InferenceError, InferenceProcess
     from deploy.loop import ControlLoop
     from deploy.recorder import EpisodeRecorder
     from deploy.robot import BridgeRobot, RobotError
@@ -115,12 +122,25 @@ def main(argv: list[str]) -> int:
     except (FileNotFoundError, SafetyError, CheckpointError, ExportError) as e:
         print(f"mfp deploy: {e}", file=sys.stderr)
         return EXIT_USAGE
+    agent = policy
+    if cfg.inference == "process":
+        if cfg.device != "cpu":
+            print("mfp deploy: inference=process runs on the CPU; use inference=thread for other devices", file=sys.stderr)
+            return EXIT_USAGE
+        try:
+            agent = InferenceProcess(cfg.checkpoint, cfg.backend, cfg.threads, cfg.num_inference_steps,
+                                     realtime_priority=max(0, cfg.realtime_priority - 1))
+        except InferenceError as e:
+            print(f"mfp deploy: {e}", file=sys.stderr)
+            return EXIT_FAILURE
     try:
         robot = BridgeRobot(cfg.robot, timeout_s=cfg.timeout_s, allow_remote=cfg.allow_remote)
-    except RobotError as e:
-        print(f"mfp deploy: cannot reach the robot at {cfg.robot}: {e}", file=sys.stderr)
-        return EXIT_CONNECTION
-    except ValueError as e:
+    except (RobotError, ValueError) as e:
+        if agent is not policy:
+            agent.stop()
+        if isinstance(e, RobotError):
+            print(f"mfp deploy: cannot reach the robot at {cfg.robot}: {e}", file=sys.stderr)
+            return EXIT_CONNECTION
         print(f"mfp deploy: {e}", file=sys.stderr)
         return EXIT_USAGE
     try:
@@ -132,14 +152,18 @@ def main(argv: list[str]) -> int:
             recorder = EpisodeRecorder(cfg.record, {k: s.type for k, s in policy.shape_meta.obs.items()},
                                        attrs={"robot": robot.info.name, "hz": cfg.hz, "checkpoint": str(cfg.checkpoint),
                                               "limits": limits.name})
-        loop = ControlLoop(robot, policy, SafetyLayer(limits, 1.0 / cfg.hz), cfg.hz,
+        loop = ControlLoop(robot, agent, SafetyLayer(limits, 1.0 / cfg.hz), cfg.hz,
                            obs_keys=list(policy.shape_meta.obs), blend=cfg.blend, ensemble_decay=cfg.ensemble_decay,
-                           latency_offset_s=cfg.latency_offset_s, deadline_s=cfg.deadline_s, recorder=recorder)
+                           latency_offset_s=cfg.latency_offset_s, deadline_s=cfg.deadline_s, recorder=recorder,
+                           realtime_priority=cfg.realtime_priority)
         stats = loop.run(cfg.duration_s)
     except (ValueError, SafetyError) as e:
         print(f"mfp deploy: {e}", file=sys.stderr)
         robot.close()
         return EXIT_USAGE
+    finally:
+        if agent is not policy:
+            agent.stop()
     summary = stats.summary()
     summary["robot"] = {"name": robot.info.name, "address": cfg.robot, "last_info": robot.last_info}
     robot.close()

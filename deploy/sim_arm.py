@@ -41,6 +41,7 @@ class SimArmConfig:
     camera: str = field(default="corner2", metadata={"help": "point-cloud camera"})
     max_episode_steps: int = field(default=500, metadata={"help": "steps before the arm resets to the next seed"})
     duration_s: float = field(default=0.0, metadata={"help": "stop after this long (0 = until SIGINT/SIGTERM)"})
+    realtime_priority: int = field(default=0, metadata={"help": ">0: SCHED_FIFO simulation thread, like a robot's"})
     command_log: Optional[str] = field(default=None, metadata={"help": "JSON-lines log of commands and steps"})
 
 
@@ -148,6 +149,9 @@ def main(argv: list[str]) -> int:
         signal.signal(sig, lambda *_: stop.set())
     serving = threading.Thread(target=server.serve, args=(stop, 0.05), name="bridge", daemon=True)
     serving.start()
+    from deploy.inference import set_realtime_priority
+
+    set_realtime_priority(cfg.realtime_priority, "sim-arm")
     print(f"sim-arm: serving {cfg.task} on {server.address} at {cfg.hz:g} Hz", flush=True)
     try:
         arm.run(stop)

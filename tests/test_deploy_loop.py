@@ -276,7 +276,8 @@ def test_mfp_deploy_runs_end_to_end_and_records_the_episode(arm, checkpoint, tmp
 def test_arm_killed_stops_deploy_with_a_clear_message(checkpoint, tmp_path):
     own_arm = SimArmProcess(tmp_path / "commands.jsonl")
     try:
-        proc = _deploy(checkpoint, own_arm.address, "duration_s=60", "timeout_s=0.3", f"stats={tmp_path / 's.json'}")
+        proc = _deploy(checkpoint, own_arm.address, "duration_s=60", "timeout_s=0.3", "inference=thread",
+                       f"stats={tmp_path / 's.json'}")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
             if sum(r["type"] == "action" for r in own_arm.records()) >= 25:
@@ -295,3 +296,28 @@ def test_arm_killed_stops_deploy_with_a_clear_message(checkpoint, tmp_path):
     assert stopped_after < 10.0
     stats = json.loads((tmp_path / "s.json").read_text())
     assert stats["stop_reason"].startswith("robot connection lost") and stats["actions_sent"] >= 25
+
+
+def test_inference_process_serves_chunks_and_reports_load_errors(checkpoint, tmp_path):
+    from deploy.inference import InferenceError, InferenceProcess
+
+    with pytest.raises(InferenceError, match="neither a policy checkpoint"):
+        InferenceProcess(tmp_path)
+    worker = InferenceProcess(checkpoint)
+    try:
+        assert (worker.n_obs_steps, worker.n_action_steps, worker.action_dim) == (2, 3, 4)
+        got = []
+        worker.start(lambda t, chunk, latency: got.append((t, chunk, latency)))
+        obs = {"point_cloud": np.zeros((2, NUM_POINTS, 3), np.float32), "agent_pos": np.zeros((2, 4), np.float32)}
+        worker.submit(obs, 1.5)
+        assert not worker.idle
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline and worker.error is None:
+            worker.poll()
+            time.sleep(0.005)
+        assert worker.error is None and worker.idle
+        t, chunk, latency = got[0]
+        assert t == 1.5 and chunk.shape == (3, 4) and np.isfinite(chunk).all() and latency > 0
+    finally:
+        worker.stop()
+    assert worker._proc.poll() is not None

@@ -6,7 +6,9 @@ Parts (``parts=export,loop,bridge``):
   ``Policy.predict_action``, the eager export module (same graph, no API checks), onnxruntime and the
   ``torch.export`` program (and an AOTInductor build of it with ``aoti=true``). The span is normalization +
   encoders + head sampling + unnormalization; cropping/FPS are outside. Target: exported <= 0.6x eager.
-- **loop**: ``mfp sim-arm`` in its own process, the control loop here at ``hz`` for ``duration_s`` with the policy:
+- **loop**: ``mfp sim-arm`` in its own process, the control loop here at ``hz`` for ``duration_s`` with the policy
+  (inference in a worker process by default, ``inference=thread`` for a thread; ``realtime_priority=N`` puts the
+  control thread at SCHED_FIFO N, the sim arm at N-1 and the inference worker at N-2):
   period jitter p50/p99 (target p99 <= 2 ms), missed ticks, watchdog holds, inference latency.
 - **bridge**: ``get_obs`` (a 512-point cloud + state) and ``action`` round trips over loopback ZeroMQ.
 
@@ -46,6 +48,8 @@ class DeployBenchConfig:
     warmup: int = field(default=30, metadata={"help": "untimed calls first"})
     aoti: bool = field(default=False, metadata={"help": "also build and time an AOTInductor package (slow build)"})
     hz: float = field(default=50.0, metadata={"help": "control rate of the loop part"})
+    inference: str = field(default="process", metadata={"help": "loop part: inference in a process | thread"})
+    realtime_priority: int = field(default=0, metadata={"help": "loop part: >0 = SCHED_FIFO control thread"})
     duration_s: float = field(default=60.0, metadata={"help": "loop part duration"})
     task: str = field(default="reach-v3", metadata={"help": "sim-arm task"})
     num_points: int = field(default=512, metadata={"help": "points per cloud"})
@@ -132,10 +136,11 @@ def bench_export(checkpoint: Path, work: Path, calls: int, warmup: int, aoti: bo
             "num_inference_steps": meta["num_inference_steps"], "shape_meta": meta["shape_meta"]}
 
 
-def _start_sim_arm(task: str, hz: float, num_points: int) -> tuple[subprocess.Popen, str, list[str]]:
+def _start_sim_arm(task: str, hz: float, num_points: int, realtime_priority: int) -> tuple[subprocess.Popen, str, list[str]]:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
     proc = subprocess.Popen([sys.executable, "-m", "mfp.cli", "sim-arm", "port=0", f"task={task}", f"hz={hz}",
-                             f"num_points={num_points}", "max_episode_steps=500"], cwd=REPO, env=env,
+                             f"num_points={num_points}", "max_episode_steps=500",
+                             f"realtime_priority={realtime_priority}"], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     for line in proc.stdout:
@@ -146,7 +151,9 @@ def _start_sim_arm(task: str, hz: float, num_points: int) -> tuple[subprocess.Po
     raise RuntimeError("sim-arm did not start:\n" + "".join(lines))
 
 
-def bench_loop(checkpoint: Path, task: str, hz: float, duration_s: float, num_points: int) -> dict[str, Any]:
+def bench_loop(checkpoint: Path, task: str, hz: float, duration_s: float, num_points: int, inference: str,
+               realtime_priority: int) -> dict[str, Any]:
+    from deploy.inference import InferenceProcess
     from deploy.loop import ControlLoop
     from deploy.robot import BridgeRobot
     from deploy.run import resolve_limits
@@ -154,17 +161,25 @@ def bench_loop(checkpoint: Path, task: str, hz: float, duration_s: float, num_po
     from policies.checkpoint import load_policy
 
     policy = load_policy(checkpoint).eval()
-    proc, address, lines = _start_sim_arm(task, hz, num_points)
+    # With real-time priority: control thread > sim-arm (the "robot") > inference worker.
+    rt = realtime_priority
+    agent = InferenceProcess(checkpoint, realtime_priority=max(0, rt - 2)) if inference == "process" else policy
+    proc, address, lines = _start_sim_arm(task, hz, num_points, max(0, rt - 1))
     try:
         robot = BridgeRobot(address, timeout_s=1.0)
         safety = SafetyLayer(SafetyLimits.from_yaml(resolve_limits("sim_sawyer")), 1.0 / hz)
-        loop = ControlLoop(robot, policy, safety, hz, obs_keys=list(policy.shape_meta.obs))
+        loop = ControlLoop(robot, agent, safety, hz, obs_keys=list(policy.shape_meta.obs),
+                           realtime_priority=realtime_priority)
         stats = loop.run(duration_s)
         robot.close()
     finally:
+        if agent is not policy:
+            agent.stop()
         proc.terminate()
         proc.wait(30)
     summary = stats.summary()
+    summary["inference_mode"] = inference
+    summary["realtime_priority"] = realtime_priority
     summary["sim_arm"] = next((line.strip() for line in lines if line.startswith("sim-arm: ") and "steps" in line), "")
     return summary
 
@@ -209,7 +224,8 @@ def _print(results: dict[str, Any]) -> None:
         print(f"  parity max abs error: {e['parity']['max_abs_error']}")
     if "loop" in results:
         s = results["loop"]
-        print(f"\nloop at {s['hz']:g} Hz vs sim-arm: {s['ticks']} ticks, {s['missed_ticks']} missed; "
+        print(f"\nloop at {s['hz']:g} Hz vs sim-arm (inference in a {s['inference_mode']}, realtime priority "
+              f"{s['realtime_priority']}): {s['ticks']} ticks, {s['missed_ticks']} missed; "
               f"period p50 {s['period_ms']['p50']:.3f} ms; jitter p50/p99/max {s['jitter_ms']['p50']:.3f}/"
               f"{s['jitter_ms']['p99']:.3f}/{s['jitter_ms']['max']:.3f} ms; inference p50/p99 "
               f"{s['inference_ms']['p50']:.2f}/{s['inference_ms']['p99']:.2f} ms; watchdog holds {s['watchdog_holds']}; "
@@ -240,7 +256,8 @@ def main(argv: list[str]) -> int:
         if "bridge" in cfg.parts:
             results["bridge"] = bench_bridge(cfg.calls, cfg.warmup, cfg.num_points)
         if "loop" in cfg.parts:
-            results["loop"] = bench_loop(checkpoint, cfg.task, cfg.hz, cfg.duration_s, cfg.num_points)
+            results["loop"] = bench_loop(checkpoint, cfg.task, cfg.hz, cfg.duration_s, cfg.num_points, cfg.inference,
+                                         cfg.realtime_priority)
     _print(results)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
