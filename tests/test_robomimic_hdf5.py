@@ -274,3 +274,24 @@ def test_runner_evaluates_robosuite_tasks(collected_lift, tmp_path):
     assert info["aggregated"]["n_success"] == 1 and info["aggregated"]["n_agent_failures"] == 0
     assert info["per_episode"][0]["steps"] == len(read_robomimic(out).demos["demo_1"])
     assert (tmp_path / "eval_info.json").exists()
+
+
+def test_sequence_dataset_trains_from_the_hdf5_file(collected_lift):
+    """The training sampler reads a robomimic file directly: (To, 3, H, W) images, low-dim keys, actions."""
+    import torch
+
+    from demos.dataset import SequenceDataset
+    from envs.robosuite_env import robosuite_shape_meta
+
+    out, summary = collected_lift
+    meta = robosuite_shape_meta("lift", image_size=32, cameras=("agentview",))
+    ds = SequenceDataset(str(out), meta, horizon=8, n_obs_steps=2)
+    batch = ds.sample_batch(np.random.default_rng(0), 4)
+    assert tuple(batch["obs"]["agentview_image"].shape) == (4, 2, 3, 32, 32)
+    assert tuple(batch["obs"]["object"].shape) == (4, 2, 10) and tuple(batch["action"].shape) == (4, 8, 7)
+    assert ds.attrs["task"] == "lift"
+    first = read_robomimic(out).demos["demo_0"]
+    sample = ds[0]  # the first window starts one padded frame before demo_0's first step
+    image = sample["obs"]["agentview_image"]
+    image = image.numpy() if isinstance(image, torch.Tensor) else image
+    np.testing.assert_array_equal(image[1], first.obs["agentview_image"][0].transpose(2, 0, 1))
