@@ -1,0 +1,275 @@
+"""Turns `mfp bench success` run results into tables and a plot: per-task and per-group success by method.
+
+A *result* is one run's dict as `mfp.bench.success` writes it to ``results.json``: ``task``, ``group``, ``method``,
+``seed``, ``nfe``, ``status`` ("ok" or "failed"), ``success`` (%), ``ci95`` ([low, high] %), ``latency_ms_p50``,
+``latency_ms_p99``, ``steps``, ``train_seconds``, ... Only ``status == "ok"`` results enter the numbers.
+
+Group and overall averages are taken per training seed (mean over the tasks) and then reported as mean ± sample
+std over seeds, so the spread is that of independent replicates of the whole group.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from envs.metaworld_groups import GROUP_LABELS, GROUPS
+
+# What MP1 reports on Meta-World (DESIGN section 7): v2 under mujoco-py, 10 demos, its task set and protocol.
+MP1_REPORTED = {"easy": 88.2, "medium": 68.0, "hard": 58.1, "very_hard": 67.2, "all": 78.9}
+ANCHOR_COLUMN = "MP1 reported (v2)"
+
+
+@dataclass
+class Stat:
+    """A success statistic over training seeds (or over tasks, for one seed)."""
+
+    mean: float
+    std: Optional[float]  # sample std over seeds; None with one seed
+    n_seeds: int
+    ci95: Optional[tuple[float, float]] = None  # Wilson interval (%) of a single run
+    complete: bool = True  # False when some expected (task, seed) runs are missing or failed
+
+    def cell(self, bold: bool = False) -> str:
+        text = f"{self.mean:.1f}"
+        if self.std is not None:
+            text += f" ± {self.std:.1f}"
+        elif self.ci95 is not None:
+            text += f" ({self.ci95[0]:.0f}–{self.ci95[1]:.0f})"
+        if bold:
+            text = f"**{text}**"
+        return text + ("\\*" if not self.complete else "")
+
+
+def ok_results(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in results if r.get("status") == "ok"]
+
+
+def ordered_tasks(results: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(group, task) pairs in difficulty order, tasks in first-seen order within a group."""
+    seen: dict[str, str] = {}
+    for r in results:
+        seen.setdefault(r["task"], r["group"])
+    return [(g, t) for g in GROUPS for t, tg in seen.items() if tg == g]
+
+
+def ordered_methods(results: Sequence[dict[str, Any]]) -> list[str]:
+    return list(dict.fromkeys(r["method"] for r in results))
+
+
+def seed_stat(per_seed: dict[int, float], complete: bool = True) -> Stat:
+    values = list(per_seed.values())
+    std = statistics.stdev(values) if len(values) > 1 else None
+    return Stat(mean=statistics.fmean(values), std=std, n_seeds=len(values), complete=complete)
+
+
+def task_stat(results: Sequence[dict[str, Any]], task: str, method: str) -> Optional[Stat]:
+    """Success of ``method`` on ``task`` over its finished seeds (None when none finished)."""
+    runs = [r for r in ok_results(results) if r["task"] == task and r["method"] == method]
+    if not runs:
+        return None
+    seeds = {r["seed"] for r in results if r["task"] == task}
+    stat = seed_stat({r["seed"]: r["success"] for r in runs}, complete=len(runs) == len(seeds))
+    if len(runs) == 1 and runs[0].get("ci95") is not None:
+        stat.ci95 = (float(runs[0]["ci95"][0]), float(runs[0]["ci95"][1]))
+    return stat
+
+
+def average_stat(results: Sequence[dict[str, Any]], tasks: Sequence[str], method: str) -> Optional[Stat]:
+    """Mean over ``tasks`` per seed, then mean ± std over seeds. Incomplete when a (task, seed) run is missing."""
+    expected_seeds = sorted({r["seed"] for r in results if r["task"] in tasks})
+    done = {(r["task"], r["seed"]): r["success"] for r in ok_results(results)
+            if r["method"] == method and r["task"] in tasks}
+    per_seed: dict[int, float] = {}
+    for seed in expected_seeds:
+        values = [done[(t, seed)] for t in tasks if (t, seed) in done]
+        if values:
+            per_seed[seed] = statistics.fmean(values)
+    if not per_seed:
+        return None
+    complete = len(done) == len(tasks) * len(expected_seeds)
+    return seed_stat(per_seed, complete=complete)
+
+
+def group_averages(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Optional[Stat]]]:
+    """{group or "all": {method: Stat}} over the groups present in ``results``."""
+    pairs = ordered_tasks(results)
+    out: dict[str, dict[str, Optional[Stat]]] = {}
+    for group in [g for g in GROUPS if any(pg == g for pg, _ in pairs)] + ["all"]:
+        tasks = [t for g, t in pairs if group in ("all", g)]
+        out[group] = {m: average_stat(results, tasks, m) for m in ordered_methods(results)}
+    return out
+
+
+def method_label(results: Sequence[dict[str, Any]], method: str) -> str:
+    nfe = next((r.get("nfe") for r in results if r["method"] == method and r.get("nfe")), None)
+    return f"{method} ({nfe} NFE)" if nfe else method
+
+
+def _row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def success_table(results: Sequence[dict[str, Any]]) -> str:
+    """Markdown: rows = tasks grouped by difficulty + group averages, columns = methods + MP1's reported averages."""
+    methods = ordered_methods(results)
+    pairs = ordered_tasks(results)
+    averages = group_averages(results)
+    episodes = sorted({r["n_episodes"] for r in ok_results(results)})
+    seeds = sorted({r["seed"] for r in results})
+    lines = [
+        f"Success rate (%) of the final EMA checkpoint on fixed evaluation seeds "
+        f"({'/'.join(map(str, episodes)) or '?'} episodes per run), {len(seeds)} training seed(s). "
+        + ("Cells: mean ± sample std over seeds." if len(seeds) > 1 else "Cells: success (95 % Wilson interval).")
+        + " Averages: mean over the group's tasks.",
+        "",
+        _row(["task", *[method_label(results, m) for m in methods], ANCHOR_COLUMN]),
+        _row(["---", *["---:"] * (len(methods) + 1)]),
+    ]
+    for group in GROUPS:
+        tasks = [t for g, t in pairs if g == group]
+        if not tasks:
+            continue
+        for task in tasks:
+            cells = [_cell(task_stat(results, task, m)) for m in methods]
+            lines.append(_row([task, *cells, ""]))
+        label = f"**{GROUP_LABELS[group]} average** ({len(tasks)} task{'s' if len(tasks) > 1 else ''})"
+        lines.append(_row([label, *[_cell(averages[group][m], bold=True) for m in methods],
+                           f"{MP1_REPORTED[group]:.1f}"]))
+    lines.append(_row([f"**All tasks** ({len(pairs)})", *[_cell(averages["all"][m], bold=True) for m in methods],
+                       f"{MP1_REPORTED['all']:.1f}"]))
+    lines += [
+        "",
+        f"{ANCHOR_COLUMN}: the averages MP1 reports (Meta-World v2 under mujoco-py, 10 demos, its own task set and "
+        "evaluation protocol; DESIGN section 7): context, not directly comparable.",
+    ]
+    if any(s is not None and not s.complete for per in averages.values() for s in per.values()):
+        lines.append("\\* some runs of this cell are missing or failed; the number covers the finished ones.")
+    failed = [r for r in results if r.get("status") != "ok"]
+    if failed:
+        lines.append("Failed runs: " + "; ".join(f"{r['task']} {r['method']} seed {r['seed']}" for r in failed) + ".")
+    return "\n".join(lines)
+
+
+def _cell(stat: Optional[Stat], bold: bool = False) -> str:
+    return "—" if stat is None else stat.cell(bold)
+
+
+def _median(values: Sequence[Optional[float]]) -> Optional[float]:
+    clean = [v for v in values if v is not None and not math.isnan(v)]
+    return statistics.median(clean) if clean else None
+
+
+def _fmt(value: Optional[float], digits: int = 1) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def cost_table(results: Sequence[dict[str, Any]]) -> str:
+    """Markdown: per method, median inference latency and training speed over its finished runs."""
+    lines = [
+        "Inference latency: wall time of each `predict_action` call at batch 1 inside the evaluation loop "
+        "(normalization + encoders + head; one thread per eval worker; first call per worker excluded), median "
+        "over runs. Training: steps/s and minutes per run, median over runs that were not resumed.",
+        "",
+        _row(["method", "NFE", "latency p50 (ms)", "latency p99 (ms)", "train steps/s", "train min/run", "runs"]),
+        _row(["---", *["---:"] * 6]),
+    ]
+    for m in ordered_methods(results):
+        runs = [r for r in ok_results(results) if r["method"] == m]
+        whole = [r for r in runs if not r.get("resumed")]  # a resumed run's timing covers its last session only
+        train_s = _median([r.get("train_seconds") for r in whole])
+        lines.append(_row([
+            m, str(next((r.get("nfe") for r in runs if r.get("nfe")), "—")),
+            _fmt(_median([r.get("latency_ms_p50") for r in runs]), 2),
+            _fmt(_median([r.get("latency_ms_p99") for r in runs]), 2),
+            _fmt(_median([r.get("steps_per_s") for r in whole]), 2),
+            _fmt(None if train_s is None else train_s / 60.0),
+            str(len(runs)),
+        ]))
+    return "\n".join(lines)
+
+
+def periodic_table(results: Sequence[dict[str, Any]]) -> Optional[str]:
+    """Markdown of the secondary metric (mean of the best 5 periodic evaluations), or None when no run has any."""
+    if not any(r.get("best5_periodic") is not None for r in ok_results(results)):
+        return None
+    proxy = [dict(r, success=r["best5_periodic"], ci95=None) for r in ok_results(results)
+             if r.get("best5_periodic") is not None]
+    methods = ordered_methods(proxy)
+    counts = sorted({r["n_periodic"] for r in proxy})
+    lines = [
+        "Secondary metric, labelled as such (the DP3/MP1 papers' protocol): mean success (%) of the best 5 of "
+        f"{'/'.join(map(str, counts))} periodic evaluations during training; optimistic by construction.",
+        "",
+        _row(["task", *methods]),
+        _row(["---", *["---:"] * len(methods)]),
+    ]
+    for _, task in ordered_tasks(proxy):
+        lines.append(_row([task, *[_cell(task_stat(proxy, task, m)) for m in methods]]))
+    averages = group_averages(proxy)
+    for group, per_method in averages.items():
+        label = "All tasks" if group == "all" else f"{GROUP_LABELS[group]} average"
+        lines.append(_row([f"**{label}**", *[_cell(per_method[m], bold=True) for m in methods]]))
+    return "\n".join(lines)
+
+
+def report_markdown(results: Sequence[dict[str, Any]], title: str) -> str:
+    """The whole results.md: success table, cost table, and the secondary metric when present."""
+    parts = [f"# {title}", "", success_table(results), "", cost_table(results)]
+    periodic = periodic_table(results)
+    if periodic is not None:
+        parts += ["", periodic]
+    return "\n".join(parts) + "\n"
+
+
+def plot_success(results: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Grouped bars: success per task (x, by difficulty) per method (bars); error bars = seed std or 95 % CI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    methods = ordered_methods(results)
+    pairs = ordered_tasks(results)
+    width = 0.8 / max(1, len(methods))
+    fig, ax = plt.subplots(figsize=(min(40.0, max(6.0, 0.3 * len(pairs) * len(methods) + 2.0)), 4.5))
+    x = np.arange(len(pairs))
+    for i, m in enumerate(methods):
+        stats = [task_stat(results, t, m) for _, t in pairs]
+        means = [s.mean if s else 0.0 for s in stats]
+        err = np.array([_error_bar(s) for s in stats]).T
+        ax.bar(x + (i - (len(methods) - 1) / 2) * width, means, width, yerr=err, capsize=2,
+               label=method_label(results, m))
+    ax.set_xticks(x, [t.removesuffix("-v3") for _, t in pairs], rotation=45 if len(pairs) > 6 else 0, ha="right"
+                  if len(pairs) > 6 else "center")
+    for k in range(1, len(pairs)):
+        if pairs[k][0] != pairs[k - 1][0]:
+            ax.axvline(k - 0.5, color="0.6", lw=0.8, ls="--")
+    for group in GROUPS:
+        idx = [k for k, (g, _) in enumerate(pairs) if g == group]
+        if idx:
+            ax.text((idx[0] + idx[-1]) / 2, 104, GROUP_LABELS[group], ha="center", va="bottom", fontsize=9)
+    ax.set_ylim(0, 112)
+    ax.set_ylabel("success (%)")
+    ax.set_title("Success of the final EMA checkpoint per task; error bars: std over seeds, or the 95 % "
+                 "interval with one seed", fontsize=9)
+    ax.legend(fontsize=8, ncols=min(4, len(methods)), loc="upper right", bbox_to_anchor=(1.0, -0.25 if len(pairs) > 6
+              else -0.12))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _error_bar(stat: Optional[Stat]) -> tuple[float, float]:
+    if stat is None:
+        return (0.0, 0.0)
+    if stat.std is not None:
+        return (stat.std, stat.std)
+    if stat.ci95 is not None:
+        return (max(0.0, stat.mean - stat.ci95[0]), max(0.0, stat.ci95[1] - stat.mean))
+    return (0.0, 0.0)

@@ -1,0 +1,244 @@
+"""`mfp bench success`: difficulty groups, table/aggregation logic, resume-skip of finished runs, CLI refusals, preset
+composition, and (slow) the smoke preset end to end on a real task."""
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from envs.metaworld_env import UnknownTaskError, task_names
+from envs.metaworld_groups import GROUPS, difficulty, tasks_by_group
+from envs.runner import wilson_interval
+from mfp.bench import success as bench
+from mfp.bench.success_report import (
+    MP1_REPORTED,
+    average_stat,
+    group_averages,
+    plot_success,
+    report_markdown,
+    success_table,
+    task_stat,
+)
+
+TASK = "button-press-topdown-v3"
+
+
+def result(task: str, method: str, seed: int, n_success: int, n: int = 50, **kw) -> dict:
+    """One run's result as `mfp bench success` records it (Wilson interval from the runner's own function)."""
+    lo, hi = wilson_interval(n_success, n)
+    base = {"task": task, "group": difficulty(task), "method": method, "seed": seed,
+            "nfe": 10 if method == "ddim" else 1, "status": "ok", "success": 100.0 * n_success / n,
+            "n_episodes": n, "n_success": n_success, "ci95": [100 * lo, 100 * hi], "latency_ms_p50": 1.5,
+            "latency_ms_p99": 4.0, "steps": 1200, "train_seconds": 540.0, "steps_per_s": 2.2,
+            "eval_seconds": 60.0, "wall_seconds": 630.0, "resumed": False, "run_dir": f"x/{task}/{method}/seed{seed}"}
+    return {**base, **kw}
+
+
+# ------------------------------------------------------------------------------------------ difficulty groups
+def test_difficulty_groups_cover_every_metaworld_task_once():
+    groups = tasks_by_group()
+    assert {g: len(v) for g, v in groups.items()} == {"easy": 28, "medium": 11, "hard": 6, "very_hard": 5}
+    assert sorted(t for v in groups.values() for t in v) == sorted(task_names())
+    # The tasks DESIGN section 5 names are in the groups it names.
+    for task in ("coffee-pull", "hammer", "peg-insert-side", "soccer"):
+        assert difficulty(f"{task}-v3") == "medium"
+    for task in ("assembly", "hand-insert", "pick-place", "push"):
+        assert difficulty(f"{task}-v3") == "hard"
+    for task in ("disassemble", "pick-place-wall", "shelf-place", "stick-pull", "stick-push"):
+        assert difficulty(f"{task}-v3") == "very_hard"
+    assert difficulty(TASK) == "easy"
+    with pytest.raises(UnknownTaskError, match="stick-pull-v3"):
+        difficulty("stik-pull-v3")
+
+
+# ------------------------------------------------------------------------------------------ aggregation
+def two_seed_results() -> list[dict]:
+    # Given out of difficulty order on purpose; method "b" lacks one run and has a failed one.
+    return [
+        result("push-v3", "a", 0, 10), result("push-v3", "a", 1, 20),
+        result(TASK, "a", 0, 40), result(TASK, "a", 1, 45),
+        result("reach-v3", "a", 0, 30), result("reach-v3", "a", 1, 35),
+        result("push-v3", "b", 0, 5), result("push-v3", "b", 1, 15),
+        result(TASK, "b", 0, 50), result(TASK, "b", 1, 48),
+        result("reach-v3", "b", 0, 25),
+        {**result("reach-v3", "b", 1, 0), "status": "failed", "success": None},
+    ]
+
+
+def test_group_averages_are_per_seed_means_then_mean_and_std_over_seeds():
+    results = two_seed_results()
+    avg = group_averages(results)
+    assert list(avg) == ["easy", "hard", "all"]
+    # easy, method a: seed 0 = (80 + 60) / 2 = 70, seed 1 = (90 + 70) / 2 = 80.
+    easy_a = avg["easy"]["a"]
+    assert easy_a.mean == pytest.approx(75.0) and easy_a.std == pytest.approx(statistics.stdev([70, 80]))
+    assert easy_a.complete
+    # all tasks, method a: seed 0 = (20 + 80 + 60) / 3, seed 1 = (40 + 90 + 70) / 3.
+    assert avg["all"]["a"].mean == pytest.approx(statistics.fmean([160 / 3, 200 / 3]))
+    # method b misses (reach, seed 1): seed 1 averages the finished task only, and the cell says it is incomplete.
+    easy_b = avg["easy"]["b"]
+    assert easy_b.mean == pytest.approx(statistics.fmean([(100 + 50) / 2, 96]))
+    assert not easy_b.complete
+    assert average_stat(results, ["push-v3"], "b").complete
+    # A task cell: mean ± std over seeds; with one seed, the run's Wilson interval.
+    cell = task_stat(results, "push-v3", "a")
+    assert (cell.mean, cell.n_seeds) == (30.0, 2) and cell.std == pytest.approx(statistics.stdev([20, 40]))
+    single = task_stat([result(TASK, "a", 0, 40)], TASK, "a")
+    assert single.std is None and single.ci95 == pytest.approx(tuple(100 * x for x in wilson_interval(40, 50)))
+
+
+def test_markdown_table_groups_rows_by_difficulty_with_mp1_anchors():
+    results = two_seed_results()
+    table = success_table(results)
+    lines = table.splitlines()
+    header = next(line for line in lines if line.startswith("| task"))
+    assert header == "| task | a (1 NFE) | b (1 NFE) | MP1 reported (v2) |"
+    rows = [line.split(" | ")[0].lstrip("| ") for line in lines if line.startswith("| ") and "---" not in line][1:]
+    assert rows == [TASK, "reach-v3", "**Easy average** (2 tasks)", "push-v3", "**Hard average** (1 task)",
+                    "**All tasks** (3)"]
+    easy_row = next(line for line in lines if line.startswith("| **Easy average**"))
+    assert "**75.0 ± 7.1**" in easy_row and easy_row.endswith(f"| {MP1_REPORTED['easy']:.1f} |")
+    assert f"| {MP1_REPORTED['hard']:.1f} |" in next(line for line in lines if "Hard average" in line)
+    assert f"| {MP1_REPORTED['all']:.1f} |" in next(line for line in lines if "All tasks" in line)
+    assert "\\*" in easy_row and "missing or failed" in table  # method b's incomplete average is marked
+    assert "Failed runs: reach-v3 b seed 1" in table
+    one_seed = success_table([result(TASK, "ddim", 0, 40)])
+    assert "ddim (10 NFE)" in one_seed and "80.0 (67–89)" in one_seed  # Wilson 95 % interval of 40/50
+
+
+def test_report_and_plot_files(tmp_path):
+    results = two_seed_results() + [result("push-v3", "a", 2, 30, best5_periodic=70.0, n_periodic=9)]
+    md = report_markdown(results, "title")
+    assert md.startswith("# title") and "latency p50 (ms)" in md and "best 5 of 9 periodic" in md
+    assert "best 5" not in report_markdown(two_seed_results(), "t")  # only when periodic evals exist
+    png = plot_success(results, tmp_path / "success.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------------------------------ plan and resume
+SMOKE = bench.load_preset("smoke")
+
+
+def smoke_plan(out: Path, methods=("meanflow", "regression"), extra=()) -> list:
+    return bench.plan_runs([TASK], list(methods), [0], 2, SMOKE.num_steps, SMOKE.overrides, list(extra), out)
+
+
+def finish_run(run) -> None:
+    """Leave in ``run.out_dir`` what a finished `mfp train` leaves: config.json, summary.json, eval_info.json."""
+    run.out_dir.mkdir(parents=True, exist_ok=True)
+    (run.out_dir / "config.json").write_text(json.dumps(bench.config_dict(run.config)))
+    lo, hi = wilson_interval(1, 2)
+    agg = {"n_episodes": 2, "n_success": 1, "pc_success": 50.0, "ci95_low": lo, "ci95_high": hi,
+           "latency_ms_p50": 1.2, "latency_ms_p99": 3.4, "eval_s": 4.0}
+    (run.out_dir / "eval").mkdir(exist_ok=True)
+    (run.out_dir / "eval" / "eval_info.json").write_text(json.dumps(
+        {"aggregated": agg, "config": {"seeds": [100000, 100001]}}))
+    (run.out_dir / "summary.json").write_text(json.dumps(
+        {"steps": run.config.num_steps, "train_seconds": 2.0, "steps_per_s": 2.0, "eval": agg}))
+
+
+def test_finished_runs_are_skipped_and_killed_runs_resume(tmp_path):
+    runs = smoke_plan(tmp_path)
+    assert [r.state for r in runs] == ["new", "new"]
+    assert runs[0].out_dir == tmp_path / TASK / "meanflow" / "seed0"
+    finish_run(runs[0])
+    runs[1].out_dir.mkdir(parents=True)
+    (runs[1].out_dir / "config.json").write_text(json.dumps(bench.config_dict(runs[1].config)))
+    (runs[1].out_dir / "train_state.pt").write_bytes(b"")  # killed after its first checkpoint
+    again = smoke_plan(tmp_path)
+    assert [r.state for r in again] == ["done", "resume"]
+    assert bench.train_command(again[1])[-1] == "resume=true"
+    assert "resume=true" not in bench.train_command(smoke_plan(tmp_path / "fresh")[0])
+    got = bench.collect_result(again[0])
+    assert (got["success"], got["n_episodes"], got["steps"], got["eval_seeds"]) == (50.0, 2, 4, "100000..100001")
+    assert got["ci95"] == pytest.approx([100 * x for x in wilson_interval(1, 2)])
+
+    # Another setting for the same directory is refused instead of mixing runs.
+    with pytest.raises(bench.BenchError, match="batch_size"):
+        smoke_plan(tmp_path, extra=["batch_size=16"])
+    # Bookkeeping keys (threads, workers, videos) do not make a run different.
+    assert smoke_plan(tmp_path, extra=["torch_threads=2", "eval.workers=2"])[0].state == "done"
+
+
+def test_benchmark_with_every_run_finished_trains_nothing_and_writes_outputs(tmp_path, capsys):
+    for run in smoke_plan(tmp_path):
+        finish_run(run)
+    assert bench.main(["--preset", "smoke", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "0 to train, 0 to resume, 2 done" in out and "**Easy average** (1 task)" in out
+    assert not list(tmp_path.rglob(bench.LOG_FILE))  # no `mfp train` was started
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["method"], r["status"], r["success"]) for r in saved["runs"]] == [
+        ("meanflow", "ok", 50.0), ("regression", "ok", 50.0)]
+    assert (tmp_path / "results.md").read_text().startswith("# mfp bench success --preset smoke")
+    assert (tmp_path / "success.png").is_file()
+
+
+def test_methods_must_share_one_backbone(tmp_path):
+    runs = smoke_plan(tmp_path, methods=("meanflow", "meanflow_dispersive", "ddim"))
+    assert {r.config.policy.head for r in runs} == {"meanflow", "ddim"}
+    assert runs[1].config.policy.dispersive.weight > 0
+    other = smoke_plan(tmp_path / "x", extra=["policy.backbone.hidden_dim=32"])[1]
+    with pytest.raises(bench.BenchError, match="policy.backbone.hidden_dim"):
+        bench.check_same_backbone([runs[0], other])
+
+
+# ------------------------------------------------------------------------------------------ CLI and presets
+@pytest.mark.parametrize("argv, message", [
+    (["--methods", "meanflw"], "known: ddim, ddpm, flow, meanflow, meanflow_dispersive, regression"),
+    (["--tasks", "stik-pull"], "did you mean: stick-pull-v3"),
+    (["--preset", "nope"], "known: cpu, full, smoke"),
+    (["seed=1"], "use --seeds"),
+    (["--preset", "smoke", "batch_size"], "not key=value"),
+])
+def test_cli_refuses_bad_input_with_clear_errors(argv, message, capsys):
+    assert bench.main([*argv, "--dry-run"]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_presets_compose_and_say_what_they_run(tmp_path, capsys):
+    cpu = bench.load_preset("cpu")
+    assert sorted(difficulty(t) for t in bench.resolve_tasks(cpu.tasks)) == sorted(GROUPS)
+    assert cpu.methods == ["meanflow", "meanflow_dispersive", "ddim", "regression"]
+    assert (cpu.seeds, cpu.episodes, "profile=cpu" in cpu.overrides) == ([0], 50, True)
+    assert bench.main(["--preset", "cpu", "--out", str(tmp_path), "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "16 runs: 16 to train" in plan and "estimated time" in plan
+    hours = float(plan.split("about ")[1].split(" h")[0])
+    assert hours <= 3.0, "the cpu preset must fit 3 hours on this machine by its own estimate"
+
+    full = bench.load_preset("full")
+    assert len(bench.resolve_tasks(full.tasks)) == 50
+    assert (full.seeds, full.episodes) == ([0, 1, 2], 100)
+    assert {"profile=gpu", "device=cuda"} <= set(full.overrides)
+    # Composition of the full preset (one task per method here; all 50 tasks compose the same way).
+    runs = bench.plan_runs(["stick-pull-v3"], full.methods, full.seeds, full.episodes, full.num_steps,
+                           full.overrides, [], tmp_path / "full")
+    assert len(runs) == 12 and {r.config.device for r in runs} == {"cuda"}
+    assert {r.config.policy.backbone.down_dims[-1] for r in runs} == {2048}
+
+
+# ------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
+def test_smoke_preset_end_to_end_then_resume_skips(tmp_path, capsys):
+    """Two real `mfp train` runs (real demos, training, evaluation in the simulator); a rerun trains nothing."""
+    out = tmp_path / "bench"
+    argv = ["--preset", "smoke", "--out", str(out), f"task.dataset={tmp_path / 'demos.zarr'}"]
+    assert bench.main(argv) == 0
+    first = capsys.readouterr().out
+    saved = json.loads((out / "results.json").read_text())["runs"]
+    assert [(r["method"], r["status"], r["n_episodes"], r["steps"]) for r in saved] == [
+        ("meanflow", "ok", 2, 4), ("regression", "ok", 2, 4)]
+    for r in saved:
+        assert r["group"] == "easy" and r["latency_ms_p50"] > 0 and r["eval_seeds"] == "100000..100001"
+        assert 0.0 <= r["ci95"][0] <= r["success"] <= r["ci95"][1] <= 100.0
+        info = json.loads((Path(r["run_dir"]) / "eval" / "eval_info.json").read_text())
+        assert info["aggregated"]["pc_success"] == r["success"]
+    assert "| **Easy average** (1 task) |" in first and (out / "success.png").is_file()
+
+    logs = {p: p.stat().st_size for p in out.rglob(bench.LOG_FILE)}
+    assert len(logs) == 2
+    assert bench.main(argv) == 0
+    assert "0 to train, 0 to resume, 2 done" in capsys.readouterr().out
+    assert {p: p.stat().st_size for p in out.rglob(bench.LOG_FILE)} == logs  # nothing retrained
+    assert json.loads((out / "results.json").read_text())["runs"] == saved
