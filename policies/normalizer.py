@@ -79,12 +79,15 @@ class LinearNormalizer(nn.Module):
 
     @staticmethod
     def _check_broadcast(key: str, x: torch.Tensor, scale: torch.Tensor) -> None:
-        if x.dim() < scale.dim() or tuple(x.shape[x.dim() - scale.dim():]) != tuple(scale.shape):
-            # per-coordinate stats broadcast over leading dims (e.g. point clouds: stats (3,), data (..., N, 3))
-            if not (scale.dim() == 1 and x.shape[-1] == scale.shape[0]):
-                raise NormalizerError(
-                    f"'{key}': data shape {tuple(x.shape)} does not end with the normalizer's shape {tuple(scale.shape)}"
-                )
+        """Stats broadcast over leading dims: (D,) over (..., D); point stats (3,) over (..., N, 3); (C,1,1) over images."""
+        try:
+            ok = torch.broadcast_shapes(x.shape, scale.shape) == x.shape
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise NormalizerError(
+                f"'{key}': data shape {tuple(x.shape)} does not broadcast with the normalizer's shape {tuple(scale.shape)}"
+            )
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Flat ``{"<key>/<scale|offset|min|max>": tensor}`` for a safetensors file."""
