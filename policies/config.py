@@ -58,10 +58,10 @@ class MeanFlowConfig:
     cfg_t_min: float = 0.0
     cfg_t_max: float = 1.0
     num_inference_steps: int = 1
-    # How du/dt is obtained: "separate" runs a plain forward for u and torch.func.jvp under no_grad; "primal"
-    # backpropagates through the JVP's primal output. Same loss and gradients; "separate" measured as fast or
-    # faster on CPU (MLP head: 1.75x vs 1.91x a flow step; U-Net: 1.57x vs 1.56x) and keeps no dual-tensor graph.
-    jvp_mode: str = "separate"
+    # How du/dt is obtained: "primal" backpropagates through torch.func.jvp's primal output; "separate" runs a
+    # plain forward for u and the JVP under no_grad (less memory). Same loss and gradients. Measured train step
+    # vs flow matching, B=128, 1 CPU thread: compact U-Net 1.48x (primal) vs 1.54x; MLP 1.75x vs 1.69x.
+    jvp_mode: str = "primal"
 
     def __post_init__(self) -> None:
         if self.jvp_mode not in ("primal", "separate"):

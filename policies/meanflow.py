@@ -21,10 +21,11 @@ JVP_MODES = ("primal", "separate")
 class MeanFlowHead(ActionHead):
     """One-step generative head trained with the MeanFlow identity.
 
-    ``jvp_mode``: "separate" runs a normal forward for u and the JVP under no_grad for du/dt (one extra forward,
-    little memory); "primal" backpropagates through the JVP's primal output (its graph also records the dual
-    ops). Both give the same loss and gradients; "separate" measured as fast or faster here. Only samples with
-    r != t enter the JVP: for r = t the du/dt term is multiplied by zero, so it is not computed.
+    ``jvp_mode``: "primal" backpropagates through the JVP's primal output (one forward-mode pass gives u and
+    du/dt; the graph also records the dual ops); "separate" runs a normal forward for u and the JVP under no_grad
+    (one extra forward, less memory). Same loss and gradients; on CPU "primal" is ~4 % faster on the U-Net and
+    ~4 % slower on the MLP backbone. Only samples with r != t enter the JVP: for r = t the du/dt term is
+    multiplied by zero, so it is not computed.
     """
 
     def __init__(
@@ -42,7 +43,7 @@ class MeanFlowHead(ActionHead):
         cfg_t_min: float = 0.0,
         cfg_t_max: float = 1.0,
         num_inference_steps: int = 1,
-        jvp_mode: str = "separate",
+        jvp_mode: str = "primal",
     ) -> None:
         super().__init__(backbone, horizon)
         if backbone.n_time_inputs != 2:
