@@ -6,8 +6,9 @@ AD (``torch.func.jvp``), which BatchNorm in train mode does not support.
 """
 from __future__ import annotations
 
+import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -121,7 +122,7 @@ class ConditionalUnet1D(nn.Module):
         self.time_embed = TimeEmbedding(n_time_inputs, time_embed_dim, time_scale)
         cond_dim = time_embed_dim + global_cond_dim
         dims = [input_dim, *down_dims]
-        pairs = list(zip(dims[:-1], dims[1:]))
+        pairs = list(itertools.pairwise(dims))
 
         def block(cin: int, cout: int) -> ConditionalResidualBlock1D:
             return ConditionalResidualBlock1D(cin, cout, cond_dim, kernel_size, n_groups)

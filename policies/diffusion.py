@@ -8,7 +8,6 @@ predicted clean sample to [-1, 1]. The backbone sees the step index as time ``t 
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -94,9 +93,9 @@ class DiffusionHead(ActionHead):
     def sample(
         self,
         cond: torch.Tensor,
-        num_steps: Optional[int] = None,
-        noise: Optional[torch.Tensor] = None,
-        generator: Optional[torch.Generator] = None,
+        num_steps: int | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Denoise ``noise`` over ``num_steps`` steps (DDPM default: all T; DDIM default: num_inference_steps).
 

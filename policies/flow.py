@@ -5,8 +5,6 @@
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -51,9 +49,9 @@ class FlowHead(ActionHead):
     def sample(
         self,
         cond: torch.Tensor,
-        num_steps: Optional[int] = None,
-        noise: Optional[torch.Tensor] = None,
-        generator: Optional[torch.Generator] = None,
+        num_steps: int | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """k Euler steps ``z <- z - (t_i - t_{i+1}) v(z, t_i)`` on a uniform grid from 1 to 0; ``(B, H, Da)``."""
         steps = self.resolve_steps(num_steps)

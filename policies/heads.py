@@ -6,7 +6,7 @@ model of normalized action chunks: ``compute_loss(actions, cond)`` for training,
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -44,9 +44,9 @@ class ActionHead(nn.Module, ABC):
     def sample(
         self,
         cond: torch.Tensor,
-        num_steps: Optional[int] = None,
-        noise: Optional[torch.Tensor] = None,
-        generator: Optional[torch.Generator] = None,
+        num_steps: int | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Action chunks ``(B, H, Da)`` for ``cond (B, C)`` with ``num_steps`` network evaluations."""
 
@@ -64,14 +64,14 @@ class ActionHead(nn.Module, ABC):
         if cond.dim() != 2 or cond.shape[1] != self.cond_dim:
             raise ValueError(f"cond must have shape (B, {self.cond_dim}), got {tuple(cond.shape)}")
 
-    def resolve_steps(self, num_steps: Optional[int]) -> int:
+    def resolve_steps(self, num_steps: int | None) -> int:
         steps = self.default_num_steps if num_steps is None else int(num_steps)
         if steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         return steps
 
     def initial_noise(
-        self, cond: torch.Tensor, noise: Optional[torch.Tensor], generator: Optional[torch.Generator]
+        self, cond: torch.Tensor, noise: torch.Tensor | None, generator: torch.Generator | None
     ) -> torch.Tensor:
         """The given ``noise`` (checked) or a fresh standard normal draw, ``(B, H, Da)``."""
         self.check_cond(cond)
@@ -89,7 +89,7 @@ def n_time_inputs_for(name: str) -> int:
     return 2 if name == "meanflow" else 1
 
 
-def make_head(name: str, backbone: nn.Module, cfg: Any, horizon: Optional[int] = None) -> ActionHead:
+def make_head(name: str, backbone: nn.Module, cfg: Any, horizon: int | None = None) -> ActionHead:
     """Build head ``name`` on ``backbone`` from its config dataclass (``MeanFlowConfig`` for meanflow,
     ``FlowConfig`` for flow, ``DiffusionConfig`` for ddpm/ddim, ``None`` for regression).
 

@@ -7,8 +7,6 @@ One network evaluation then maps noise to an action chunk: ``a = eps - u(eps, t=
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 from torch.func import jvp
@@ -87,7 +85,7 @@ class MeanFlowHead(ActionHead):
         """Two logit-normal draws, t = max and r = min; then r = t for round(ratio_r_eq_t * B) random samples."""
         s = torch.sigmoid(self.p_std * torch.randn(2, batch, device=device) + self.p_mean)  # (2, B)
         t, r = s.max(dim=0).values, s.min(dim=0).values
-        n_eq = int(round(self.ratio_r_eq_t * batch))
+        n_eq = round(self.ratio_r_eq_t * batch)
         if n_eq:
             idx = torch.randperm(batch, device=device)[:n_eq]
             r[idx] = t[idx]
@@ -173,7 +171,7 @@ class MeanFlowHead(ActionHead):
         v_tilde: torch.Tensor,
         cond: torch.Tensor,
         n_jvp: int,
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """u for the whole batch (with gradient) and du/dt along (v~, 1, 0) for its first ``n_jvp`` samples."""
         if n_jvp == 0:
             return self.u(z, t, r, cond), None
@@ -199,9 +197,9 @@ class MeanFlowHead(ActionHead):
     def sample(
         self,
         cond: torch.Tensor,
-        num_steps: Optional[int] = None,
-        noise: Optional[torch.Tensor] = None,
-        generator: Optional[torch.Generator] = None,
+        num_steps: int | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """k uniform steps ``z_r = z_t - (t - r) u(z_t, t, t - r | c)`` from t = 1 to 0; k = 1 is
         ``a = eps - u(eps, t=1, h=1 | c)``. Returns ``(B, H, Da)``."""

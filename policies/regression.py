@@ -5,8 +5,6 @@ The backbone gets a zero chunk and zero time, so only the condition carries info
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,9 +38,9 @@ class RegressionHead(ActionHead):
     def sample(
         self,
         cond: torch.Tensor,
-        num_steps: Optional[int] = None,
-        noise: Optional[torch.Tensor] = None,
-        generator: Optional[torch.Generator] = None,
+        num_steps: int | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """The predicted chunk ``(B, H, Da)``; ``noise`` is only shape-checked, ``num_steps`` only validated."""
         self.resolve_steps(num_steps)

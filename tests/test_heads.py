@@ -138,7 +138,7 @@ def test_backbone_time_inputs_each_matter() -> None:
 
 def test_cosine_betas_match_closed_form() -> None:
     betas = make_betas(100, "squaredcos_cap_v2")
-    f = lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2  # noqa: E731
+    f = lambda s: math.cos((s + 0.008) / 1.008 * math.pi / 2) ** 2
     alphas_cumprod = torch.cumprod(1 - betas, 0)
     assert alphas_cumprod[49].item() == pytest.approx(f(0.5) / f(0.0), rel=1e-9)
     assert betas.max().item() <= 0.999 and bool((betas > 0).all())

@@ -52,7 +52,7 @@ def reference_loss(head: MeanFlowHead, x, cond, noise, t, r, v_tilde=None, fd_ep
 @pytest.mark.parametrize("kind", ["unet", "mlp"])
 def test_jvp_matches_finite_differences(kind: str) -> None:
     head = make_head(kind)
-    x, cond, noise, t, r = draws(6)
+    _, cond, _, t, r = draws(6)
     tangent = torch.randn(6, H, DA, dtype=torch.float64)
     z = torch.randn(6, H, DA, dtype=torch.float64)
 

@@ -6,7 +6,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mfp.bench.toy import ToyProblem, energy_distance, evaluate_sampler, head_sampler, train_head
+from mfp.bench.toy import (
+    ToyProblem,
+    energy_distance,
+    evaluate_sampler,
+    head_sampler,
+    train_head,
+)
 from policies.backbones import MLPBackbone
 from policies.config import FlowConfig, MeanFlowConfig
 from policies.heads import make_head, n_time_inputs_for

@@ -14,8 +14,8 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
@@ -105,7 +105,7 @@ def build(name: str, args: argparse.Namespace, action_dim: int, horizon: int, co
 
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def interleaved_timings(fns: dict[str, Callable[[], object]], calls: int, warmup: int) -> dict[str, list[float]]:

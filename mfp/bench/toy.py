@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
 
 import torch
 
@@ -46,14 +46,14 @@ class ToyProblem:
         ramp = self.radius * torch.arange(1, self.horizon + 1, dtype=c.dtype, device=c.device) / self.horizon
         return ramp[None, None, :, None] * direction[:, :, None, :]  # (B, M, H, 2)
 
-    def sample_actions(self, c: torch.Tensor, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_actions(self, c: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Chunks ``(B, H, 2)`` and their mode index ``(B,)`` for conditions ``c (B,)``."""
         modes = torch.randint(0, self.n_modes, (c.shape[0],), generator=generator, device=c.device)
         centers = self.mode_centers(c)[torch.arange(c.shape[0], device=c.device), modes]  # (B, H, 2)
         noise = torch.randn(centers.shape, generator=generator, device=c.device, dtype=c.dtype)
         return centers + self.noise_std * noise, modes
 
-    def sample(self, batch: int, generator: Optional[torch.Generator] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, batch: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """A training batch: ``cond (B, 1)`` and ``actions (B, H, 2)``."""
         c = 2 * torch.rand(batch, generator=generator) - 1
         actions, _ = self.sample_actions(c, generator)
@@ -129,7 +129,7 @@ def evaluate_sampler(
     return out
 
 
-def head_sampler(head: torch.nn.Module, num_steps: Optional[int] = None) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+def head_sampler(head: torch.nn.Module, num_steps: int | None = None) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
     """Wrap an action head's ``sample`` as a toy sampler."""
 
     def sample(cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -146,7 +146,7 @@ def train_head(
     batch_size: int = 256,
     lr: float = 1e-3,
     seed: int = 0,
-    time_budget_s: Optional[float] = None,
+    time_budget_s: float | None = None,
 ) -> dict[str, float]:
     """Train ``head`` on fresh toy batches with AdamW and a cosine learning rate; stops early at ``time_budget_s``.
 
