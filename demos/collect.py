@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -210,19 +210,10 @@ def _progress_bar(total: int, initial: int, task: str, enabled: bool):
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from omegaconf import OmegaConf
+    from mfp.cli_args import parse_overrides
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        print("options (key=value):", ", ".join(f"{k}={v}" for k, v in asdict(CollectConfig()).items()))
-        return 0
-    try:
-        cfg: CollectConfig = OmegaConf.to_object(
-            OmegaConf.merge(OmegaConf.structured(CollectConfig), OmegaConf.from_cli(argv)))
-    except Exception as e:  # omegaconf: unknown key, wrong type, bad value
-        print(f"mfp collect: {e}", file=sys.stderr)
-        return 2
+    cfg: CollectConfig = parse_overrides(CollectConfig, argv, "mfp collect")
     out = cfg.out or f"data/{cfg.task}.zarr"
     summary = collect(
         cfg.task, cfg.n_episodes, out, seed0=cfg.seed0, num_points=cfg.num_points,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -138,19 +138,10 @@ class RobomimicCollectConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from omegaconf import OmegaConf
+    from mfp.cli_args import parse_overrides
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        print("options (key=value):", ", ".join(f"{k}={v}" for k, v in asdict(RobomimicCollectConfig()).items()))
-        return 0
-    try:
-        cfg: RobomimicCollectConfig = OmegaConf.to_object(
-            OmegaConf.merge(OmegaConf.structured(RobomimicCollectConfig), OmegaConf.from_cli(argv)))
-    except Exception as e:  # omegaconf: unknown key, wrong type, bad value
-        print(f"collect_robomimic: {e}", file=sys.stderr)
-        return 2
+    cfg: RobomimicCollectConfig = parse_overrides(RobomimicCollectConfig, argv, "collect_robomimic")
     task = cfg.task.split("/")[-1]
     collect_robomimic(
         task=task, n_episodes=cfg.n_episodes, out_path=cfg.out or f"data/robomimic_{task}.hdf5", seed0=cfg.seed0,

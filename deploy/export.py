@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from deploy.cli_args import parse_overrides
+from mfp.cli_args import parse_overrides
 
 EXPORT_FORMAT = "mfp-export/1"
 ONNX_FILE, PT2_FILE, META_FILE = "model.onnx", "model.pt2", "export.json"

@@ -19,7 +19,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Optional
 
-from deploy.cli_args import parse_overrides
+from mfp.cli_args import parse_overrides
 
 EXIT_OK, EXIT_USAGE, EXIT_CONNECTION, EXIT_FAILURE = 0, 2, 3, 4
 

@@ -25,7 +25,7 @@ from typing import Any, Optional
 import numpy as np
 
 from deploy.bridge import BridgeServer, Rejected
-from deploy.cli_args import parse_overrides
+from mfp.cli_args import parse_overrides
 from deploy.protocol import Message, spec_of
 
 

@@ -9,7 +9,7 @@ Seeds are ``envs.seeds.eval_seeds(n_episodes, seed0)``, disjoint from every demo
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -87,19 +87,10 @@ def format_summary(info: dict[str, Any]) -> str:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    from omegaconf import OmegaConf
+    from mfp.cli_args import parse_overrides
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in argv):
-        print(__doc__)
-        print("options (key=value):", ", ".join(f"{k}={v}" for k, v in asdict(EvalCliConfig()).items()))
-        return 0
-    try:
-        cfg: EvalCliConfig = OmegaConf.to_object(
-            OmegaConf.merge(OmegaConf.structured(EvalCliConfig), OmegaConf.from_cli(argv)))
-    except Exception as e:  # omegaconf: unknown key, wrong type
-        print(f"mfp eval: {e}", file=sys.stderr)
-        return 2
+    cfg: EvalCliConfig = parse_overrides(EvalCliConfig, argv, "mfp eval")
     try:
         info = run(cfg)
     except ValueError as e:

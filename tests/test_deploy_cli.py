@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.cli_args import parse_overrides
+from mfp.cli_args import parse_overrides
 from deploy.run import DeployConfig, main as deploy_main, resolve_limits
 from deploy.sim_arm import SimArmConfig
 

@@ -6,7 +6,6 @@ import socket
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import random_stats

@@ -169,7 +169,9 @@ def test_eval_cli_runs_the_expert(tmp_path, capsys):
     assert json.loads((tmp_path / "eval_info.json").read_text())["config"]["seeds"] == eval_seeds(2)
     assert main(["task=reach-v2", "policy=expert", "n_episodes=1"]) == 2
     assert "reach-v3" in capsys.readouterr().err
-    assert main(["taks=reach-v3"]) == 2  # unknown option
+    with pytest.raises(SystemExit) as exit_info:  # unknown option: usage on stderr, exit code 2
+        main(["taks=reach-v3"])
+    assert exit_info.value.code == 2 and "taks" in capsys.readouterr().err
 
 
 def _failing_factory():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from policies.checkpoint import CheckpointError, load_policy
+from policies.checkpoint import load_policy
 from policies.config import BackboneConfig, EncoderConfig, PolicyConfig
 from training.config import EvalConfig, TaskConfig, TrainConfig, WandbConfig
 from training.tasks import TaskDataError, load_task_data
@@ -103,18 +103,17 @@ def test_bad_data_fails_before_training(tmp_path, demos):
     assert not (tmp_path / "run").exists(), "nothing is written when the data is bad"
 
 
-def test_checkpoint_of_another_task_is_rejected_by_eval(tmp_path, demos):
-    trainer = Trainer(tiny_cfg(tmp_path / "run", demos, steps=5))
-    trainer.fit()
-    trainer.close()
-    from envs.runner import evaluate_checkpoint
-
-    with pytest.raises(Exception, match="full_state|point_cloud|agent_pos|obs"):
-        # a policy trained on point clouds cannot be evaluated with a state-only observation layout
-        cfg = json.loads((tmp_path / "run" / "policy" / "config.json").read_text())
-        cfg["shape_meta"]["obs"] = {"full_state": {"type": "low_dim", "shape": [39]}}
-        (tmp_path / "run" / "policy" / "config.json").write_text(json.dumps(cfg))
-        load_policy(tmp_path / "run" / "policy")
+def test_resuming_a_run_of_another_task_or_a_missing_dataset_fails_before_training(tmp_path, demos):
+    Trainer(tiny_cfg(tmp_path / "run", demos, steps=5)).fit()
+    other = tiny_cfg(tmp_path / "run", demos, steps=10, resume=True)
+    other = replace(other, task=replace(other.task, env="drawer-open-v3"))
+    with pytest.raises((TrainingError, TaskDataError), match="drawer-open-v3|task"):
+        Trainer(other).fit()
+    missing = tiny_cfg(tmp_path / "run2", demos, steps=5)
+    missing = replace(missing, task=replace(missing.task, dataset=str(tmp_path / "nope.zarr"), collect_if_missing=False))
+    with pytest.raises(TaskDataError, match="nope.zarr"):
+        Trainer(missing)
+    assert not (tmp_path / "run2").exists()
 
 
 @pytest.mark.slow

@@ -50,6 +50,9 @@ def ensure_demos(task: TaskConfig) -> Path:
     path = Path(task.dataset)
     if path.exists():
         return path
+    if not task.collect_if_missing:
+        raise TaskDataError(f"dataset '{path}' does not exist; fix task.dataset or set task.collect_if_missing=true "
+                            f"to generate scripted-expert demos there")
     if task.suite == "metaworld":
         from demos.collect import collect
 

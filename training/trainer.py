@@ -21,7 +21,6 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 from ema_pytorch import EMA
-from torch import nn
 
 from policies.checkpoint import save_policy
 from policies.factory import build_policy

@@ -34,7 +34,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from deploy.cli_args import parse_overrides
+from mfp.cli_args import parse_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
