@@ -224,14 +224,14 @@ def print_table(result: dict) -> None:
         row_lat, row_toy = lat.get(method, {}), toy.get(method, {})
         if not row_lat and not row_toy:
             continue
-        nfe = METHODS[method][1] if method in METHODS else 0
+        nfe = str(METHODS[method][1]) if method in METHODS else "-"
 
-        def fmt(d: dict, k: str, spec: str) -> str:
-            return format(d[k], spec) if k in d else "-"
+        def fmt(d: dict, k: str, width: int, digits: int) -> str:
+            return f"{d[k]:>{width}.{digits}f}" if k in d else f"{'-':>{width}}"
 
-        print(f"{method:<18}{nfe:>4}{fmt(row_lat, 'p50_ms', '9.3f')}{fmt(row_lat, 'p99_ms', '9.3f')}"
-              f"{fmt(row_toy, 'energy_distance', '9.4f')}{fmt(row_toy, 'precision', '10.3f')}"
-              f"{fmt(row_toy, 'coverage', '9.3f')}")
+        print(f"{method:<18}{nfe:>4}{fmt(row_lat, 'p50_ms', 9, 3)}{fmt(row_lat, 'p99_ms', 9, 3)}"
+              f"{fmt(row_toy, 'energy_distance', 9, 4)}{fmt(row_toy, 'precision', 10, 3)}"
+              f"{fmt(row_toy, 'coverage', 9, 3)}")
     if step:
         print(f"\n{'training step (B=' + str(result['config']['train_batch']) + ')':<22}{'median ms':>10}{'p90 ms':>9}")
         for name, row in step.items():
