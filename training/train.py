@@ -39,7 +39,9 @@ def _hydra_main(cfg: DictConfig) -> float:
                 agg = info["aggregated"]
                 summary["eval"] = agg
                 print(f"[eval] success {agg['pc_success']:.1f} % over {agg['n_episodes']} episodes "
-                      f"(95 % CI {agg['ci95_low'] * 100:.1f}-{agg['ci95_high'] * 100:.1f} %)")
+                      f"(95 % CI {agg['ci95_low'] * 100:.1f}-{agg['ci95_high'] * 100:.1f} %); policy latency per "
+                      f"call p50 {agg['latency_ms_p50']:.2f} ms, p99 {agg['latency_ms_p99']:.2f} ms "
+                      f"(batch 1, observation history in, action chunk out, inside the eval workers)")
             with open(trainer.out / "summary.json", "w") as f:
                 json.dump(summary, f, indent=2, default=str)
         return float(summary.get("eval", {}).get("pc_success", 0.0))

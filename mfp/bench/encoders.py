@@ -18,7 +18,6 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -31,6 +30,7 @@ from encoders.dispersive import DispersiveLoss
 from encoders.fusion import ObservationEncoder
 from encoders.image import ImageEncoder
 from encoders.pointnet import PointNetEncoder
+from mfp.bench.timing import interleaved, percentile
 
 DISPERSIVE_TARGET_PCT = 5.0
 
@@ -59,25 +59,6 @@ def tabletop_clouds(n: int, points: int, generator: torch.Generator) -> torch.Te
     pts[:, :half, 2] = -0.9
     pts[:, half:] = pts[:, half:] * 0.2 + (torch.rand(n, 1, 3, generator=generator) - 0.5)
     return pts
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
-
-
-def interleaved(fns: dict[str, Callable[[], object]], calls: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, timed round-robin (one call of each per round)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(calls):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
 
 
 def summary_ms(times: list[float]) -> dict[str, float]:

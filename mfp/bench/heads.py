@@ -13,13 +13,13 @@ import argparse
 import json
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from mfp.bench.timing import interleaved, percentile
 from mfp.bench.toy import ToyProblem, evaluate_sampler, head_sampler, train_head
 from policies.backbones import ConditionalUnet1D, MLPBackbone
 from policies.config import DiffusionConfig, FlowConfig, MeanFlowConfig
@@ -103,25 +103,6 @@ def build(name: str, args: argparse.Namespace, action_dim: int, horizon: int, co
     return make_head(head_name, backbone, head_config(name, args), horizon)
 
 
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
-
-
-def interleaved_timings(fns: dict[str, Callable[[], object]], calls: int, warmup: int) -> dict[str, list[float]]:
-    """Seconds per call of each function, timed round-robin (one call of each method per round)."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(calls):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
 def bench_latency(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     heads = {name: build(name, args, args.action_dim, args.horizon, args.cond_dim, toy=False).eval() for name in
              {h for h, _ in METHODS.values()}}
@@ -136,7 +117,7 @@ def bench_latency(args: argparse.Namespace) -> dict[str, dict[str, float]]:
         return run
 
     fns = {method: call(heads[name], nfe) for method, (name, nfe) in METHODS.items()}
-    times = interleaved_timings(fns, args.calls, args.warmup)
+    times = interleaved(fns, args.calls, args.warmup)
     params = {name: sum(p.numel() for p in h.parameters()) for name, h in heads.items()}
     return {
         method: {
@@ -166,7 +147,7 @@ def bench_train_step(args: argparse.Namespace) -> dict[str, dict[str, float]]:
             opt.step()
 
         fns[name] = step
-    times = interleaved_timings(fns, args.train_steps, warmup=2)
+    times = interleaved(fns, args.train_steps, warmup=2)
     return {name: {"median_ms": 1e3 * statistics.median(t), "p90_ms": 1e3 * percentile(t, 90)} for name, t in times.items()}
 
 
