@@ -115,23 +115,17 @@ class Policy(nn.Module):
         history is cut to the last ``n_obs_steps``. Returns ``(B, n_action_steps, Da)`` (or ``(n_action_steps, Da)``
         when unbatched), numpy when the input was numpy.
         """
-        first = self.shape_meta.obs[next(iter(self.shape_meta.obs))]
-        sample = obs.get(first.key) if isinstance(obs, Mapping) else None
-        if sample is None:
-            self.shape_meta.check_obs(obs, leading_dims=2)  # raises naming the missing key
-        as_numpy = isinstance(sample, np.ndarray)
-        unbatched = sample.ndim == len(first.shape) + 1
-        device = self._device()
+        missing = [k for k in self.shape_meta.obs if k not in obs]
+        if missing:
+            raise SpecError(f"observation is missing key(s) {missing}; expected {list(self.shape_meta.obs)}")
+        first = next(iter(self.shape_meta.obs.values()))
+        as_numpy = isinstance(obs[first.key], np.ndarray)
+        unbatched = obs[first.key].ndim == len(first.shape) + 1
         tensors = {}
         for key in self.shape_meta.obs:
-            if key not in obs:
-                raise SpecError(f"observation is missing key '{key}'; expected {list(self.shape_meta.obs)}")
-            x = torch.as_tensor(np.asarray(obs[key]) if isinstance(obs[key], np.ndarray) else obs[key], device=device)
-            if unbatched:
-                x = x.unsqueeze(0)
-            if x.dim() >= 2 and x.shape[1] > self.n_obs_steps:
-                x = x[:, -self.n_obs_steps :]
-            tensors[key] = x
+            x = torch.as_tensor(obs[key], device=self._device())
+            x = x.unsqueeze(0) if unbatched else x
+            tensors[key] = x[:, -self.n_obs_steps :] if x.dim() >= 2 else x  # keep the latest history
         self.shape_meta.check_obs(tensors, leading_dims=2)
         steps = tensors[first.key].shape[1]
         if steps != self.n_obs_steps:

@@ -181,3 +181,18 @@ def test_dispersive_weight_zero_is_exactly_the_plain_loss(small_shape_meta):
     torch.manual_seed(3)
     lb, _ = b.compute_loss(batch)
     assert torch.equal(la, lb) and "dispersive_loss" not in ma
+
+
+def test_predict_action_rejects_bad_observations(small_shape_meta):
+    policy = build_policy(tiny_config("meanflow"), small_shape_meta, random_stats(small_shape_meta)).eval()
+    good = {k: np.random.rand(2, *s.shape).astype(np.float32) for k, s in small_shape_meta.obs.items()}
+    with pytest.raises(SpecError, match="point_cloud"):
+        policy.predict_action({"agent_pos": good["agent_pos"]})
+    with pytest.raises(SpecError, match="1 observation steps"):
+        policy.predict_action({k: v[:1] for k, v in good.items()})
+    nan = dict(good, agent_pos=good["agent_pos"].copy())
+    nan["agent_pos"][1, 2] = np.nan
+    with pytest.raises(SpecError, match="agent_pos.*NaN"):
+        policy.predict_action(nan)
+    with pytest.raises(SpecError, match="point_cloud"):
+        policy.predict_action(dict(good, point_cloud=np.zeros((2, 64, 4), np.float32)))
