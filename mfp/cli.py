@@ -26,6 +26,9 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+_OWN_PACKAGES = {"policies", "encoders", "envs", "deploy", "demos", "training", "mfp"}
+
+
 def _usage() -> str:
     lines = ["usage: mfp <command> [args...]", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
@@ -48,7 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     module_name, func_name, _ = COMMANDS[name]
     module = importlib.import_module(module_name)
     sys.argv = [f"mfp {name}", *rest]
-    result = getattr(module, func_name)(rest)
+    try:
+        result = getattr(module, func_name)(rest)
+    except Exception as e:
+        # Errors this package raises on purpose (bad checkpoint, dataset, spec, task ...) carry their own message and
+        # advice: print it without a traceback. Anything else is a bug and keeps its traceback.
+        if type(e).__module__.split(".")[0] not in _OWN_PACKAGES:
+            raise
+        print(f"mfp {name}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

@@ -14,6 +14,8 @@ T = TypeVar("T")
 def usage(schema: type, command: str) -> str:
     """One line per field: name, type and default, plus the field's ``help`` metadata."""
     lines = [f"usage: {command} [key=value ...]", ""]
+    if schema.__doc__ and not schema.__doc__.startswith(schema.__name__ + "("):
+        lines += [schema.__doc__.strip(), ""]
     for f in dataclasses.fields(schema):
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
