@@ -226,6 +226,8 @@ class Trainer:
             videos=self.cfg.eval.videos if videos is None else videos,
         )
         self._logger.log(self.step, {f"{name}/success_rate": info["aggregated"]["pc_success"] / 100.0})
+        for i, video in enumerate(info.get("video_paths", [])):
+            self._logger.log_video(f"{name}/video_{i}", Path(video), self.step)
         return info
 
     def close(self) -> None:
