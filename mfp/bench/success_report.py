@@ -260,7 +260,7 @@ def plot_success(results: Sequence[dict[str, Any]], path: Path) -> Path:
               else -0.12))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")  # keep the title and legend whole
     plt.close(fig)
     return path
 
