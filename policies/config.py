@@ -44,6 +44,9 @@ class BackboneConfig:
 class MeanFlowConfig:
     """MeanFlow (Geng et al. 2025), official convention: data at t = 0, noise at t = 1."""
 
+    # (t, r) draws: "logit_normal" (official ImageNet, with p_mean/p_std) or "uniform" on [0, 1]. The 1-NFE query
+    # sits at (t = 1, h = 1), which logit-normal(-0.4, 1) almost never draws; uniform draws it far more often.
+    t_dist: str = "logit_normal"
     p_mean: float = -0.4
     p_std: float = 1.0
     # Fraction of the batch with r = t (plain flow-matching samples). ImageNet official 0.75, MP1 0.5.
@@ -66,6 +69,8 @@ class MeanFlowConfig:
     def __post_init__(self) -> None:
         if self.jvp_mode not in ("primal", "separate"):
             raise ValueError(f"unknown jvp_mode '{self.jvp_mode}'; known: primal, separate")
+        if self.t_dist not in ("logit_normal", "uniform"):
+            raise ValueError(f"unknown t_dist '{self.t_dist}'; known: logit_normal, uniform")
         if not 0.0 <= self.ratio_r_eq_t <= 1.0:
             raise ValueError("ratio_r_eq_t must be in [0, 1]")
         if not 0.0 <= self.cond_drop_prob < 1.0:

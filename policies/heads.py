@@ -117,6 +117,7 @@ def make_head(name: str, backbone: nn.Module, cfg: Any, horizon: int | None = No
             horizon,
             p_mean=cfg.p_mean,
             p_std=cfg.p_std,
+            t_dist=cfg.t_dist,
             ratio_r_eq_t=cfg.ratio_r_eq_t,
             adaptive_p=cfg.adaptive_p,
             adaptive_c=cfg.adaptive_c,

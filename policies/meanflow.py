@@ -14,6 +14,7 @@ from torch.func import jvp
 from policies.heads import ActionHead
 
 JVP_MODES = ("primal", "separate")
+T_DISTS = ("logit_normal", "uniform")
 
 
 class MeanFlowHead(ActionHead):
@@ -32,6 +33,7 @@ class MeanFlowHead(ActionHead):
         horizon: int,
         p_mean: float = -0.4,
         p_std: float = 1.0,
+        t_dist: str = "logit_normal",
         ratio_r_eq_t: float = 0.5,
         adaptive_p: float = 1.0,
         adaptive_c: float = 1e-3,
@@ -48,6 +50,8 @@ class MeanFlowHead(ActionHead):
             raise ValueError(f"MeanFlow conditions on (t, t - r): the backbone needs n_time_inputs=2, got {backbone.n_time_inputs}")
         if jvp_mode not in JVP_MODES:
             raise ValueError(f"unknown jvp_mode '{jvp_mode}'; known: {', '.join(JVP_MODES)}")
+        if t_dist not in T_DISTS:
+            raise ValueError(f"unknown t_dist '{t_dist}'; known: {', '.join(T_DISTS)}")
         if not 0.0 <= ratio_r_eq_t <= 1.0:
             raise ValueError("ratio_r_eq_t must be in [0, 1]")
         if not 0.0 <= cond_drop_prob < 1.0:
@@ -61,6 +65,7 @@ class MeanFlowHead(ActionHead):
                 "is only trained when cond_drop_prob > 0; set cond_drop_prob (e.g. 0.1)"
             )
         self.p_mean, self.p_std = float(p_mean), float(p_std)
+        self.t_dist = t_dist
         self.ratio_r_eq_t = float(ratio_r_eq_t)
         self.adaptive_p, self.adaptive_c = float(adaptive_p), float(adaptive_c)
         self.cfg_omega, self.cfg_kappa = float(cfg_omega), float(cfg_kappa)
@@ -82,8 +87,11 @@ class MeanFlowHead(ActionHead):
 
     # ------------------------------------------------------------------ training
     def sample_t_r(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two logit-normal draws, t = max and r = min; then r = t for round(ratio_r_eq_t * B) random samples."""
-        s = torch.sigmoid(self.p_std * torch.randn(2, batch, device=device) + self.p_mean)  # (2, B)
+        """Two draws (logit-normal or uniform), t = max and r = min; then r = t for round(ratio_r_eq_t * B) samples."""
+        if self.t_dist == "uniform":
+            s = torch.rand(2, batch, device=device)  # (2, B)
+        else:
+            s = torch.sigmoid(self.p_std * torch.randn(2, batch, device=device) + self.p_mean)
         t, r = s.max(dim=0).values, s.min(dim=0).values
         n_eq = round(self.ratio_r_eq_t * batch)
         if n_eq:

@@ -160,10 +160,11 @@ def test_guidance_without_condition_dropout_is_rejected() -> None:
 
 # ------------------------------------------------------------------ (t, r) sampling
 @settings(max_examples=25, deadline=None)
-@given(batch=st.integers(1, 300), ratio=st.floats(0.0, 1.0), p_mean=st.floats(-2, 2), p_std=st.floats(0.1, 2))
-def test_t_r_sampling_invariants(batch: int, ratio: float, p_mean: float, p_std: float) -> None:
+@given(batch=st.integers(1, 300), ratio=st.floats(0.0, 1.0), p_mean=st.floats(-2, 2), p_std=st.floats(0.1, 2),
+       t_dist=st.sampled_from(["logit_normal", "uniform"]))
+def test_t_r_sampling_invariants(batch: int, ratio: float, p_mean: float, p_std: float, t_dist: str) -> None:
     head = MeanFlowHead(MLPBackbone(DA, H, C, 2, hidden_dim=8, n_layers=1, time_embed_dim=4), H,
-                        ratio_r_eq_t=ratio, p_mean=p_mean, p_std=p_std)
+                        ratio_r_eq_t=ratio, p_mean=p_mean, p_std=p_std, t_dist=t_dist)
     t, r = head.sample_t_r(batch, torch.device("cpu"))
     assert t.shape == r.shape == (batch,)
     assert bool(((r >= 0) & (r <= t) & (t <= 1)).all())
@@ -178,6 +179,19 @@ def test_t_r_distribution_is_logit_normal_order_statistics() -> None:
     # max / min of two N(-0.4, 1) draws have means -0.4 +/- 1/sqrt(pi)
     assert logit_t.mean().item() == pytest.approx(-0.4 + 0.5642, abs=0.03)
     assert logit_r.mean().item() == pytest.approx(-0.4 - 0.5642, abs=0.03)
+
+
+def test_uniform_t_r_are_order_statistics_and_reach_the_one_step_corner() -> None:
+    torch.manual_seed(0)
+    head = make_head(ratio_r_eq_t=0.0, t_dist="uniform")
+    t, r = head.sample_t_r(20000, torch.device("cpu"))
+    # max / min of two U(0, 1) draws have means 2/3 and 1/3
+    assert t.mean().item() == pytest.approx(2 / 3, abs=0.01)
+    assert r.mean().item() == pytest.approx(1 / 3, abs=0.01)
+    # P(t - r > 0.8) = 0.2^2 = 4 %; logit-normal(-0.4, 1) gives about 0.1 %
+    assert ((t - r) > 0.8).float().mean().item() == pytest.approx(0.04, abs=0.006)
+    with pytest.raises(ValueError, match="t_dist"):
+        make_head(t_dist="beta")
 
 
 # ------------------------------------------------------------------ sampling
