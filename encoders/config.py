@@ -19,7 +19,9 @@ class EncoderConfig:
     # Low-dimensional state MLP: Linear(d -> state_hidden), ReLU, Linear(-> state_out_dim).
     state_hidden_dim: int = 64
     state_out_dim: int = 64
-    # Images: ResNet-18 with GroupNorm and spatial softmax, one encoder per camera key.
+    # Images: a conv trunk with GroupNorm and spatial softmax, one encoder per camera key. Trunk "resnet18" is the
+    # DP/robomimic anchor; "shallow" (four conv layers, 19x19 keypoint map at a 76x76 crop) is the CPU choice.
+    image_trunk: str = "resnet18"
     image_crop_shape: list[int] = field(default_factory=lambda: [76, 76])
     image_num_keypoints: int = 32
     image_out_dim: int = 64
@@ -29,6 +31,8 @@ class EncoderConfig:
     def __post_init__(self) -> None:
         if self.point_net not in POINTNETS:
             raise ValueError(f"unknown point_net '{self.point_net}'; known: {', '.join(POINTNETS)}")
+        if self.image_trunk not in ("resnet18", "shallow"):
+            raise ValueError(f"unknown image_trunk '{self.image_trunk}'; known: resnet18, shallow")
         if not self.point_hidden_dims:
             raise ValueError("point_hidden_dims must not be empty")
 

@@ -43,6 +43,7 @@ class ObservationEncoder(nn.Module):
         image_out_dim: int = 64,
         image_share_weights: bool = False,
         image_pretrained: bool = False,
+        image_trunk: str = "resnet18",
     ) -> None:
         super().__init__()
         if n_obs_steps < 1:
@@ -62,7 +63,7 @@ class ObservationEncoder(nn.Module):
             if len(shapes) != 1:
                 raise SpecError(f"image_share_weights needs one image shape for all cameras, got {sorted(shapes)}")
             self.shared_image = ImageEncoder(
-                shapes.pop(), image_crop_shape, image_num_keypoints, image_out_dim, image_pretrained
+                shapes.pop(), image_crop_shape, image_num_keypoints, image_out_dim, image_pretrained, image_trunk
             )
 
         for key, spec in shape_meta.obs.items():
@@ -85,7 +86,7 @@ class ObservationEncoder(nn.Module):
             elif spec.type == "rgb":
                 if self.shared_image is None:
                     self.encoders[key] = ImageEncoder(
-                        spec.shape, image_crop_shape, image_num_keypoints, image_out_dim, image_pretrained
+                        spec.shape, image_crop_shape, image_num_keypoints, image_out_dim, image_pretrained, image_trunk
                     )
             else:
                 self.encoders[key] = StateEncoder(spec.shape[0], state_hidden_dim, state_out_dim)

@@ -1,5 +1,8 @@
 """Image encoder: ResNet-18 with GroupNorm, spatial-softmax keypoints and crop augmentation (DP/robomimic anchor).
 
+A four-layer "shallow" conv trunk is the CPU alternative: ~19x cheaper to train than ResNet-18 at 76x76 and a
+19x19 keypoint map instead of 3x3 (finer object positions), which is what makes image training fit a 2-core CPU.
+
 Input (N, 3, H, W) float in [0, 1] (uint8 is accepted and divided by 255). Train mode takes an independent random
 crop per image; eval mode takes the centre crop, so evaluation is deterministic and exportable. ImageNet
 normalization happens inside. GroupNorm (not BatchNorm) keeps the network usable under forward-mode AD and at
@@ -16,6 +19,7 @@ from torch import nn
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RESNET18_WIDTHS = (64, 128, 256, 512)
+TRUNKS = ("resnet18", "shallow")
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -62,6 +66,27 @@ class ResNet18GN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+class ShallowConvGN(nn.Module):
+    """Four 3x3 conv + GroupNorm + ReLU layers, two of stride 2: (N, 3, H, W) -> (N, 32, ceil(H/4), ceil(W/4)).
+
+    Width 32 throughout: measured here (1 thread, 128 crops of 76x76, forward + backward) 0.18 s against 0.52 s for
+    widths (32, 64, 64, 64) and 3.5 s for ResNet-18.
+    """
+
+    def __init__(self, widths: Sequence[int] = (32, 32, 32, 32), strides: Sequence[int] = (2, 2, 1, 1)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for width, stride in zip(widths, strides):
+            layers += [nn.Conv2d(in_ch, width, 3, stride=stride, padding=1, bias=False), _group_norm(width), nn.ReLU()]
+            in_ch = width
+        self.layers = nn.Sequential(*layers)
+        self.out_channels = in_ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
 
 
 def load_imagenet_weights(trunk: ResNet18GN) -> None:
@@ -114,6 +139,7 @@ class ImageEncoder(nn.Module):
         num_keypoints: spatial-softmax keypoints K (feature 2K before the projection).
         out_dim: output width.
         pretrained: load ImageNet conv weights through torchvision (clear ImportError when it is missing).
+        trunk: "resnet18" (DP/robomimic anchor) or "shallow" (four conv layers; the CPU choice).
     """
 
     def __init__(
@@ -123,8 +149,13 @@ class ImageEncoder(nn.Module):
         num_keypoints: int = 32,
         out_dim: int = 64,
         pretrained: bool = False,
+        trunk: str = "resnet18",
     ) -> None:
         super().__init__()
+        if trunk not in TRUNKS:
+            raise ValueError(f"unknown image trunk '{trunk}'; known: {', '.join(TRUNKS)}")
+        if pretrained and trunk != "resnet18":
+            raise ValueError(f"pretrained weights exist only for the resnet18 trunk, not '{trunk}'")
         c, h, w = (int(s) for s in image_shape)
         ch, cw = (int(s) for s in crop_shape)
         if c != 3:
@@ -134,25 +165,19 @@ class ImageEncoder(nn.Module):
         self.image_shape = (c, h, w)
         self.crop_shape = (ch, cw)
         self.output_dim = int(out_dim)
-        self.trunk = ResNet18GN()
+        self.trunk = ResNet18GN() if trunk == "resnet18" else ShallowConvGN()
         if pretrained:
             load_imagenet_weights(self.trunk)
         # Channels-last conv weights and inputs take oneDNN's kernels; at batch 1 PyTorch otherwise picks its
         # slow im2col convolution for these small maps (measured 2-3x slower). Savers must call .contiguous()
         # on the 4-D weights (safetensors refuses other strides; policies/checkpoint.py does).
         self.trunk.to(memory_format=torch.channels_last)
-        fh, fw = self._feature_hw(ch), self._feature_hw(cw)
+        with torch.no_grad():
+            fh, fw = self.trunk(torch.zeros(1, 3, ch, cw)).shape[-2:]
         self.pool = SpatialSoftmax(self.trunk.out_channels, fh, fw, num_keypoints)
         self.proj = nn.Linear(2 * num_keypoints, self.output_dim)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-
-    @staticmethod
-    def _feature_hw(size: int) -> int:
-        # conv1 (k7 s2 p3), maxpool (k3 s2 p1), then three stride-2 stages (k3 p1): each maps s -> floor((s-1)/2)+1.
-        for _ in range(5):
-            size = (size - 1) // 2 + 1
-        return size
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images: (N, 3, H, W) float in [0, 1] or uint8 -> (N, out_dim)."""

@@ -139,6 +139,23 @@ def test_image_crop_train_random_eval_centre(image_encoder: ImageEncoder) -> Non
     assert len(set(offsets)) > 1
 
 
+def test_shallow_trunk_keeps_a_fine_keypoint_map_and_learns() -> None:
+    """The CPU trunk: 76x76 crop -> 19x19 keypoint map; gradients reach its first conv; bad names are refused."""
+    torch.manual_seed(0)
+    enc = ImageEncoder((3, 84, 84), crop_shape=(76, 76), num_keypoints=16, out_dim=32, trunk="shallow")
+    assert tuple(enc.pool.grid.shape) == (19 * 19, 2)
+    out = enc(torch.rand(3, 3, 84, 84))
+    assert out.shape == (3, 32)
+    out.square().sum().backward()
+    assert enc.trunk.layers[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="known: resnet18, shallow"):
+        ImageEncoder((3, 84, 84), trunk="resnet50")
+    with pytest.raises(ValueError, match="pretrained"):
+        ImageEncoder((3, 84, 84), trunk="shallow", pretrained=True)
+    with pytest.raises(ValueError, match="image_trunk"):
+        EncoderConfig(image_trunk="vit")
+
+
 def test_pretrained_without_torchvision_says_what_to_do() -> None:
     try:
         import torchvision  # noqa: F401
@@ -216,6 +233,8 @@ def _export_cases():
         "pointnet": lambda: (PointNetEncoder(3, [64, 128, 256], 64, "max"), (torch.rand(2, 512, 3) * 2 - 1,)),
         "pointnet_maxmean": lambda: (PointNetEncoder(6, [64, 128, 256], 64, "maxmean"), (torch.rand(2, 512, 6),)),
         "image": lambda: (ImageEncoder((3, 84, 84), (76, 76), 32, 64), (torch.rand(2, 3, 84, 84),)),
+        "image_shallow": lambda: (ImageEncoder((3, 84, 84), (76, 76), 32, 64, trunk="shallow"),
+                                  (torch.rand(2, 3, 84, 84),)),
         "state": lambda: (StateEncoder(9, 64, 64), (torch.randn(2, 9),)),
         "fusion": lambda: (ObservationEncoder(meta, 2), (obs,)),
     }
