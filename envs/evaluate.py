@@ -1,6 +1,7 @@
 """`mfp eval`: evaluate the scripted expert or a saved policy on fixed evaluation seeds.
 
     mfp eval task=reach-v3 policy=expert n_episodes=50
+    mfp eval task=robomimic/lift policy=expert n_episodes=50
     mfp eval checkpoint=runs/reach-v3/meanflow-seed0/policy n_episodes=50 num_steps=1
 
 Seeds are ``envs.seeds.eval_seeds(n_episodes, seed0)``, disjoint from every demonstration seed. Writes
@@ -20,7 +21,7 @@ DEFAULT_MAX_STEPS = 200
 class EvalCliConfig:
     """Arguments of `mfp eval` (``key=value``; unknown keys fail)."""
 
-    # Meta-World task; a checkpoint supplies its own (this overrides it).
+    # Meta-World task or robosuite task (robomimic/lift, can, square); a checkpoint supplies its own (this overrides it).
     task: str = ""
     # "expert" = the scripted expert; ignored when checkpoint is set.
     policy: str = "expert"
@@ -60,14 +61,28 @@ def run(cfg: EvalCliConfig) -> dict[str, Any]:
         raise ValueError(f"unknown policy '{cfg.policy}'; use policy=expert or checkpoint=<policy dir>")
     if not cfg.task:
         raise ValueError("pass task=<name> (e.g. task=reach-v3) to evaluate the scripted expert")
-    from envs.experts import ScriptedExpert
+    from envs.robosuite_env import is_robosuite_task
     from envs.seeds import eval_seeds
 
-    out = cfg.out or f"outputs/eval/{cfg.task}-expert"
+    if is_robosuite_task(cfg.task):
+        from envs.robosuite_env import task_info
+        from envs.robosuite_experts import RobosuiteExpertAgent
+
+        expert = RobosuiteExpertAgent(cfg.task, action_noise=cfg.action_noise)
+        max_steps = cfg.max_steps or task_info(cfg.task).max_steps
+        # Without observation images the env still needs one camera when videos are asked for.
+        env_kwargs = {} if cfg.render_obs else {"cameras": ("agentview",) if cfg.n_videos else ()}
+    else:
+        from envs.experts import ScriptedExpert
+
+        expert = ScriptedExpert(cfg.task, noise_std=cfg.action_noise)
+        max_steps = cfg.max_steps or DEFAULT_MAX_STEPS
+        env_kwargs = {} if cfg.render_obs else {"point_cloud_cameras": (), "image_cameras": ()}
+    out = cfg.out or f"outputs/eval/{cfg.task.replace('/', '-')}-expert"
     info = evaluate(
-        ScriptedExpert(cfg.task, noise_std=cfg.action_noise), cfg.task, eval_seeds(cfg.n_episodes, cfg.seed0),
-        n_workers=cfg.n_workers, out_dir=out, n_videos=cfg.n_videos, max_steps=cfg.max_steps or DEFAULT_MAX_STEPS,
-        env_kwargs={} if cfg.render_obs else {"point_cloud_cameras": (), "image_cameras": ()},
+        expert, cfg.task, eval_seeds(cfg.n_episodes, cfg.seed0),
+        n_workers=cfg.n_workers, out_dir=out, n_videos=cfg.n_videos, max_steps=max_steps,
+        env_kwargs=env_kwargs,
         progress=cfg.progress, label="scripted expert" + (f" (noise {cfg.action_noise})" if cfg.action_noise else ""),
     )
     return info | {"out_dir": out}

@@ -336,6 +336,8 @@ class RobosuiteEnv:
     # ------------------------------------------------------------------ rendering / metadata
     def render(self, camera: str = "agentview", size: int = 256) -> np.ndarray:
         """An upright (H, W, 3) uint8 frame for videos (any camera of the model)."""
+        if not self.cameras:
+            raise RobosuiteEnvError("render() needs an offscreen renderer: build the env with at least one camera")
         self._make_gl_current()
         frame = self.sim.render(camera_name=camera, width=size, height=size)
         return np.ascontiguousarray(self._upright(frame))

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from envs.robosuite_env import ACTION_DIM, RobosuiteEnv, RobosuiteEnvError
+from envs.robosuite_env import ACTION_DIM, RobosuiteEnv, RobosuiteEnvError, task_name
 
 ROT_SCALE = 0.5  # radians per unit of action[3:6] (OSC_POSE output_max); action[:3] is ±5 cm
 OPEN, CLOSE = -1.0, 1.0
@@ -288,6 +288,37 @@ EXPERTS: dict[str, type[WaypointExpert]] = {"lift": LiftExpert, "can": CanExpert
 
 def make_expert(env: RobosuiteEnv, seed: int = 0, **kwargs: Any) -> WaypointExpert:
     """The scripted expert for ``env.task``."""
-    if env.task not in EXPERTS:
-        raise RobosuiteEnvError(f"no scripted expert for task '{env.task}'; experts exist for: {', '.join(EXPERTS)}")
-    return EXPERTS[env.task](env, seed=seed, **kwargs)
+    return EXPERTS[_expert_task(env.task)](env, seed=seed, **kwargs)
+
+
+def _expert_task(task: str) -> str:
+    name = task_name(task)
+    if name not in EXPERTS:
+        raise RobosuiteEnvError(f"no scripted expert for task '{task}'; experts exist for: {', '.join(EXPERTS)}")
+    return name
+
+
+class RobosuiteExpertAgent:
+    """The scripted expert of ``task`` as an evaluation agent: picklable before it has an env, bound to each
+    runner worker's env through :meth:`bind_env` (the expert plans from that env's simulator)."""
+
+    n_obs_steps = 1
+
+    def __init__(self, task: str, action_noise: float = 0.05) -> None:
+        self.task = _expert_task(task)
+        self.action_noise = float(action_noise)
+        self._expert: WaypointExpert | None = None
+
+    def bind_env(self, env: RobosuiteEnv) -> None:
+        self._expert = make_expert(env, action_noise=self.action_noise)
+
+    def _bound(self) -> WaypointExpert:
+        if self._expert is None:
+            raise RuntimeError("RobosuiteExpertAgent.bind_env(env) must be called before the agent acts")
+        return self._expert
+
+    def reset(self, seed: int | None = None) -> None:
+        self._bound().reset(seed)
+
+    def predict_action(self, obs: Any = None) -> np.ndarray:
+        return self._bound().predict_action(obs)

@@ -8,7 +8,8 @@ reason recorded, and the run goes on.
 
 Workers are spawned processes (EGL contexts and torch threads do not survive ``fork``); each builds its own env
 and agent. Pass the agent itself when it pickles (a ``Policy`` does), or a zero-argument factory such as
-``functools.partial(policies.checkpoint.load_policy, "runs/x/policy")``.
+``functools.partial(policies.checkpoint.load_policy, "runs/x/policy")``. An agent that reads the simulator
+(a robosuite scripted expert) may define ``bind_env(env)``; each worker calls it once, after building its env.
 """
 from __future__ import annotations
 
@@ -284,6 +285,8 @@ def _init_worker(agent: Any, task: str, env_kwargs: Mapping[str, Any], max_steps
     else:
         from envs.metaworld_env import MetaWorldEnv as Env
     env = Env(task, max_episode_steps=max_steps, **env_kwargs)
+    if callable(getattr(agent, "bind_env", None)):
+        agent.bind_env(env)
     meta = getattr(agent, "shape_meta", None)
     keys = list(meta.obs) if meta is not None else env.obs_keys
     missing = [k for k in keys if k not in env.obs_keys]

@@ -183,3 +183,20 @@ def test_scripted_experts_succeed_over_seeds(task):
         successes.append(info["success"])
     env.close()
     assert sum(successes) >= 4, successes
+
+
+def test_mfp_eval_runs_the_robosuite_expert_with_a_video(tmp_path):
+    """`mfp eval policy=expert task=robomimic/lift`: workers bind the expert to their own env; a video needs a camera."""
+    from envs.evaluate import EvalCliConfig, run
+
+    info = run(EvalCliConfig(task="robomimic/lift", policy="expert", n_episodes=2, n_workers=1, n_videos=1,
+                             out=str(tmp_path), progress=False))
+    assert info["aggregated"]["n_success"] == 2, info["per_episode"]
+    assert (tmp_path / "eval_info.json").exists()
+    assert len(list((tmp_path / "videos").glob("*.mp4"))) == 1
+    env = RobosuiteEnv("lift", cameras=())
+    try:
+        with pytest.raises(RobosuiteEnvError, match="camera"):
+            env.render()
+    finally:
+        env.close()
