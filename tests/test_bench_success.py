@@ -1,5 +1,6 @@
 """`mfp bench success`: difficulty groups, table/aggregation logic, resume-skip of finished runs, CLI refusals, preset
-composition, and (slow) the smoke preset end to end on a real task."""
+composition, robomimic tasks next to Meta-World ones (names, plans, their own report section), and (slow) the smoke
+preset end to end on a real task."""
 import json
 import statistics
 from pathlib import Path
@@ -11,11 +12,13 @@ from envs.metaworld_groups import GROUPS, difficulty, tasks_by_group
 from envs.runner import wilson_interval
 from mfp.bench import success as bench
 from mfp.bench.success_report import (
+    DM1_COLUMN,
     MP1_REPORTED,
     average_stat,
     group_averages,
     plot_success,
     report_markdown,
+    reported_anchors,
     success_table,
     task_stat,
 )
@@ -26,7 +29,7 @@ TASK = "button-press-topdown-v3"
 def result(task: str, method: str, seed: int, n_success: int, n: int = 50, **kw) -> dict:
     """One run's result as `mfp bench success` records it (Wilson interval from the runner's own function)."""
     lo, hi = wilson_interval(n_success, n)
-    base = {"task": task, "group": difficulty(task), "method": method, "seed": seed,
+    base = {"task": task, "group": bench.task_group(task), "method": method, "seed": seed,
             "nfe": 10 if method == "ddim" else 1, "status": "ok", "success": 100.0 * n_success / n,
             "n_episodes": n, "n_success": n_success, "ci95": [100 * lo, 100 * hi], "latency_ms_p50": 1.5,
             "latency_ms_p99": 4.0, "steps": 1200, "train_seconds": 540.0, "steps_per_s": 2.2,
@@ -187,8 +190,10 @@ def test_methods_must_share_one_backbone(tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--methods", "meanflw"], "known: ddim, ddpm, flow, meanflow, meanflow_dispersive, regression"),
     (["--tasks", "stik-pull"], "did you mean: stick-pull-v3"),
-    (["--preset", "nope"], "known: cpu, full, smoke"),
+    (["--tasks", "robomimic/lfit"], "known: robomimic/lift, robomimic/can, robomimic/square"),
+    (["--preset", "nope"], "known: cpu, full, robomimic, robomimic_cpu, smoke"),
     (["seed=1"], "use --seeds"),
+    (["task=robomimic/can"], "use --tasks"),
     (["--preset", "smoke", "batch_size"], "not key=value"),
 ])
 def test_cli_refuses_bad_input_with_clear_errors(argv, message, capsys):
@@ -216,6 +221,148 @@ def test_presets_compose_and_say_what_they_run(tmp_path, capsys):
                            full.overrides, [], tmp_path / "full")
     assert len(runs) == 12 and {r.config.device for r in runs} == {"cuda"}
     assert {r.config.policy.backbone.down_dims[-1] for r in runs} == {2048}
+
+
+@pytest.mark.parametrize("name", bench.known_presets())
+def test_every_preset_composes_with_one_backbone(name, tmp_path):
+    """Each preset's first task of each suite plans with every method (one backbone: plan_runs checks it)."""
+    preset = bench.load_preset(name)
+    tasks = bench.resolve_tasks(preset.tasks)
+    firsts = list({bench.is_robomimic(t): t for t in reversed(tasks)}.values())
+    runs = bench.plan_runs(firsts, preset.methods, preset.seeds[:1], preset.episodes, preset.num_steps,
+                           preset.overrides, [], tmp_path)
+    assert len(runs) == len(firsts) * len(preset.methods)
+    assert {r.config.task.suite for r in runs} == {"robomimic" if bench.is_robomimic(t) else "metaworld"
+                                                   for t in firsts}
+
+
+# ------------------------------------------------------------------------------------------ robomimic tasks
+ROBOMIMIC = ["robomimic/lift", "robomimic/can", "robomimic/square"]
+
+
+def test_robomimic_task_names_resolve_to_their_config_names_and_group():
+    assert bench.resolve_tasks(["robomimic/lift", "can", "NutAssemblySquare"]) == ROBOMIMIC  # normalised names
+    assert bench.resolve_tasks(["robomimic", "lift"]) == ROBOMIMIC  # the group, without duplicates
+    assert bench.resolve_tasks([TASK, "robomimic/can"]) == [TASK, "robomimic/can"]
+    assert {bench.task_group(t) for t in ROBOMIMIC} == {"robomimic"} and bench.task_group(TASK) == "easy"
+    assert [bench.task_choice(t) for t in (TASK, "robomimic/can")] == [None, "robomimic/can"]
+    with pytest.raises(bench.BenchError, match="unknown robomimic task 'robomimic/lfit'; known: robomimic/lift, "
+                                               "robomimic/can, robomimic/square"):
+        bench.resolve_tasks(["robomimic/lfit"])
+    with pytest.raises(bench.BenchError, match="did you mean: stick-pull-v3.*robomimic tasks: robomimic/lift"):
+        bench.resolve_tasks(["stik-pull"])
+
+
+def test_robomimic_cpu_preset_plans_image_runs_selected_by_task_config(tmp_path, capsys):
+    preset = bench.load_preset("robomimic_cpu")
+    assert (preset.tasks, preset.methods, preset.seeds, preset.episodes, preset.num_steps) == (
+        ["robomimic/lift"], ["meanflow", "regression"], [0], 50, 2000)
+    assert "profile=cpu_image" in preset.overrides and preset.estimate.seconds_per_step == 0.45
+    assert bench.main(["--preset", "robomimic_cpu", "--out", str(tmp_path), "--dry-run"]) == 0
+    plan = capsys.readouterr().out
+    assert "2 runs: 2 to train" in plan and "encoder images shallow" in plan
+    assert "robomimic/lift               robomimic  meanflow" in plan
+    runs = bench.plan_runs(preset.tasks, preset.methods, preset.seeds, preset.episodes, preset.num_steps,
+                           preset.overrides, [], tmp_path)
+    for run in runs:
+        assert "task=robomimic/lift" in run.overrides and not any(o.startswith("task.env=") for o in run.overrides)
+        assert run.group == "robomimic" and run.config.num_steps == 2000 and run.config.eval.episodes == 50
+        assert (run.config.task.suite, run.config.task.env) == ("robomimic", "lift")
+        assert run.config.policy.encoder.image_trunk == "shallow"
+    assert runs[0].out_dir == tmp_path / "robomimic" / "lift" / "meanflow" / "seed0"
+
+
+def test_robomimic_gpu_preset_keeps_the_resnet18_anchor(tmp_path):
+    preset = bench.load_preset("robomimic")
+    assert bench.resolve_tasks(preset.tasks) == ROBOMIMIC
+    assert preset.methods == ["meanflow", "meanflow_dispersive", "ddim", "regression"]
+    assert (preset.seeds, preset.episodes, preset.num_steps, preset.estimate) == ([0, 1, 2], 100, None, None)
+    runs = bench.plan_runs(["robomimic/square"], preset.methods, [0], preset.episodes, preset.num_steps,
+                           preset.overrides, [], tmp_path)
+    assert {(r.config.device, r.config.policy.encoder.image_trunk, r.config.task.env) for r in runs} == {
+        ("cuda", "resnet18", "square")}
+    assert {r.config.num_steps for r in runs} == {20000}  # the gpu profile's
+
+
+def test_mixed_task_list_plans_each_kind_its_own_way(tmp_path, monkeypatch):
+    keys = []
+    compose = bench.compose_configs
+
+    def spy(base, wanted, extra):
+        keys.append(wanted)
+        return compose(base, wanted, extra)
+
+    monkeypatch.setattr(bench, "compose_configs", spy)
+    tasks = bench.resolve_tasks(["push-v3", "lift"])
+    runs = bench.plan_runs(tasks, ["meanflow", "regression"], [0, 1], 2, 4, ["profile=cpu_image"], [], tmp_path)
+    # One composition per (task config choice, method), not per run.
+    assert set(keys[0]) == {(None, "meanflow"), (None, "regression"), ("robomimic/lift", "meanflow"),
+                            ("robomimic/lift", "regression")}
+    by_task = {t: [r for r in runs if r.task == t] for t in tasks}
+    for run in by_task["push-v3"]:
+        assert run.group == "hard" and "task.env=push-v3" in run.overrides
+        assert not any(o.startswith("task=") for o in run.overrides)
+        assert (run.config.task.suite, run.config.task.env) == ("metaworld", "push-v3")
+        assert run.config.task.obs_keys == ["point_cloud", "agent_pos"]
+    for run in by_task["robomimic/lift"]:
+        assert run.group == "robomimic" and "task=robomimic/lift" in run.overrides
+        assert (run.config.task.suite, run.config.task.env) == ("robomimic", "lift")
+    assert len(runs) == 8 and {r.seed for r in runs} == {0, 1}
+
+
+def mixed_results() -> list[dict]:
+    return two_seed_results() + [
+        result("robomimic/lift", "a", 0, 45), result("robomimic/lift", "a", 1, 40),
+        result("robomimic/can", "a", 0, 20), result("robomimic/can", "a", 1, 30),
+        result("robomimic/lift", "b", 0, 10), result("robomimic/lift", "b", 1, 5),
+        result("robomimic/can", "b", 0, 0), result("robomimic/can", "b", 1, 0),
+    ]
+
+
+def test_report_puts_robomimic_in_its_own_section_with_dm1_anchors(tmp_path):
+    results = mixed_results()
+    avg = group_averages(results)
+    assert list(avg) == ["easy", "hard", "all", "robomimic"]
+    # "all" stays Meta-World-only: the same numbers as without the robomimic runs.
+    metaworld_all = group_averages(two_seed_results())["all"]
+    assert avg["all"]["a"].mean == pytest.approx(metaworld_all["a"].mean)
+    assert avg["all"]["b"].mean == pytest.approx(metaworld_all["b"].mean)
+    # robomimic, method a: seed 0 = (90 + 40) / 2 = 65, seed 1 = (80 + 60) / 2 = 70.
+    assert avg["robomimic"]["a"].mean == pytest.approx(67.5) and avg["robomimic"]["a"].complete
+    assert avg["robomimic"]["a"].std == pytest.approx(statistics.stdev([65, 70]))
+
+    table = success_table(results)
+    lines = table.splitlines()
+    header = next(line for line in lines if line.startswith("| task"))
+    assert header == f"| task | a (1 NFE) | b (1 NFE) | MP1 reported (v2) / {DM1_COLUMN} |"
+    body = [line for line in lines if line.startswith("| ") and "---" not in line][1:]
+    rows = [line.split(" | ")[0].lstrip("| ") for line in body]
+    assert rows == [TASK, "reach-v3", "**Easy average** (2 tasks)", "push-v3", "**Hard average** (1 task)",
+                    "**All Meta-World tasks** (3)", "*robomimic (image)*", "robomimic/lift", "robomimic/can",
+                    "**robomimic (image) average** (2 tasks)"]
+    row = dict(zip(rows, body))
+    assert row["**All Meta-World tasks** (3)"].endswith(f"| {MP1_REPORTED['all']:.1f} |")
+    assert row["*robomimic (image)*"].endswith(f"| *{DM1_COLUMN}* |")
+    assert row["robomimic/lift"].endswith("| ~98 |") and row["robomimic/can"].endswith("| ~80 |")
+    assert "**67.5 ± 3.5**" in row["**robomimic (image) average** (2 tasks)"]
+    assert row["**robomimic (image) average** (2 tasks)"].endswith("| ~89 |")  # mean of DM1's Lift and Can
+    assert "DM1's own figures, not ours" in table and "human (PH)" in table
+    assert "the Meta-World tasks only" in table and "never mixed in one average" in table
+    assert "MP1 reported (v2): the averages MP1 reports" in table
+
+    only = success_table([r for r in results if r["group"] == "robomimic"])
+    assert f"| task | a (1 NFE) | b (1 NFE) | {DM1_COLUMN} |" in only
+    assert "**All" not in only and "MP1" not in only and "*robomimic (image)*" not in only
+    assert list(group_averages([r for r in results if r["group"] == "robomimic"])) == ["robomimic"]
+
+    # A Meta-World-only report is as before; results.json labels the papers' figures once robomimic is present.
+    assert "DM1" not in success_table(two_seed_results()) and reported_anchors(two_seed_results()) == {}
+    bench.write_outputs(results, tmp_path, "mixed", {"preset": "x"})
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["reported_anchors"]["robomimic"]["success"]["robomimic/lift"] == 98.0
+    assert "not ours" in saved["reported_anchors"]["robomimic"]["source"]
+    assert "| **robomimic (image) average** (2 tasks) |" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "success.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ------------------------------------------------------------------------------------------ end to end

@@ -4,11 +4,13 @@
     mfp bench success --preset cpu                    # run it (resumable: rerun the same command after a kill)
     mfp bench success --preset full --workers 4       # GPU machine: all 50 tasks, 3 seeds, 100 episodes
     mfp bench success --preset cpu --tasks push-v3 --methods meanflow,ddim torch_threads=1   # + hydra overrides
+    mfp bench success --preset robomimic_cpu          # robosuite Lift from images (tasks: robomimic/lift, ...)
 
 Every run is `mfp train` in its own process (a crash or out-of-memory ends one run, not the benchmark), composed
-from configs/train.yaml with the preset's overrides plus ``task.env``, ``policy``, ``seed``, ``num_steps`` and
-``eval.episodes``; the configs are composed here first through the same hydra path, so a bad override fails before
-anything trains, and the methods of one task and seed are checked to differ only in the head and its regularizer.
+from configs/train.yaml with the preset's overrides plus ``task.env`` (a Meta-World task) or the ``task`` config
+group (a robomimic task: ``task=robomimic/lift``), ``policy``, ``seed``, ``num_steps`` and ``eval.episodes``; the
+configs are composed here first through the same hydra path, so a bad override fails before anything trains, and the
+methods of one task and seed are checked to differ only in the head and its regularizer.
 Each run trains to the same step count and evaluates its final EMA checkpoint on the same fixed evaluation seeds
 (``envs.seeds.eval_seeds``). A run whose ``summary.json`` and ``eval/eval_info.json`` exist is skipped; a run
 killed mid-training resumes from its last training state (``resume=true``).
@@ -36,18 +38,20 @@ from typing import Any, Optional, Sequence
 
 import configs
 from envs.metaworld_groups import GROUP_LABELS, GROUPS
+from mfp.bench.success_report import ROBOMIMIC_GROUP
 from training.config import TrainConfig
 
 PRESET_DIR = Path(configs.__file__).parent / "bench" / "success"
 POLICY_DIR = Path(configs.__file__).parent / "policy"
 # Keys the benchmark sets per run; extra overrides may not touch them (use the CLI flags instead).
-OWNED_KEYS = {"task.env": "--tasks", "policy": "--methods", "seed": "--seeds", "num_steps": "--steps",
-              "eval.episodes": "--episodes", "output_dir": "--out", "resume": "(automatic)"}
+OWNED_KEYS = {"task": "--tasks", "task.env": "--tasks", "policy": "--methods", "seed": "--seeds",
+              "num_steps": "--steps", "eval.episodes": "--episodes", "output_dir": "--out", "resume": "(automatic)"}
 # Config keys that do not change what a run learns or how it is scored (ignored when matching an existing run).
 BOOKKEEPING_KEYS = {"output_dir", "resume", "progress", "torch_threads", "log_every", "diagnostics_every",
                     "checkpoint_every", "wandb", "eval.workers", "eval.videos"}
 # Policy keys allowed to differ between methods: the head, its sampler settings and the regularizer.
 HEAD_KEYS = {"head", "meanflow", "flow", "diffusion", "dispersive", "num_inference_steps"}
+ROBOMIMIC_PREFIX = f"{ROBOMIMIC_GROUP}/"  # robomimic tasks are named as their config: robomimic/lift
 LOG_FILE = "bench_train.log"
 RUN_FILE = "bench_run.json"
 
@@ -69,7 +73,7 @@ class Estimate:
 @dataclass
 class Preset:
     description: str = ""
-    tasks: list[str] = field(default_factory=list)  # task names, group names (easy, ...) or "all"
+    tasks: list[str] = field(default_factory=list)  # task names, group names (easy, ..., robomimic) or "all"
     methods: list[str] = field(default_factory=list)  # policy config names (configs/policy/*.yaml)
     seeds: list[int] = field(default_factory=lambda: [0])
     episodes: int = 50
@@ -116,10 +120,33 @@ def check_methods(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def robomimic_tasks() -> list[str]:
+    """Every robomimic task as the benchmark names it (``robomimic/lift``, ...)."""
+    from envs.robosuite_env import TASKS  # robosuite itself is imported only when an env is made
+
+    return [f"{ROBOMIMIC_PREFIX}{t}" for t in TASKS]
+
+
+def is_robomimic(task: str) -> bool:
+    """True for a resolved robomimic task name (``robomimic/<x>``)."""
+    return task.startswith(ROBOMIMIC_PREFIX)
+
+
+def check_robomimic_task(name: str) -> str:
+    """``robomimic/lift``, ``lift`` or robosuite's ``Lift`` -> ``robomimic/lift``; unknown names list the known."""
+    from envs.robosuite_env import is_robosuite_task, task_name
+
+    if not is_robosuite_task(name):
+        raise BenchError(f"unknown robomimic task '{name}'; known: {', '.join(robomimic_tasks())}")
+    return f"{ROBOMIMIC_PREFIX}{task_name(name)}"
+
+
 def resolve_tasks(names: Sequence[str]) -> list[str]:
-    """Task names, difficulty group names or "all" -> Meta-World v3 task names (unknown names list close ones)."""
-    from envs.metaworld_env import check_task
+    """Task names, group names (difficulty groups, "robomimic") or "all" (the 50 Meta-World tasks) -> Meta-World v3
+    task names and ``robomimic/<x>`` names (unknown names list close or known ones)."""
+    from envs.metaworld_env import UnknownTaskError, check_task
     from envs.metaworld_groups import tasks_by_group
+    from envs.robosuite_env import is_robosuite_task
 
     groups = tasks_by_group()
     tasks: list[str] = []
@@ -128,9 +155,29 @@ def resolve_tasks(names: Sequence[str]) -> list[str]:
             tasks += [t for g in GROUPS for t in groups[g]]
         elif name in groups:
             tasks += groups[name]
+        elif name == ROBOMIMIC_GROUP:
+            tasks += robomimic_tasks()
+        elif is_robomimic(name) or is_robosuite_task(name):
+            tasks.append(check_robomimic_task(name))
         else:
-            tasks.append(check_task(name))
+            try:
+                tasks.append(check_task(name))
+            except UnknownTaskError as e:
+                raise BenchError(f"{e} (robomimic tasks: {', '.join(robomimic_tasks())})") from e
     return list(dict.fromkeys(tasks))
+
+
+def task_group(task: str) -> str:
+    """A resolved task's report group: its Meta-World difficulty, or "robomimic"."""
+    from envs.metaworld_groups import difficulty
+
+    return ROBOMIMIC_GROUP if is_robomimic(task) else difficulty(task)
+
+
+def task_choice(task: str) -> Optional[str]:
+    """The ``task`` config group choice a run needs: ``robomimic/lift`` for a robomimic task, None for Meta-World (the
+    default ``task: metaworld``, where ``task.env`` names the task)."""
+    return task if is_robomimic(task) else None
 
 
 def check_overrides(overrides: Sequence[str]) -> list[str]:
@@ -160,8 +207,15 @@ class Run:
     state: str = "new"  # new | resume | done
 
 
-def compose_method_configs(base: Sequence[str], methods: Sequence[str], extra: Sequence[str]) -> dict[str, Any]:
-    """One unresolved hydra composition of configs/train.yaml per method (the path `mfp train` takes)."""
+def choice_overrides(choice: Optional[str], method: str) -> list[str]:
+    """The config group selections of one run: its task config (robomimic only) and its policy."""
+    return [*([f"task={choice}"] if choice else []), f"policy={method}"]
+
+
+def compose_configs(base: Sequence[str], keys: Sequence[tuple[Optional[str], str]],
+                    extra: Sequence[str]) -> dict[tuple[Optional[str], str], Any]:
+    """One unresolved hydra composition of configs/train.yaml per (task config choice, method) in ``keys`` (the path
+    `mfp train` takes); the choice is None for Meta-World tasks (the default task config)."""
     from hydra import compose, initialize_config_module
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -170,18 +224,19 @@ def compose_method_configs(base: Sequence[str], methods: Sequence[str], extra: S
 
     out = {}
     with initialize_config_module(config_module="configs", version_base=None):
-        for method in methods:
-            overrides = [*base, f"policy={method}", *extra]
+        for choice, method in dict.fromkeys(keys):
+            overrides = [*base, *choice_overrides(choice, method), *extra]
             try:
-                out[method] = compose("train", overrides=overrides)
+                out[(choice, method)] = compose("train", overrides=overrides)
             except (HydraException, OmegaConfBaseException, ValueError) as e:
                 raise BenchError(f"cannot compose `mfp train {' '.join(overrides)}`: {e}") from e
     return out
 
 
 def run_values(task: str, seed: int, episodes: int, num_steps: Optional[int], out_dir: Path) -> dict[str, Any]:
-    """The plain values the benchmark sets per run (on top of the method's composition)."""
-    values: dict[str, Any] = {"task.env": task, "seed": seed, "eval.episodes": episodes}
+    """The plain values the benchmark sets per run (on top of the composition; a robomimic task is its config)."""
+    values: dict[str, Any] = {} if is_robomimic(task) else {"task.env": task}
+    values.update({"seed": seed, "eval.episodes": episodes})
     if num_steps is not None:
         values["num_steps"] = num_steps
     return {**values, "output_dir": str(out_dir), "progress": False}
@@ -212,19 +267,19 @@ def _override_value(value: Any) -> str:
 def plan_runs(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int], episodes: int,
               num_steps: Optional[int], base_overrides: Sequence[str], extra: Sequence[str], out: Path) -> list[Run]:
     """Every (task, method, seed) run with its composed config and its state in ``out``."""
-    from envs.metaworld_groups import difficulty
-
-    composed = compose_method_configs(base_overrides, methods, extra)
+    groups = {task: task_group(task) for task in tasks}
+    composed = compose_configs(base_overrides, [(task_choice(t), m) for t in tasks for m in methods], extra)
     runs = []
     for task in tasks:
-        group = difficulty(task)
+        choice = task_choice(task)
         for method in methods:
             for seed in seeds:
                 out_dir = out / task / method / f"seed{seed}"
                 values = run_values(task, seed, episodes, num_steps, out_dir)
-                overrides = [*base_overrides, f"policy={method}",
+                overrides = [*base_overrides, *choice_overrides(choice, method),
                              *(f"{k}={_override_value(v)}" for k, v in values.items()), *extra]
-                runs.append(Run(task, group, method, seed, out_dir, overrides, materialize(composed[method], values)))
+                config = materialize(composed[(choice, method)], values)
+                runs.append(Run(task, groups[task], method, seed, out_dir, overrides, config))
     check_same_backbone(runs)
     for run in runs:
         run.state = run_state(run)
@@ -393,14 +448,19 @@ def ensure_task_demos(runs: Sequence[Run]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- estimates
-def measured_rates(results: Sequence[dict[str, Any]]) -> dict[str, Estimate]:
-    """Per method, the rates its finished (not resumed) runs measured."""
-    rates: dict[str, Estimate] = {}
-    for method in dict.fromkeys(r["method"] for r in results):
-        runs = [r for r in results if r["method"] == method and r.get("status") == "ok" and not r.get("resumed")
-                and r.get("wall_seconds") and r.get("eval_seconds")]
+def rate_key(group: str, method: str) -> tuple[str, str]:
+    """Runs share measured rates per suite and method (an image task's step costs far more than a point cloud's)."""
+    return (ROBOMIMIC_GROUP if group == ROBOMIMIC_GROUP else "metaworld", method)
+
+
+def measured_rates(results: Sequence[dict[str, Any]]) -> dict[tuple[str, str], Estimate]:
+    """Per :func:`rate_key` (suite, method), the rates its finished (not resumed) runs measured."""
+    rates: dict[tuple[str, str], Estimate] = {}
+    for key in dict.fromkeys(rate_key(r["group"], r["method"]) for r in results):
+        runs = [r for r in results if rate_key(r["group"], r["method"]) == key and r.get("status") == "ok"
+                and not r.get("resumed") and r.get("wall_seconds") and r.get("eval_seconds")]
         if runs:
-            rates[method] = Estimate(
+            rates[key] = Estimate(
                 seconds_per_step=statistics.fmean(r["train_seconds"] / max(1, r["steps"]) for r in runs),
                 seconds_per_episode=statistics.fmean(r["eval_seconds"] / r["n_episodes"] for r in runs),
                 seconds_per_run=statistics.fmean(
@@ -427,11 +487,13 @@ def _saved_step(run: Run) -> int:
 # ---------------------------------------------------------------------------------------------------- outputs
 def write_outputs(results: Sequence[dict[str, Any]], out: Path, title: str, meta: dict[str, Any]) -> str:
     """results.json, results.md and success.png under ``out``; returns the markdown."""
-    from mfp.bench.success_report import plot_success, report_markdown
+    from mfp.bench.success_report import plot_success, report_markdown, reported_anchors
 
     out.mkdir(parents=True, exist_ok=True)
+    anchors = reported_anchors(results)  # the papers' figures beside a robomimic section (labelled as theirs)
     tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps({**meta, "runs": list(results)}, indent=2))
+    tmp.write_text(json.dumps({**meta, **({"reported_anchors": anchors} if anchors else {}), "runs": list(results)},
+                              indent=2))
     tmp.replace(out / "results.json")
     markdown = report_markdown(results, title)
     (out / "results.md").write_text(markdown)
@@ -440,20 +502,30 @@ def write_outputs(results: Sequence[dict[str, Any]], out: Path, title: str, meta
     return markdown
 
 
-def describe_plan(runs: Sequence[Run], rates: dict[str, Estimate], fallback: Optional[Estimate],
+def _observation_text(cfg: TrainConfig) -> str:
+    """The encoder and observations of a run (point clouds for Meta-World, camera images for robomimic)."""
+    e, t = cfg.policy.encoder, cfg.task
+    if t.suite == "robomimic":
+        crop = "x".join(map(str, e.image_crop_shape))
+        return (f"encoder images {e.image_trunk} (crop {crop} of {t.image_size}px), obs {t.obs_keys}, "
+                f"{t.n_demos} demos")
+    return (f"encoder points {e.point_hidden_dims}->{e.point_out_dim}, {t.num_points} points, obs {t.obs_keys}, "
+            f"{t.n_demos} demos")
+
+
+def describe_plan(runs: Sequence[Run], rates: dict[tuple[str, str], Estimate], fallback: Optional[Estimate],
                   workers: int) -> str:
     """The plan as text: shared settings, one line per run with its state, and the estimated time."""
     cfg = runs[0].config
     p = cfg.policy
     size = p.backbone.down_dims if p.backbone.type == "unet" else p.backbone.hidden_dim
     counts = {s: sum(r.state == s for r in runs) for s in ("new", "resume", "done")}
+    observations = "; ".join(dict.fromkeys(_observation_text(r.config) for r in runs))  # one per suite
     lines = [
         f"{len({r.task for r in runs})} tasks x {len({r.method for r in runs})} methods x "
         f"{len({r.seed for r in runs})} seeds = {len(runs)} runs: {counts['new']} to train, "
         f"{counts['resume']} to resume, {counts['done']} done",
-        f"shared: backbone {p.backbone.type} {size}, encoder points {p.encoder.point_hidden_dims}->"
-        f"{p.encoder.point_out_dim}, {cfg.task.num_points} points, "
-        f"obs {cfg.task.obs_keys}, {cfg.task.n_demos} demos, batch {cfg.batch_size}, {cfg.num_steps} steps, "
+        f"shared: backbone {p.backbone.type} {size}, {observations}, batch {cfg.batch_size}, {cfg.num_steps} steps, "
         f"lr {cfg.lr}, device {cfg.device}, torch_threads {cfg.torch_threads}",
         f"evaluation: final EMA checkpoint, {cfg.eval.episodes} episodes on eval seeds "
         f"{_eval_seed_range(cfg.eval.episodes)}, {cfg.eval.workers} workers",
@@ -462,12 +534,13 @@ def describe_plan(runs: Sequence[Run], rates: dict[str, Estimate], fallback: Opt
     ]
     total, unknown = 0.0, False
     for run in runs:
-        rate = rates.get(run.method) or fallback
+        rate = rates.get(rate_key(run.group, run.method)) or fallback
         est = None if rate is None else estimate_seconds(run, rate)
         unknown |= est is None and run.state != "done"
         total += est or 0.0
         est_text = "-" if run.state == "done" else ("?" if est is None else f"{est / 60:.1f}")
-        lines.append(f"{run.task:<28} {GROUP_LABELS[run.group]:<10} {run.method:<20} {nfe(run.config):>4} "
+        group = GROUP_LABELS.get(run.group, run.group)  # "robomimic" as is
+        lines.append(f"{run.task:<28} {group:<10} {run.method:<20} {nfe(run.config):>4} "
                      f"{run.seed:>4}  {run.state:<7} {est_text:>8}")
     basis = ("measured rates of finished runs" + (" and the preset's assumptions" if fallback else "")) if rates \
         else ("the preset's assumptions (" + _estimate_text(fallback) + ")" if fallback else "")
@@ -496,7 +569,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="mfp bench success", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="cpu", help=f"one of: {', '.join(known_presets())}")
-    p.add_argument("--tasks", help="comma list of tasks, difficulty groups (easy, medium, hard, very_hard) or all")
+    p.add_argument("--tasks", help="comma list of tasks (push-v3, robomimic/lift, ...), groups (easy, medium, hard, "
+                                   "very_hard, robomimic) or all (the 50 Meta-World tasks)")
     p.add_argument("--methods", help=f"comma list of policy configs: {', '.join(known_methods())}")
     p.add_argument("--seeds", help="comma list of training seeds")
     p.add_argument("--episodes", type=int, help="evaluation episodes per run")

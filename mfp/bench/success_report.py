@@ -6,6 +6,10 @@ A *result* is one run's dict as `mfp.bench.success` writes it to ``results.json`
 
 Group and overall averages are taken per training seed (mean over the tasks) and then reported as mean ± sample
 std over seeds, so the spread is that of independent replicates of the whole group.
+
+Sections: the Meta-World difficulty groups (anchored on MP1's reported averages), then robomimic (image) tasks
+(group "robomimic", anchored on DM1's reported figures). The "all" average covers the Meta-World tasks only: two
+suites are never mixed in one average.
 """
 from __future__ import annotations
 
@@ -20,6 +24,19 @@ from envs.metaworld_groups import GROUP_LABELS, GROUPS
 # What MP1 reports on Meta-World (DESIGN section 7): v2 under mujoco-py, 10 demos, its task set and protocol.
 MP1_REPORTED = {"easy": 88.2, "medium": 68.0, "hard": 58.1, "very_hard": 67.2, "all": 78.9}
 ANCHOR_COLUMN = "MP1 reported (v2)"
+
+# robomimic/robosuite image tasks: their own section after the Meta-World groups.
+ROBOMIMIC_GROUP = "robomimic"
+SECTIONS = (*GROUPS, ROBOMIMIC_GROUP)
+SECTION_LABELS = {**GROUP_LABELS, ROBOMIMIC_GROUP: "robomimic (image)"}
+# What DM1 reports for its own image policies at 5 sampling steps, trained on robomimic's human (PH) datasets
+# (approximate figures; ours learn from scripted-expert demos): DM1's numbers, not ours.
+DM1_REPORTED = {"robomimic/lift": 98.0, "robomimic/can": 80.0, "robomimic/square": 40.0}
+DM1_COLUMN = "DM1 reported (PH, 5 steps)"
+DM1_NOTE = (f"{DM1_COLUMN}: DM1's own figures, not ours: the approximate success rates DM1 reports for its image "
+            "policies at 5 sampling steps, trained on robomimic's human (PH) demonstration datasets (the section "
+            "average is their mean over the tasks shown). Our runs learn from scripted-expert demos "
+            "(configs/task/robomimic): context, not directly comparable.")
 
 
 @dataclass
@@ -48,11 +65,22 @@ def ok_results(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def ordered_tasks(results: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(group, task) pairs in difficulty order, tasks in first-seen order within a group."""
+    """(group, task) pairs in :data:`SECTIONS` order (difficulty, then robomimic), tasks in first-seen order."""
     seen: dict[str, str] = {}
     for r in results:
         seen.setdefault(r["task"], r["group"])
-    return [(g, t) for g in GROUPS for t, tg in seen.items() if tg == g]
+    return [(g, t) for g in SECTIONS for t, tg in seen.items() if tg == g]
+
+
+def has_robomimic(pairs: Sequence[tuple[str, str]]) -> bool:
+    return any(g == ROBOMIMIC_GROUP for g, _ in pairs)
+
+
+def average_label(group: str, pairs: Sequence[tuple[str, str]]) -> str:
+    """Row label of a group's average; "all" says it is Meta-World-only when robomimic tasks are present too."""
+    if group == "all":
+        return "All Meta-World tasks" if has_robomimic(pairs) else "All tasks"
+    return f"{SECTION_LABELS[group]} average"
 
 
 def ordered_methods(results: Sequence[dict[str, Any]]) -> list[str]:
@@ -94,12 +122,45 @@ def average_stat(results: Sequence[dict[str, Any]], tasks: Sequence[str], method
 
 
 def group_averages(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Optional[Stat]]]:
-    """{group or "all": {method: Stat}} over the groups present in ``results``."""
+    """{group or "all": {method: Stat}} over the groups present in ``results``: the Meta-World groups, "all" (their
+    tasks only; left out when only robomimic tasks are present), then "robomimic"."""
     pairs = ordered_tasks(results)
+    metaworld = [t for g, t in pairs if g in GROUPS]
+    order = [g for g in GROUPS if any(pg == g for pg, _ in pairs)]
+    if metaworld or not has_robomimic(pairs):
+        order.append("all")
+    if has_robomimic(pairs):
+        order.append(ROBOMIMIC_GROUP)
     out: dict[str, dict[str, Optional[Stat]]] = {}
-    for group in [g for g in GROUPS if any(pg == g for pg, _ in pairs)] + ["all"]:
-        tasks = [t for g, t in pairs if group in ("all", g)]
+    for group in order:
+        tasks = metaworld if group == "all" else [t for g, t in pairs if g == group]
         out[group] = {m: average_stat(results, tasks, m) for m in ordered_methods(results)}
+    return out
+
+
+def dm1_anchor(tasks: Sequence[str]) -> str:
+    """DM1's reported figure for one task, or its mean over several ("" when DM1 reports none of them)."""
+    values = [DM1_REPORTED[t] for t in tasks if t in DM1_REPORTED]
+    return f"~{statistics.fmean(values):.0f}" if values else ""
+
+
+def anchor_header(pairs: Sequence[tuple[str, str]]) -> str:
+    """The anchor column's title: MP1's on Meta-World, DM1's on robomimic, both when the table has both."""
+    metaworld = any(g in GROUPS for g, _ in pairs) or not has_robomimic(pairs)
+    return " / ".join([ANCHOR_COLUMN] * metaworld + [DM1_COLUMN] * has_robomimic(pairs))
+
+
+def reported_anchors(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The papers' figures the report sets beside each section (for results.json): empty unless robomimic tasks are
+    present, so a Meta-World-only results.json stays as it was."""
+    pairs = ordered_tasks(results)
+    if not has_robomimic(pairs):
+        return {}
+    out: dict[str, Any] = {}
+    if any(g in GROUPS for g, _ in pairs):
+        out["metaworld"] = {"source": ANCHOR_COLUMN + ": MP1's reported averages (Meta-World v2 under mujoco-py, "
+                                                      "10 demos), not ours", "success": MP1_REPORTED}
+    out[ROBOMIMIC_GROUP] = {"source": DM1_NOTE, "success": DM1_REPORTED}
     return out
 
 
@@ -113,10 +174,13 @@ def _row(cells: Sequence[str]) -> str:
 
 
 def success_table(results: Sequence[dict[str, Any]]) -> str:
-    """Markdown: rows = tasks grouped by difficulty + group averages, columns = methods + MP1's reported averages."""
+    """Markdown: rows = tasks grouped by difficulty + group averages, then robomimic tasks + their average; columns =
+    methods + the papers' figures (MP1's averages on Meta-World, DM1's on robomimic)."""
     methods = ordered_methods(results)
     pairs = ordered_tasks(results)
     averages = group_averages(results)
+    metaworld = [t for g, t in pairs if g in GROUPS]
+    robomimic = [t for g, t in pairs if g == ROBOMIMIC_GROUP]
     episodes = sorted({r["n_episodes"] for r in ok_results(results)})
     seeds = sorted({r["seed"] for r in results})
     lines = [
@@ -125,7 +189,7 @@ def success_table(results: Sequence[dict[str, Any]]) -> str:
         + ("Cells: mean ± sample std over seeds." if len(seeds) > 1 else "Cells: success (95 % Wilson interval).")
         + " Averages: mean over the group's tasks.",
         "",
-        _row(["task", *[method_label(results, m) for m in methods], ANCHOR_COLUMN]),
+        _row(["task", *[method_label(results, m) for m in methods], anchor_header(pairs)]),
         _row(["---", *["---:"] * (len(methods) + 1)]),
     ]
     for group in GROUPS:
@@ -138,19 +202,39 @@ def success_table(results: Sequence[dict[str, Any]]) -> str:
         label = f"**{GROUP_LABELS[group]} average** ({len(tasks)} task{'s' if len(tasks) > 1 else ''})"
         lines.append(_row([label, *[_cell(averages[group][m], bold=True) for m in methods],
                            f"{MP1_REPORTED[group]:.1f}"]))
-    lines.append(_row([f"**All tasks** ({len(pairs)})", *[_cell(averages["all"][m], bold=True) for m in methods],
-                       f"{MP1_REPORTED['all']:.1f}"]))
-    lines += [
-        "",
-        f"{ANCHOR_COLUMN}: the averages MP1 reports (Meta-World v2 under mujoco-py, 10 demos, its own task set and "
-        "evaluation protocol; DESIGN section 7): context, not directly comparable.",
-    ]
+    if "all" in averages:
+        lines.append(_row([f"**{average_label('all', pairs)}** ({len(metaworld)})",
+                           *[_cell(averages["all"][m], bold=True) for m in methods], f"{MP1_REPORTED['all']:.1f}"]))
+    if robomimic:
+        lines += robomimic_rows(results, methods, robomimic, averages[ROBOMIMIC_GROUP], section_row=bool(metaworld))
+    lines.append("")
+    if "all" in averages:
+        lines.append(f"{ANCHOR_COLUMN}: the averages MP1 reports (Meta-World v2 under mujoco-py, 10 demos, its own "
+                     "task set and evaluation protocol; DESIGN section 7): context, not directly comparable.")
+    if robomimic:
+        lines.append(DM1_NOTE)
+    if robomimic and metaworld:
+        lines.append(f"{average_label('all', pairs)}: the Meta-World tasks only; the robomimic tasks are averaged in "
+                     "their own section (two suites are never mixed in one average).")
     if any(s is not None and not s.complete for per in averages.values() for s in per.values()):
         lines.append("\\* some runs of this cell are missing or failed; the number covers the finished ones.")
     failed = [r for r in results if r.get("status") != "ok"]
     if failed:
         lines.append("Failed runs: " + "; ".join(f"{r['task']} {r['method']} seed {r['seed']}" for r in failed) + ".")
     return "\n".join(lines)
+
+
+def robomimic_rows(results: Sequence[dict[str, Any]], methods: Sequence[str], tasks: Sequence[str],
+                   averages: dict[str, Optional[Stat]], section_row: bool) -> list[str]:
+    """The robomimic section's rows: a title row where the anchor column switches to DM1's, tasks, the average."""
+    lines = []
+    if section_row:
+        lines.append(_row([f"*{SECTION_LABELS[ROBOMIMIC_GROUP]}*", *[""] * len(methods), f"*{DM1_COLUMN}*"]))
+    for task in tasks:
+        lines.append(_row([task, *[_cell(task_stat(results, task, m)) for m in methods], dm1_anchor([task])]))
+    label = f"**{average_label(ROBOMIMIC_GROUP, [])}** ({len(tasks)} task{'s' if len(tasks) > 1 else ''})"
+    lines.append(_row([label, *[_cell(averages[m], bold=True) for m in methods], dm1_anchor(tasks)]))
+    return lines
 
 
 def _cell(stat: Optional[Stat], bold: bool = False) -> str:
@@ -210,7 +294,7 @@ def periodic_table(results: Sequence[dict[str, Any]]) -> Optional[str]:
         lines.append(_row([task, *[_cell(task_stat(proxy, task, m)) for m in methods]]))
     averages = group_averages(proxy)
     for group, per_method in averages.items():
-        label = "All tasks" if group == "all" else f"{GROUP_LABELS[group]} average"
+        label = average_label(group, ordered_tasks(proxy))
         lines.append(_row([f"**{label}**", *[_cell(per_method[m], bold=True) for m in methods]]))
     return "\n".join(lines)
 
@@ -225,7 +309,8 @@ def report_markdown(results: Sequence[dict[str, Any]], title: str) -> str:
 
 
 def plot_success(results: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Grouped bars: success per task (x, by difficulty) per method (bars); error bars = seed std or 95 % CI."""
+    """Grouped bars: success per task (x, by difficulty, then robomimic) per method (bars); error bars = seed std or
+    95 % CI; DM1's reported figures marked on robomimic tasks."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -243,15 +328,19 @@ def plot_success(results: Sequence[dict[str, Any]], path: Path) -> Path:
         err = np.array([_error_bar(s) for s in stats]).T
         ax.bar(x + (i - (len(methods) - 1) / 2) * width, means, width, yerr=err, capsize=2,
                label=method_label(results, m))
-    ax.set_xticks(x, [t.removesuffix("-v3") for _, t in pairs], rotation=45 if len(pairs) > 6 else 0, ha="right"
-                  if len(pairs) > 6 else "center")
+    dm1 = [(k, DM1_REPORTED[t]) for k, (_, t) in enumerate(pairs) if t in DM1_REPORTED]
+    if dm1:
+        ax.scatter([k for k, _ in dm1], [v for _, v in dm1], marker="_", s=600, color="black", zorder=3,
+                   label=f"{DM1_COLUMN}, DM1's figure, not ours")
+    names = [t.removesuffix("-v3").removeprefix(f"{ROBOMIMIC_GROUP}/") for _, t in pairs]
+    ax.set_xticks(x, names, rotation=45 if len(pairs) > 6 else 0, ha="right" if len(pairs) > 6 else "center")
     for k in range(1, len(pairs)):
         if pairs[k][0] != pairs[k - 1][0]:
             ax.axvline(k - 0.5, color="0.6", lw=0.8, ls="--")
-    for group in GROUPS:
+    for group in SECTIONS:
         idx = [k for k, (g, _) in enumerate(pairs) if g == group]
         if idx:
-            ax.text((idx[0] + idx[-1]) / 2, 104, GROUP_LABELS[group], ha="center", va="bottom", fontsize=9)
+            ax.text((idx[0] + idx[-1]) / 2, 104, SECTION_LABELS[group], ha="center", va="bottom", fontsize=9)
     ax.set_ylim(0, 112)
     ax.set_ylabel("success (%)")
     ax.set_title("Success of the final EMA checkpoint per task; error bars: std over seeds, or the 95 % "
