@@ -209,10 +209,24 @@ def _progress_bar(total: int, initial: int, task: str, enabled: bool):
     return tqdm(total=total, initial=initial, desc=f"collect {task}", unit="ep", dynamic_ncols=True)
 
 
+def _is_robosuite_task_arg(argv: list[str]) -> bool:
+    """True when ``task=`` names a robosuite task (robomimic/lift, can, ...): those write robomimic HDF5."""
+    tasks = [a.split("=", 1)[1] for a in argv if a.startswith("task=")]
+    if not tasks:
+        return False
+    from envs.robosuite_env import is_robosuite_task
+
+    return is_robosuite_task(tasks[-1])
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     from mfp.cli_args import parse_overrides
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    if _is_robosuite_task_arg(argv):
+        from demos.collect_robomimic import main as collect_robomimic_main
+
+        return collect_robomimic_main(argv)
     cfg: CollectConfig = parse_overrides(CollectConfig, argv, "mfp collect")
     out = cfg.out or f"data/{cfg.task}.zarr"
     summary = collect(

@@ -127,7 +127,7 @@ class RobomimicCollectConfig:
 
     task: str = "lift"
     n_episodes: int = 10
-    out: str = ""  # default: data/robomimic_<task>.hdf5
+    out: str = ""  # default: data/robomimic-<task>-<n_episodes>demos.hdf5 (where `mfp train task=robomimic/<task>` looks)
     seed0: int = 0
     image_size: int = 84
     cameras: list[str] = field(default_factory=lambda: ["agentview", "robot0_eye_in_hand"])
@@ -141,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     from mfp.cli_args import parse_overrides
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    cfg: RobomimicCollectConfig = parse_overrides(RobomimicCollectConfig, argv, "collect_robomimic")
+    cfg: RobomimicCollectConfig = parse_overrides(RobomimicCollectConfig, argv, "mfp collect")
     task = cfg.task.split("/")[-1]
+    out = cfg.out or f"data/robomimic-{task}-{cfg.n_episodes}demos.hdf5"
     collect_robomimic(
-        task=task, n_episodes=cfg.n_episodes, out_path=cfg.out or f"data/robomimic_{task}.hdf5", seed0=cfg.seed0,
+        task=task, n_episodes=cfg.n_episodes, out_path=out, seed0=cfg.seed0,
         image_size=cfg.image_size, cameras=tuple(cfg.cameras), max_attempts=cfg.max_attempts or None,
         val_ratio=cfg.val_ratio, fast_render=cfg.fast_render, overwrite=cfg.overwrite,
     )

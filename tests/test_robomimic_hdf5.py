@@ -216,6 +216,17 @@ def collected_lift(tmp_path_factory):
     return out, summary
 
 
+def test_mfp_collect_writes_robomimic_hdf5_for_robosuite_tasks(tmp_path, monkeypatch):
+    """`mfp collect task=robomimic/lift` goes to the robomimic writer; the default path is where training looks."""
+    pytest.importorskip("robosuite")
+    from mfp.cli import main as mfp_main
+
+    monkeypatch.chdir(tmp_path)
+    assert mfp_main(["collect", "task=robomimic/lift", "n_episodes=1", "image_size=32", "cameras=[agentview]"]) == 0
+    f = read_robomimic(tmp_path / "data" / "robomimic-lift-1demos.hdf5")
+    assert list(f.demos) == ["demo_0"] and f.demos["demo_0"].obs["agentview_image"].shape[1:] == (32, 32, 3)
+
+
 def test_collect_lift_then_replay_states_and_actions(collected_lift):
     """Real collection; then robomimic's two uses of a file: observations from ``states`` and action playback."""
     from envs.robosuite_env import RobosuiteEnv
