@@ -161,6 +161,14 @@ def test_finished_runs_are_skipped_and_killed_runs_resume(tmp_path):
         smoke_plan(tmp_path, extra=["batch_size=16"])
     # Bookkeeping keys (threads, workers, videos) do not make a run different.
     assert smoke_plan(tmp_path, extra=["torch_threads=2", "eval.workers=2"])[0].state == "done"
+    # A run saved before an option existed ran with its default: still the same run; a non-default value is not.
+    saved_path = runs[0].out_dir / "config.json"
+    saved = json.loads(saved_path.read_text())
+    del saved["policy"]["meanflow"]["p_std"]
+    saved_path.write_text(json.dumps(saved))
+    assert smoke_plan(tmp_path)[0].state == "done"
+    with pytest.raises(bench.BenchError, match="policy.meanflow.p_std"):
+        smoke_plan(tmp_path, extra=["policy.meanflow.p_std=2.0"])
 
 
 def test_benchmark_with_every_run_finished_trains_nothing_and_writes_outputs(tmp_path, capsys):

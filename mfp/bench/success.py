@@ -301,6 +301,18 @@ def config_dict(cfg: TrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps(asdict(cfg), default=str))
 
 
+def with_schema_defaults(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config.json with the options added since it was written filled in with their defaults (a run made
+    before an option existed ran with that option's default). Unknown keys stay as they are and count as a mismatch."""
+    from omegaconf import OmegaConf
+
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(TrainConfig), saved)
+        return json.loads(json.dumps(OmegaConf.to_container(merged), default=str))
+    except Exception:
+        return saved
+
+
 def config_mismatch(planned: dict[str, Any], saved: dict[str, Any]) -> list[str]:
     """Dotted keys (outside :data:`BOOKKEEPING_KEYS`) whose values differ between two config dicts."""
     a, b = _flat(planned), _flat(saved)
@@ -328,7 +340,7 @@ def run_state(run: Run) -> str:
     """done (summary + eval present), resume (a training state exists) or new; refuses a dir of another run."""
     saved_cfg = _read_json(run.out_dir / "config.json")
     if saved_cfg is not None:
-        diff = config_mismatch(config_dict(run.config), saved_cfg)
+        diff = config_mismatch(config_dict(run.config), with_schema_defaults(saved_cfg))
         if diff:
             raise BenchError(f"{run.out_dir} holds a run with other settings ({', '.join(diff)}); pass another "
                              f"--out or remove that directory")
