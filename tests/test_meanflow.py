@@ -192,6 +192,10 @@ def test_uniform_t_r_are_order_statistics_and_reach_the_one_step_corner() -> Non
     assert ((t - r) > 0.8).float().mean().item() == pytest.approx(0.04, abs=0.006)
     with pytest.raises(ValueError, match="t_dist"):
         make_head(t_dist="beta")
+    from policies.config import MeanFlowConfig
+
+    with pytest.raises(ValueError, match="known: logit_normal, uniform"):
+        MeanFlowConfig(t_dist="beta")
 
 
 # ------------------------------------------------------------------ sampling

@@ -200,3 +200,13 @@ def test_mfp_eval_runs_the_robosuite_expert_with_a_video(tmp_path):
             env.render()
     finally:
         env.close()
+
+
+def test_expert_agent_refuses_unknown_tasks_and_acting_before_bind():
+    from envs.robosuite_experts import RobosuiteExpertAgent
+
+    with pytest.raises(RobosuiteEnvError, match="unknown robosuite task 'stack'"):
+        RobosuiteExpertAgent("stack")
+    agent = RobosuiteExpertAgent("robomimic/lift")
+    with pytest.raises(RuntimeError, match="bind_env"):
+        agent.predict_action({})
