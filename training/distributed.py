@@ -37,6 +37,12 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def barrier() -> None:
+    """Wait for every rank (no-op outside a process group)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
 def broadcast_parameters(model: nn.Module) -> None:
     """Copy rank 0's parameters and buffers to every rank."""
     if not dist.is_initialized():

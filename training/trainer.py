@@ -149,6 +149,8 @@ class Trainer:
                 f"'{self.out}' already holds a run (step saved in {state_file}); pass resume=true to continue it, "
                 f"or choose another output_dir"
             )
+        # Every rank must have checked the directory before rank 0 can write a checkpoint into it.
+        distributed.barrier()
         self.out.mkdir(parents=True, exist_ok=True)
         if distributed.is_main():
             (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2, default=str))
