@@ -5,6 +5,8 @@ Each dataclass validates itself on construction so a typo or an out-of-range val
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -73,6 +75,10 @@ class MeanFlowConfig:
             raise ValueError(f"unknown t_dist '{self.t_dist}'; known: logit_normal, uniform")
         if not 0.0 <= self.ratio_r_eq_t <= 1.0:
             raise ValueError("ratio_r_eq_t must be in [0, 1]")
+        if not (math.isfinite(self.adaptive_p) and self.adaptive_p >= 0.0):
+            raise ValueError(f"adaptive_p must be a finite number >= 0 (0 = plain squared error), got {self.adaptive_p}")
+        if self.adaptive_p > 0.0 and not (math.isfinite(self.adaptive_c) and self.adaptive_c > 0.0):
+            raise ValueError(f"adaptive_c must be > 0 when adaptive_p > 0 (w = 1/(d + c)^p), got {self.adaptive_c}")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise ValueError("cond_drop_prob must be in [0, 1)")
         if self.cfg_kappa >= 1.0:

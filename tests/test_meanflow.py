@@ -198,6 +198,16 @@ def test_uniform_t_r_are_order_statistics_and_reach_the_one_step_corner() -> Non
         MeanFlowConfig(t_dist="beta")
 
 
+@pytest.mark.parametrize("p, c, match", [(-1.0, 1e-3, "adaptive_p"), (float("nan"), 1e-3, "adaptive_p"),
+                                         (1.0, 0.0, "adaptive_c"), (0.5, float("nan"), "adaptive_c")])
+def test_meanflow_config_refuses_a_weight_that_cannot_work(p: float, c: float, match: str) -> None:
+    from policies.config import MeanFlowConfig
+
+    with pytest.raises(ValueError, match=match):
+        MeanFlowConfig(adaptive_p=p, adaptive_c=c)
+    MeanFlowConfig(adaptive_p=0.0, adaptive_c=0.0)  # plain squared error needs no c
+
+
 # ------------------------------------------------------------------ sampling
 def test_one_step_and_k_step_sampling() -> None:
     head = make_head(kind="mlp", num_inference_steps=1).eval()
