@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "export": ("deploy.export", "main", "export a checkpoint to ONNX and torch.export with parity checks"),
     "deploy": ("deploy.run", "main", "run the real-time control loop against a robot bridge"),
     "sim-arm": ("deploy.sim_arm", "main", "serve a simulated Meta-World arm over the robot bridge"),
-    "bench": ("mfp.bench", "main", "benchmarks: heads, encoders, envs, success, deploy"),
+    "bench": ("mfp.bench", "main", "benchmarks: heads, encoders, policy, envs, success, deploy, robomimic"),
 }
 
 

@@ -11,6 +11,7 @@ BENCHMARKS = {
     "success": "mfp.bench.success",
     "deploy": "mfp.bench.deploy",
     "robomimic": "mfp.bench.robomimic",
+    "policy": "mfp.bench.policy",
 }
 
 
