@@ -155,8 +155,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_train(trainer, cfg: TrainConfig, steps: int, warmup: int) -> dict[str, float]:
-    """Steps/s of the trainer's own step (sampling and host-to-device copy included)."""
+def bench_train(trainer, cfg: TrainConfig, steps: int, warmup: int, baseline_bytes: int = 0) -> dict[str, float]:
+    """Steps/s of the trainer's own step (sampling and host-to-device copy included); on CUDA also the run's peak
+    memory above ``baseline_bytes`` (what was allocated before its trainer was built)."""
     device = trainer.device
     for _ in range(warmup):
         trainer.train_step(trainer.data.train.sample_batch(trainer.np_rng, cfg.batch_size))
@@ -175,7 +176,7 @@ def bench_train(trainer, cfg: TrainConfig, steps: int, warmup: int) -> dict[str,
            "batch": cfg.batch_size, "mixed_precision": cfg.mixed_precision,
            "params_M": sum(p.numel() for p in trainer.policy.parameters()) / 1e6}
     if device.type == "cuda":
-        row["peak_mem_GiB"] = torch.cuda.max_memory_allocated(device) / 2**30
+        row["peak_mem_GiB"] = (torch.cuda.max_memory_allocated(device) - baseline_bytes) / 2**30
     return row
 
 
@@ -193,10 +194,11 @@ def run_case(case: str, args: argparse.Namespace) -> dict[str, dict]:
     fns: dict[str, Callable[[], object]] = {}
     nfe: dict[str, int] = {}
     for method in args.methods:
+        baseline = torch.cuda.memory_allocated(args.device) if args.device.startswith("cuda") else 0
         with tempfile.TemporaryDirectory() as tmp:
             trainer, cfg = build_trainer(case, method, args, Path(tmp) / "run")
         if "train" in args.parts:
-            results[method]["train"] = bench_train(trainer, cfg, args.steps, args.warmup)
+            results[method]["train"] = bench_train(trainer, cfg, args.steps, args.warmup, baseline)
             print(f"  {case:<22}{method:<12} train {results[method]['train']['steps_per_s']:8.2f} steps/s", flush=True)
         if "latency" in args.parts:
             policy = trainer.ema.ema_model.eval()
