@@ -41,6 +41,8 @@ class EvalCliConfig:
     render_obs: bool = False
     # Checkpoint only: sampling steps (NFE) at inference; 0 = the policy's default.
     num_steps: int = 0
+    # Checkpoint only: actions executed per predicted chunk before re-planning; 0 = the policy's own.
+    n_action_steps: int = 0
     device: str = "cpu"
     progress: bool = True
 
@@ -54,7 +56,7 @@ def run(cfg: EvalCliConfig) -> dict[str, Any]:
         info = evaluate_checkpoint(
             cfg.checkpoint, episodes=cfg.n_episodes, n_workers=cfg.n_workers, out_dir=out, n_videos=cfg.n_videos,
             seed0=cfg.seed0, max_steps=cfg.max_steps or None, task=cfg.task or None, num_steps=cfg.num_steps,
-            device=cfg.device, progress=cfg.progress,
+            device=cfg.device, progress=cfg.progress, n_action_steps=cfg.n_action_steps,
         )
         return info | {"out_dir": out}
     if cfg.policy != "expert":

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from demos.spec import ShapeMeta
 from envs.experts import ScriptedExpert
-from envs.runner import env_kwargs_from_shape_meta, evaluate, evaluate_checkpoint, wilson_interval
+from envs.runner import env_kwargs_from_shape_meta, evaluate, evaluate_checkpoint, load_agent, wilson_interval
 from envs.seeds import DEMO_SEED_BASE, EVAL_SEED_BASE, demo_seeds, eval_seeds, is_demo_seed
 
 STATE_ONLY = {"point_cloud_cameras": (), "image_cameras": ()}
@@ -157,6 +157,14 @@ def test_saved_policy_is_evaluated_from_its_checkpoint(tmp_path):
     assert [e["steps"] for e in info["per_episode"]] == [6, 6]  # the checkpoint's step limit
     assert info["config"]["env_kwargs"]["num_points"] == 64
     assert (tmp_path / "eval" / "eval_info.json").is_file()
+
+    # Re-planning more often: the executed part of each chunk is cut at evaluation time, never past the horizon.
+    policy = load_agent(str(tmp_path / "policy"), n_action_steps=1)
+    obs = {"point_cloud": np.zeros((2, 64, 3), np.float32), "agent_pos": np.zeros((2, 4), np.float32)}
+    assert policy.predict_action(obs).shape == (1, 4)
+    most = cfg.horizon - cfg.n_obs_steps + 1
+    with pytest.raises(ValueError, match=f"at most {most}"):
+        evaluate_checkpoint(tmp_path / "policy", episodes=1, n_workers=0, n_action_steps=most + 1)
 
 
 def test_eval_cli_runs_the_expert(tmp_path, capsys):
