@@ -43,6 +43,8 @@ class EvalCliConfig:
     num_steps: int = 0
     # Checkpoint only: actions executed per predicted chunk before re-planning; 0 = the policy's own.
     n_action_steps: int = 0
+    # Checkpoint only: scale of the sampler's starting noise; 1 = as trained, 0 = deterministic chunks.
+    noise_scale: float = 1.0
     device: str = "cpu"
     progress: bool = True
 
@@ -57,6 +59,7 @@ def run(cfg: EvalCliConfig) -> dict[str, Any]:
             cfg.checkpoint, episodes=cfg.n_episodes, n_workers=cfg.n_workers, out_dir=out, n_videos=cfg.n_videos,
             seed0=cfg.seed0, max_steps=cfg.max_steps or None, task=cfg.task or None, num_steps=cfg.num_steps,
             device=cfg.device, progress=cfg.progress, n_action_steps=cfg.n_action_steps,
+            noise_scale=cfg.noise_scale,
         )
         return info | {"out_dir": out}
     if cfg.policy != "expert":

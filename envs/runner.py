@@ -164,12 +164,16 @@ def evaluate(
     return info
 
 
-def load_agent(path: str, num_steps: int = 0, device: str = "cpu", n_action_steps: int = 0):
+def load_agent(path: str, num_steps: int = 0, device: str = "cpu", n_action_steps: int = 0,
+               noise_scale: float = 1.0):
     """The policy saved at ``path`` (module-level so worker processes can build it from a ``partial``).
 
     ``num_steps`` > 0 overrides the NFE; ``n_action_steps`` > 0 the number of actions executed per predicted chunk
-    (fewer = more often re-planned), at most ``horizon - n_obs_steps + 1``.
+    (fewer = more often re-planned), at most ``horizon - n_obs_steps + 1``; ``noise_scale`` scales the sampler's
+    starting noise (0 = deterministic chunks).
     """
+    if not noise_scale >= 0.0:  # also refuses NaN
+        raise ValueError(f"noise_scale must be >= 0 (1 = as trained, 0 = deterministic), got {noise_scale}")
     from policies.checkpoint import load_policy
 
     policy = load_policy(path, device=device)
@@ -181,6 +185,7 @@ def load_agent(path: str, num_steps: int = 0, device: str = "cpu", n_action_step
             raise ValueError(f"n_action_steps={n_action_steps} exceeds what this policy predicts: horizon "
                              f"{policy.horizon} with {policy.n_obs_steps} observation steps leaves at most {most}")
         policy.n_action_steps = n_action_steps
+    policy.noise_scale = float(noise_scale)
     return policy
 
 
@@ -197,13 +202,14 @@ def evaluate_checkpoint(
     device: str = "cpu",
     progress: bool = False,
     n_action_steps: int = 0,
+    noise_scale: float = 1.0,
 ) -> dict[str, Any]:
     """Evaluate the policy saved in ``policy_dir`` on ``eval_seeds(episodes, seed0)``.
 
     The task and step limit come from the checkpoint's ``metadata.task`` (``env``, ``max_episode_steps``) unless
     given; the env's observations are derived from the checkpoint's shape_meta (plus any ``crop_box``,
     ``point_cloud_cameras`` or ``depth_size`` the task metadata records). ``num_steps`` > 0 overrides the NFE and
-    ``n_action_steps`` > 0 the executed actions per chunk (:func:`load_agent`).
+    ``n_action_steps`` > 0 the executed actions per chunk, ``noise_scale`` the starting noise (:func:`load_agent`).
     """
     import functools
 
@@ -228,10 +234,11 @@ def evaluate_checkpoint(
         if saved_task.get(key) is not None:
             env_kwargs[key] = saved_task[key]
     max_steps = max_steps or int(saved_task.get("max_episode_steps", 200))
-    agent = functools.partial(load_agent, str(policy_dir), num_steps, device, n_action_steps)
-    if n_action_steps:
-        load_agent(str(policy_dir), num_steps, "cpu", n_action_steps)  # a bad value fails here, before any worker
+    agent = functools.partial(load_agent, str(policy_dir), num_steps, device, n_action_steps, noise_scale)
+    if n_action_steps or noise_scale != 1.0:  # a bad value fails here, before any worker starts
+        load_agent(str(policy_dir), num_steps, "cpu", n_action_steps, noise_scale)
     overrides = [f"{k}={v}" for k, v in (("num_steps", num_steps), ("n_action_steps", n_action_steps)) if v]
+    overrides += [f"noise_scale={noise_scale:g}"] if noise_scale != 1.0 else []
     label = f"checkpoint:{policy_dir}" + (f" ({', '.join(overrides)})" if overrides else "")
     return evaluate(agent, task, eval_seeds(episodes, seed0), n_workers=n_workers, out_dir=out_dir,
                     n_videos=n_videos, max_steps=max_steps, env_kwargs=env_kwargs, progress=progress, label=label)

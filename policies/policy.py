@@ -51,6 +51,9 @@ class Policy(nn.Module):
         self.n_obs_steps = n_obs_steps
         self.n_action_steps = n_action_steps
         self.num_inference_steps = num_inference_steps
+        # Scale of the sampler's starting noise at inference: 1 = the trained distribution, 0 = one deterministic
+        # chunk per observation (the head's map of the noise origin). Set after loading, e.g. by `mfp eval`.
+        self.noise_scale = 1.0
         self.dispersive_weight = float(dispersive_weight)
         self.dispersive = dispersive if self.dispersive_weight > 0 else None
         self._disperse_embedding = OBS_EMBEDDING in dispersive_layers
@@ -132,6 +135,9 @@ class Policy(nn.Module):
             raise SpecError(f"got {steps} observation steps; this policy needs {self.n_obs_steps}")
         cond = self.obs_encoder(self._normalize_obs(tensors))
         n = num_steps if num_steps is not None else self.num_inference_steps
+        if noise is None and self.noise_scale != 1.0:
+            shape = (cond.shape[0], self.horizon, self.shape_meta.action_dim)
+            noise = self.noise_scale * torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
         naction = self.head.sample(cond, num_steps=n, noise=noise, generator=generator)  # (B, H, Da)
         action = self.normalizer.unnormalize("action", naction)
         start = self.n_obs_steps - 1

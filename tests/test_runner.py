@@ -166,6 +166,14 @@ def test_saved_policy_is_evaluated_from_its_checkpoint(tmp_path):
     with pytest.raises(ValueError, match=f"at most {most}"):
         evaluate_checkpoint(tmp_path / "policy", episodes=1, n_workers=0, n_action_steps=most + 1)
 
+    # noise_scale=0: one deterministic chunk per observation; the default keeps sampling.
+    still = load_agent(str(tmp_path / "policy"), noise_scale=0.0)
+    assert np.array_equal(still.predict_action(obs), still.predict_action(obs))
+    sampling = load_agent(str(tmp_path / "policy"))
+    assert not np.array_equal(sampling.predict_action(obs), sampling.predict_action(obs))
+    with pytest.raises(ValueError, match="noise_scale must be >= 0"):
+        evaluate_checkpoint(tmp_path / "policy", episodes=1, n_workers=0, noise_scale=-1.0)
+
 
 def test_eval_cli_runs_the_expert(tmp_path, capsys):
     from envs.evaluate import main
