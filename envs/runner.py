@@ -172,21 +172,26 @@ def load_agent(path: str, num_steps: int = 0, device: str = "cpu", n_action_step
     (fewer = more often re-planned), at most ``horizon - n_obs_steps + 1``; ``noise_scale`` scales the sampler's
     starting noise (0 = deterministic chunks).
     """
-    if not noise_scale >= 0.0:  # also refuses NaN
-        raise ValueError(f"noise_scale must be >= 0 (1 = as trained, 0 = deterministic), got {noise_scale}")
     from policies.checkpoint import load_policy
 
     policy = load_policy(path, device=device)
+    check_inference_overrides(policy.horizon, policy.n_obs_steps, n_action_steps, noise_scale)
     if num_steps > 0:
         policy.num_inference_steps = num_steps
     if n_action_steps > 0:
-        most = policy.horizon - policy.n_obs_steps + 1
-        if n_action_steps > most:
-            raise ValueError(f"n_action_steps={n_action_steps} exceeds what this policy predicts: horizon "
-                             f"{policy.horizon} with {policy.n_obs_steps} observation steps leaves at most {most}")
         policy.n_action_steps = n_action_steps
     policy.noise_scale = float(noise_scale)
     return policy
+
+
+def check_inference_overrides(horizon: int, n_obs_steps: int, n_action_steps: int, noise_scale: float) -> None:
+    """Raise ValueError unless ``n_action_steps`` (0 = keep) fits the chunk and ``noise_scale`` is >= 0."""
+    most = horizon - n_obs_steps + 1
+    if n_action_steps > most:
+        raise ValueError(f"n_action_steps={n_action_steps} exceeds what this policy predicts: horizon {horizon} with "
+                         f"{n_obs_steps} observation steps leaves at most {most}")
+    if not noise_scale >= 0.0:  # also refuses NaN
+        raise ValueError(f"noise_scale must be >= 0 (1 = as trained, 0 = deterministic), got {noise_scale}")
 
 
 def evaluate_checkpoint(
@@ -235,8 +240,8 @@ def evaluate_checkpoint(
             env_kwargs[key] = saved_task[key]
     max_steps = max_steps or int(saved_task.get("max_episode_steps", 200))
     agent = functools.partial(load_agent, str(policy_dir), num_steps, device, n_action_steps, noise_scale)
-    if n_action_steps or noise_scale != 1.0:  # a bad value fails here, before any worker starts
-        load_agent(str(policy_dir), num_steps, "cpu", n_action_steps, noise_scale)
+    policy_cfg = config["policy"]  # a bad override fails here, before any worker starts
+    check_inference_overrides(policy_cfg["horizon"], policy_cfg["n_obs_steps"], n_action_steps, noise_scale)
     overrides = [f"{k}={v}" for k, v in (("num_steps", num_steps), ("n_action_steps", n_action_steps)) if v]
     overrides += [f"noise_scale={noise_scale:g}"] if noise_scale != 1.0 else []
     label = f"checkpoint:{policy_dir}" + (f" ({', '.join(overrides)})" if overrides else "")

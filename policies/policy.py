@@ -136,8 +136,7 @@ class Policy(nn.Module):
         cond = self.obs_encoder(self._normalize_obs(tensors))
         n = num_steps if num_steps is not None else self.num_inference_steps
         if noise is None and self.noise_scale != 1.0:
-            shape = (cond.shape[0], self.horizon, self.shape_meta.action_dim)
-            noise = self.noise_scale * torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
+            noise = self.noise_scale * self.head.initial_noise(cond, None, generator)
         naction = self.head.sample(cond, num_steps=n, noise=noise, generator=generator)  # (B, H, Da)
         action = self.normalizer.unnormalize("action", naction)
         start = self.n_obs_steps - 1

@@ -5,6 +5,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from mfp.bench import policy as bench
 from training.tasks import task_shape_meta
@@ -52,3 +53,10 @@ def test_unknown_case_is_refused(capsys) -> None:
     with pytest.raises(SystemExit):
         bench.parse_args(["--cases", "metaworld-tpu"])
     assert "unknown case" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+def test_cuda_without_a_gpu_is_refused(capsys) -> None:
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--device", "cuda"])
+    assert "sees no CUDA device" in capsys.readouterr().err

@@ -171,8 +171,10 @@ def test_saved_policy_is_evaluated_from_its_checkpoint(tmp_path):
     assert np.array_equal(still.predict_action(obs), still.predict_action(obs))
     sampling = load_agent(str(tmp_path / "policy"))
     assert not np.array_equal(sampling.predict_action(obs), sampling.predict_action(obs))
-    with pytest.raises(ValueError, match="noise_scale must be >= 0"):
-        evaluate_checkpoint(tmp_path / "policy", episodes=1, n_workers=0, noise_scale=-1.0)
+    for bad in (-1.0, float("nan")):
+        with pytest.raises(ValueError, match="noise_scale must be >= 0"):
+            evaluate_checkpoint(tmp_path / "policy", episodes=1, n_workers=0, noise_scale=bad, out_dir=tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()  # refused before anything was written
 
 
 def test_eval_cli_runs_the_expert(tmp_path, capsys):
