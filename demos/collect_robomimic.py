@@ -4,6 +4,12 @@
 
 Each episode uses the next demonstration seed (:mod:`envs.seeds`) for both the initial state and the expert's
 noise; only successful episodes are kept, each with its ``seed`` attribute, until ``n_episodes`` are written.
+
+``execution_noise=S`` collects DART-style recovery demos: the executed translation is the expert's command plus
+temporally correlated noise (std ``S`` in action units), while the *recorded* action stays the expert's own command.
+The expert, a closed-loop waypoint controller that re-grasps when it misses, is then shown in states it would not
+reach by itself, correcting drift and retrying missed grasps, which is what a cloned policy needs after its own
+errors.
 """
 from __future__ import annotations
 
@@ -18,14 +24,43 @@ from demos.robomimic_hdf5 import Demo, RobomimicWriter, split_masks
 from envs.seeds import demo_seeds
 
 
-def record_episode(env, expert, seed: int, max_steps: int | None = None) -> tuple[Demo, bool]:
+class ExecutionNoise:
+    """AR(1) noise on the translation part of an action: ``n_t = ρ n_{t-1} + sqrt(1 - ρ²) σ ε_t`` (stationary
+    std ``σ``), so perturbations last a few steps (ρ = 0.9: ~10 steps, half a second at 20 Hz) and move the arm
+    off the expert's path instead of averaging out within a step."""
+
+    def __init__(self, std: float, corr: float = 0.9, seed: int = 0, dims: int = 3) -> None:
+        if std < 0 or not 0.0 <= corr < 1.0:
+            raise ValueError(f"execution noise needs std >= 0 and 0 <= corr < 1, got std={std}, corr={corr}")
+        self.std, self.corr, self.dims = float(std), float(corr), int(dims)
+        self.rng = np.random.default_rng(seed)
+        self.state = self.rng.normal(0.0, self.std, self.dims)
+
+    @classmethod
+    def for_episode(cls, std: float, seed: int) -> "ExecutionNoise":
+        """The noise of the episode with demo seed ``seed``: its own stream (``seed`` + an offset), so the env's
+        initial state and the expert's noise stay those of ``seed`` and a demo can be replayed exactly."""
+        return cls(std, seed=seed + 7_919)
+
+    def __call__(self, action: np.ndarray) -> np.ndarray:
+        """``action`` with the next noise sample added to its first ``dims`` entries, clipped to [-1, 1]."""
+        self.state = self.corr * self.state + np.sqrt(1.0 - self.corr**2) * self.rng.normal(0.0, self.std, self.dims)
+        out = np.array(action, dtype=np.float64, copy=True)
+        out[: self.dims] = np.clip(out[: self.dims] + self.state, -1.0, 1.0)
+        return out
+
+
+def record_episode(env, expert, seed: int, max_steps: int | None = None,
+                   execution_noise: float = 0.0) -> tuple[Demo, bool]:
     """Run ``expert`` in ``env`` from ``seed`` until success or ``max_steps``; returns the demo and success.
 
     ``obs[t]`` and ``states[t]`` are taken before ``actions[t]``; ``next_obs[t]``, ``rewards[t]`` after it;
-    ``dones[t]`` is 1 at success or at the last step (robomimic's done_mode 2).
+    ``dones[t]`` is 1 at success or at the last step (robomimic's done_mode 2). With ``execution_noise > 0`` the
+    env executes ``actions[t]`` plus :class:`ExecutionNoise` (the recorded label is the expert's command).
     """
     obs, _ = env.reset(seed=seed)
     expert.reset(seed)
+    perturb = ExecutionNoise.for_episode(execution_noise, seed) if execution_noise > 0 else None
     model_file = env.get_state()["model"]
     frames: list[dict[str, np.ndarray]] = [obs]
     states, actions, rewards, dones = [], [], [], []
@@ -33,7 +68,7 @@ def record_episode(env, expert, seed: int, max_steps: int | None = None) -> tupl
     for _ in range(max_steps or env.max_episode_steps):
         states.append(env.flat_state())
         action = np.asarray(expert.predict_action(obs), dtype=np.float64).reshape(-1)
-        obs, reward, success, truncated, _ = env.step(action)
+        obs, reward, success, truncated, _ = env.step(perturb(action) if perturb else action)
         actions.append(action)
         rewards.append(reward)
         dones.append(int(success))
@@ -52,7 +87,7 @@ def record_episode(env, expert, seed: int, max_steps: int | None = None) -> tupl
         states=np.asarray(states),  # (N, Ds)
         rewards=np.asarray(rewards, dtype=np.float64),
         dones=np.asarray(dones, dtype=np.int64),
-        attrs={"model_file": model_file, "seed": int(seed)},
+        attrs={"model_file": model_file, "seed": int(seed), "execution_noise": float(execution_noise)},
     )
     return demo, bool(success)
 
@@ -69,12 +104,13 @@ def collect_robomimic(
     fast_render: bool = True,
     overwrite: bool = False,
     verbose: bool = True,
+    execution_noise: float = 0.0,
 ) -> dict[str, Any]:
     """Write ``n_episodes`` successful scripted-expert demos of ``task`` (``lift``/``can``/``square``, with or
     without a ``robomimic/`` prefix) to ``out_path`` in robomimic's layout, with ``train``/``valid`` masks.
 
     Seeds are demonstration seeds ``seed0, seed0 + 1, ...``; at most ``max_attempts`` episodes are tried
-    (default ``2 * n_episodes + 10``). Returns a summary: demos, attempts, seeds, failed seeds, seconds.
+    (default ``2 * n_episodes + 10``). ``execution_noise``: see the module docstring. Returns a summary: demos, attempts, seeds, failed seeds, seconds.
     """
     from envs.robosuite_env import RobosuiteEnv
     from envs.robosuite_experts import make_expert
@@ -94,7 +130,7 @@ def collect_robomimic(
         for seed in demo_seeds(max_attempts, start=seed0):
             if len(kept_seeds) == n_episodes:
                 break
-            demo, success = record_episode(env, expert, seed)
+            demo, success = record_episode(env, expert, seed, execution_noise=execution_noise)
             if not success:
                 failed.append(seed)
                 continue
@@ -113,7 +149,7 @@ def collect_robomimic(
             f"only {len(kept_seeds)} of {n_episodes} {task} episodes succeeded in {max_attempts} attempts "
             f"(failed seeds {failed[:10]}); {out_path} holds the successful ones"
         )
-    summary = {"task": env.task, "path": out_path, "demos": len(kept_seeds), "attempts": len(kept_seeds) + len(failed),
+    summary = {"task": env.task, "path": out_path, "execution_noise": execution_noise, "demos": len(kept_seeds), "attempts": len(kept_seeds) + len(failed),
                "seeds": kept_seeds, "failed_seeds": failed, "steps": steps, "seconds": seconds}
     if verbose:
         print(f"[collect] wrote {len(kept_seeds)} demos ({steps} steps) to {out_path} in {seconds:.1f} s; "
@@ -135,6 +171,7 @@ class RobomimicCollectConfig:
     fast_render: bool = True
     max_attempts: int = 0  # 0: 2 * n_episodes + 10
     overwrite: bool = False
+    execution_noise: float = 0.0  # > 0: DART-style recovery demos (module docstring)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         task=task, n_episodes=cfg.n_episodes, out_path=out, seed0=cfg.seed0,
         image_size=cfg.image_size, cameras=tuple(cfg.cameras), max_attempts=cfg.max_attempts or None,
         val_ratio=cfg.val_ratio, fast_render=cfg.fast_render, overwrite=cfg.overwrite,
+        execution_noise=cfg.execution_noise,
     )
     return 0
 

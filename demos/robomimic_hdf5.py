@@ -98,6 +98,11 @@ class RobomimicWriter:
     def demo_names(self) -> list[str]:
         return demo_names(self._data)
 
+    @property
+    def total(self) -> int:
+        """Samples written so far (``data.attrs["total"]``)."""
+        return self._total
+
     def add_demo(self, demo: Demo, name: str | None = None) -> str:
         """Write one demo (validated first); returns its group name."""
         name = name or f"{DEMO_PREFIX}{self._count}"
@@ -240,6 +245,45 @@ def read_robomimic(path: str | os.PathLike, filter_key: str | None = None, obs_k
             env_args=_env_args(f, p), demos=demos, masks=_masks(f, p),
             file_attrs={k: _attr(v) for k, v in f.attrs.items()}, total=total,
         )
+
+
+def merge_robomimic(inputs: Sequence[str | os.PathLike], out_path: str | os.PathLike, val_ratio: float = 0.1,
+                    seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+    """Concatenate robomimic files of one task into ``out_path`` (``demo_0..`` in input order, new ``train`` /
+    ``valid`` masks), e.g. clean demos plus recovery demos collected separately. Every input is read and checked
+    (same ``env_name``, same obs keys and shapes) before anything is written; each copied demo keeps its attributes
+    and gains ``source_file`` / ``source_demo``. Returns a summary: demos per input, total samples."""
+    paths = [os.fspath(p) for p in inputs]
+    if not paths:
+        raise ValueError("merge_robomimic needs at least one input file")
+    if os.path.abspath(out_path) in {os.path.abspath(p) for p in paths}:
+        raise ValueError(f"{out_path}: the output is also an input; write the merge to a new file")
+    env_args = [read_env_args(p) for p in paths]
+    names = {p: list_demos(p) for p in paths}
+    layout = {}
+    for p in paths:
+        if not names[p]:
+            raise RobomimicFormatError(f"{p}: no demos to merge")
+        d = read_demo(p, names[p][0], load_next_obs=False)
+        layout[p] = {k: v.shape[1:] for k, v in d.obs.items()}
+    for p, args in zip(paths[1:], env_args[1:]):
+        if args.get("env_name") != env_args[0].get("env_name"):
+            raise RobomimicFormatError(f"{p}: env '{args.get('env_name')}' differs from {paths[0]}'s "
+                                       f"'{env_args[0].get('env_name')}'; merge files of one task only")
+        if layout[p] != layout[paths[0]]:
+            raise RobomimicFormatError(f"{p}: observations {layout[p]} differ from {paths[0]}'s {layout[paths[0]]}")
+    counts: dict[str, int] = {}
+    with RobomimicWriter(out_path, env_args[0], overwrite=overwrite,
+                         file_attrs={"creator": "meanflow-policy merge_robomimic", "sources": json.dumps(paths)}) as w:
+        for p in paths:
+            for name, demo in iter_demos(p, require=("actions", "obs")):
+                demo.attrs = {**demo.attrs, "source_file": os.path.basename(p), "source_demo": name}
+                w.add_demo(demo)
+            counts[p] = len(names[p])
+        for key, members in split_masks(w.demo_names, val_ratio, seed=seed).items():
+            w.set_mask(key, members)
+        total = w.total
+    return {"path": os.fspath(out_path), "demos": counts, "total_demos": sum(counts.values()), "samples": total}
 
 
 # ---------------------------------------------------------------------------------------------------- training view

@@ -18,6 +18,7 @@ from demos.robomimic_hdf5 import (  # noqa: E402
     is_robomimic_file,
     list_demos,
     load_replay_buffer,
+    merge_robomimic,
     read_demo,
     read_env_args,
     read_robomimic,
@@ -203,6 +204,43 @@ def test_split_masks_is_seeded_and_disjoint():
     assert a == b and len(a["valid"]) == 2 and set(a["train"]) | set(a["valid"]) == set(names)
     assert not set(a["train"]) & set(a["valid"])
     assert split_masks(names, 0.0)["valid"] == []
+
+
+def test_merge_keeps_every_demo_and_its_provenance(demo_file, tmp_path):
+    """Two files of one task become one: demos in input order, arrays identical, new disjoint masks."""
+    path, demos, _ = demo_file
+    rng = np.random.default_rng(1)
+    extra = [make_demo(rng, 4, seed=100), make_demo(rng, 6, seed=101)]
+    other = tmp_path / "extra.hdf5"
+    write_robomimic(other, extra, ENV_ARGS)
+    out = tmp_path / "merged.hdf5"
+    summary = merge_robomimic([path, other], out, val_ratio=0.2, seed=3)
+    assert summary["total_demos"] == 5 and summary["samples"] == 15 + 10
+    f = read_robomimic(out)
+    assert list(f.demos) == [f"demo_{i}" for i in range(5)] and f.total == 25 and f.env_args == ENV_ARGS
+    for merged, original, source in zip(f.demos.values(), [*demos, *extra], [path] * 3 + [other] * 2):
+        np.testing.assert_array_equal(merged.actions, original.actions)
+        np.testing.assert_array_equal(merged.obs["agentview_image"], original.obs["agentview_image"])
+        np.testing.assert_array_equal(merged.next_obs["object"], original.next_obs["object"])
+        assert merged.attrs["seed"] == original.attrs["seed"] and merged.attrs["source_file"] == source.name
+    assert sorted(f.masks["train"] + f.masks["valid"]) == sorted(f.demos) and len(f.masks["valid"]) == 1
+
+
+def test_merge_refuses_other_tasks_other_observations_and_overwriting_an_input(demo_file, tmp_path):
+    path, _, _ = demo_file
+    rng = np.random.default_rng(2)
+    can = tmp_path / "can.hdf5"
+    write_robomimic(can, [make_demo(rng, 3)], {**ENV_ARGS, "env_name": "PickPlaceCan"})
+    with pytest.raises(RobomimicFormatError, match="PickPlaceCan.*one task"):
+        merge_robomimic([path, can], tmp_path / "out.hdf5")
+    wide = tmp_path / "wide.hdf5"
+    write_robomimic(wide, [make_demo(rng, 3, image=16)], ENV_ARGS)
+    with pytest.raises(RobomimicFormatError, match="observations"):
+        merge_robomimic([path, wide], tmp_path / "out.hdf5")
+    assert not (tmp_path / "out.hdf5").exists()  # checked before anything was written
+    with pytest.raises(ValueError, match="also an input"):
+        merge_robomimic([path, can], path, overwrite=True)
+    assert read_robomimic(path).total == 15
 
 
 @pytest.fixture(scope="module")
