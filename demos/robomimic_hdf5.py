@@ -258,6 +258,11 @@ def merge_robomimic(inputs: Sequence[str | os.PathLike], out_path: str | os.Path
         raise ValueError("merge_robomimic needs at least one input file")
     if os.path.abspath(out_path) in {os.path.abspath(p) for p in paths}:
         raise ValueError(f"{out_path}: the output is also an input; write the merge to a new file")
+    if os.path.exists(out_path) and not overwrite:
+        raise FileExistsError(f"{out_path} exists; pass overwrite=True or choose another path")
+    for p in paths:
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"{p}: no such robomimic file to merge")
     env_args = [read_env_args(p) for p in paths]
     names = {p: list_demos(p) for p in paths}
     layout = {}

@@ -17,6 +17,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # command -> (module, function, one-line help). Each function takes the remaining argv.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "collect": ("demos.collect", "main", "generate scripted-expert demonstrations into a zarr dataset"),
+    "merge": ("demos.merge_robomimic", "main", "concatenate robomimic HDF5 files of one task into one"),
     "train": ("training.train", "main", "collect demos if missing, train, evaluate (hydra overrides: task.env=... policy=...)"),
     "eval": ("envs.evaluate", "main", "evaluate a checkpoint or the scripted expert on fixed seeds"),
     "export": ("deploy.export", "main", "export a checkpoint to ONNX and torch.export with parity checks"),

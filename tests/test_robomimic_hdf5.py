@@ -225,6 +225,13 @@ def test_merge_keeps_every_demo_and_its_provenance(demo_file, tmp_path):
         assert merged.attrs["seed"] == original.attrs["seed"] and merged.attrs["source_file"] == source.name
     assert sorted(f.masks["train"] + f.masks["valid"]) == sorted(f.demos) and len(f.masks["valid"]) == 1
 
+    from mfp.cli import main as mfp_main
+
+    again = tmp_path / "again.hdf5"
+    assert mfp_main(["merge", f"inputs=[{path},{other}]", f"out={again}", "val_ratio=0.2", "seed=3"]) == 0
+    assert read_robomimic(again).masks == f.masks
+    assert mfp_main(["merge", f"inputs=[{path},{other}]", f"out={again}"]) == 2  # exists: refused, not replaced
+
 
 def test_merge_refuses_other_tasks_other_observations_and_overwriting_an_input(demo_file, tmp_path):
     path, _, _ = demo_file
