@@ -7,9 +7,9 @@ noise; only successful episodes are kept, each with its ``seed`` attribute, unti
 
 ``execution_noise=S`` collects DART-style recovery demos: the executed translation is the expert's command plus
 temporally correlated noise (std ``S`` in action units), while the *recorded* action stays the expert's own command.
-The expert, a closed-loop waypoint controller that re-grasps when it misses, is then shown in states it would not
-reach by itself, correcting drift and retrying missed grasps, which is what a cloned policy needs after its own
-errors.
+The expert, a closed-loop waypoint controller, is then shown in states it would not reach by itself and corrects
+them, which is what a cloned policy needs after its own errors (it re-grasps after a miss, but at the noise that
+keeps it successful, 0.1 on Can, no demo held a miss).
 """
 from __future__ import annotations
 
@@ -58,6 +58,8 @@ def record_episode(env, expert, seed: int, max_steps: int | None = None,
     ``dones[t]`` is 1 at success or at the last step (robomimic's done_mode 2). With ``execution_noise > 0`` the
     env executes ``actions[t]`` plus :class:`ExecutionNoise` (the recorded label is the expert's command).
     """
+    if not execution_noise >= 0.0:  # also refuses NaN
+        raise ValueError(f"execution_noise must be >= 0 (0 = clean demos), got {execution_noise}")
     obs, _ = env.reset(seed=seed)
     expert.reset(seed)
     perturb = ExecutionNoise.for_episode(execution_noise, seed) if execution_noise > 0 else None
@@ -110,7 +112,8 @@ def collect_robomimic(
     without a ``robomimic/`` prefix) to ``out_path`` in robomimic's layout, with ``train``/``valid`` masks.
 
     Seeds are demonstration seeds ``seed0, seed0 + 1, ...``; at most ``max_attempts`` episodes are tried
-    (default ``2 * n_episodes + 10``). ``execution_noise``: see the module docstring. Returns a summary: demos, attempts, seeds, failed seeds, seconds.
+    (default ``2 * n_episodes + 10``). ``execution_noise``: see the module docstring. Returns a summary: demos,
+    attempts, seeds, failed seeds, seconds.
     """
     from envs.robosuite_env import RobosuiteEnv
     from envs.robosuite_experts import make_expert
@@ -118,6 +121,8 @@ def collect_robomimic(
     task = task.split("/", 1)[1] if task.startswith("robomimic/") else task
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+    if not execution_noise >= 0.0:  # before the env is built; also refuses NaN
+        raise ValueError(f"execution_noise must be >= 0 (0 = clean demos), got {execution_noise}")
     max_attempts = int(max_attempts or 2 * n_episodes + 10)
     env = RobosuiteEnv(task, image_size=image_size, cameras=cameras, fast_render=fast_render)
     expert = make_expert(env)
@@ -149,8 +154,8 @@ def collect_robomimic(
             f"only {len(kept_seeds)} of {n_episodes} {task} episodes succeeded in {max_attempts} attempts "
             f"(failed seeds {failed[:10]}); {out_path} holds the successful ones"
         )
-    summary = {"task": env.task, "path": out_path, "execution_noise": execution_noise, "demos": len(kept_seeds), "attempts": len(kept_seeds) + len(failed),
-               "seeds": kept_seeds, "failed_seeds": failed, "steps": steps, "seconds": seconds}
+    summary = {"task": env.task, "path": out_path, "execution_noise": execution_noise, "demos": len(kept_seeds),
+               "attempts": len(kept_seeds) + len(failed), "seeds": kept_seeds, "failed_seeds": failed, "steps": steps, "seconds": seconds}
     if verbose:
         print(f"[collect] wrote {len(kept_seeds)} demos ({steps} steps) to {out_path} in {seconds:.1f} s; "
               f"{len(failed)} failed attempts")

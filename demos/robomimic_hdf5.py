@@ -251,7 +251,8 @@ def merge_robomimic(inputs: Sequence[str | os.PathLike], out_path: str | os.Path
                     seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
     """Concatenate robomimic files of one task into ``out_path`` (``demo_0..`` in input order, new ``train`` /
     ``valid`` masks), e.g. clean demos plus recovery demos collected separately. Every input is read and checked
-    (same ``env_name``, same obs keys and shapes) before anything is written; each copied demo keeps its attributes
+    (same ``env_name``, same obs keys and shapes) before anything is written, and a demo that fails validation while
+    copying leaves no output behind (it is written aside and renamed at the end); each copied demo keeps its attributes
     and gains ``source_file`` / ``source_demo``. Returns a summary: demos per input, total samples."""
     paths = [os.fspath(p) for p in inputs]
     if not paths:
@@ -278,16 +279,22 @@ def merge_robomimic(inputs: Sequence[str | os.PathLike], out_path: str | os.Path
         if layout[p] != layout[paths[0]]:
             raise RobomimicFormatError(f"{p}: observations {layout[p]} differ from {paths[0]}'s {layout[paths[0]]}")
     counts: dict[str, int] = {}
-    with RobomimicWriter(out_path, env_args[0], overwrite=overwrite,
-                         file_attrs={"creator": "meanflow-policy merge_robomimic", "sources": json.dumps(paths)}) as w:
-        for p in paths:
-            for name, demo in iter_demos(p, require=("actions", "obs")):
-                demo.attrs = {**demo.attrs, "source_file": os.path.basename(p), "source_demo": name}
-                w.add_demo(demo)
-            counts[p] = len(names[p])
-        for key, members in split_masks(w.demo_names, val_ratio, seed=seed).items():
-            w.set_mask(key, members)
-        total = w.total
+    partial = f"{os.fspath(out_path)}.partial"  # renamed into place only when every demo was copied and checked
+    try:
+        with RobomimicWriter(partial, env_args[0], overwrite=True, file_attrs={
+                "creator": "meanflow-policy merge_robomimic", "sources": json.dumps(paths)}) as w:
+            for p in paths:
+                for name, demo in iter_demos(p, require=("actions", "obs")):
+                    demo.attrs = {**demo.attrs, "source_file": os.path.basename(p), "source_demo": name}
+                    w.add_demo(demo)
+                counts[p] = len(names[p])
+            for key, members in split_masks(w.demo_names, val_ratio, seed=seed).items():
+                w.set_mask(key, members)
+            total = w.total
+        os.replace(partial, out_path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
     return {"path": os.fspath(out_path), "demos": counts, "total_demos": sum(counts.values()), "samples": total}
 
 

@@ -35,6 +35,15 @@ def test_noise_is_seeded_correlated_and_has_the_asked_std():
         ExecutionNoise(0.1, 1.0)
 
 
+@pytest.mark.parametrize("bad", [-0.1, float("nan")])
+def test_negative_or_nan_execution_noise_is_refused_before_any_env_is_built(bad, tmp_path):
+    from demos.collect_robomimic import collect_robomimic
+
+    with pytest.raises(ValueError, match="execution_noise must be >= 0"):
+        collect_robomimic("lift", 1, str(tmp_path / "x.hdf5"), execution_noise=bad, verbose=False)
+    assert not (tmp_path / "x.hdf5").exists()
+
+
 def test_recovery_demo_records_the_command_and_the_env_executed_command_plus_noise():
     """Open-loop playback of the recorded labels leaves the recorded path; labels plus the same noise stream
     reproduce it exactly, so the file holds the expert's corrections of perturbed states."""

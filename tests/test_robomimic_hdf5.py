@@ -250,6 +250,24 @@ def test_merge_refuses_other_tasks_other_observations_and_overwriting_an_input(d
     assert read_robomimic(path).total == 15
 
 
+def test_merge_of_a_truncated_demo_names_it_and_leaves_no_output(demo_file, tmp_path):
+    path, _, _ = demo_file
+    broken = tmp_path / "broken.hdf5"
+    write_robomimic(broken, [make_demo(np.random.default_rng(3), 5)], ENV_ARGS)
+
+    def cut(f):
+        data = f["data/demo_0/actions"][()]
+        del f["data/demo_0/actions"]
+        f["data/demo_0/actions"] = data[:2]
+
+    _break(broken, cut)
+    out = tmp_path / "out.hdf5"
+    with pytest.raises(RobomimicFormatError, match=r"broken.hdf5: data/demo_0"):
+        merge_robomimic([path, broken], out)
+    assert list(tmp_path.glob("out.hdf5*")) == []  # neither the output nor its partial file
+    assert read_robomimic(path).total == 15
+
+
 @pytest.fixture(scope="module")
 def collected_lift(tmp_path_factory):
     """Two real scripted Lift demos (one 32x32 camera), collected once for this module."""
