@@ -2,10 +2,13 @@
 
     mfp collect task=reach-v3 n_episodes=10 out=data/reach.zarr
     mfp collect task=hammer-v3 image_cameras=[] action_noise=0.05      # point clouds only, noisy expert
+    mfp collect task=coffee-pull-v3 execution_noise=0.3                # DART-style recovery demos
 
 Only successful episodes are kept (DP3's rule: success with at least ``min_success_steps`` successful steps).
-Episodes are appended one at a time and crash-safe, so rerunning the same command after an interruption
-continues to the requested count.
+``action_noise`` perturbs the expert's action and records the perturbed one; ``execution_noise``
+(:mod:`demos.execution_noise`) perturbs only what the env executes and records the expert's own command, so the
+demos show the expert correcting drift. Episodes are appended one at a time and crash-safe, so rerunning the
+same command after an interruption continues to the requested count.
 """
 from __future__ import annotations
 
@@ -17,12 +20,16 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from demos.execution_noise import ExecutionNoise, check_execution_noise
 from demos.replay_buffer import ReplayBuffer, ReplayBufferError
 from demos.spec import ACTION
 
 # Attributes that must agree between an existing dataset and a rerun that appends to it.
 _MATCHING_ATTRS = ("task", "num_points", "point_cloud_cameras", "image_cameras", "image_size", "depth_size",
-                   "use_point_color", "crop_box", "max_steps", "action_noise", "min_success_steps", "stop_on_success")
+                   "use_point_color", "crop_box", "max_steps", "action_noise", "execution_noise", "min_success_steps",
+                   "stop_on_success")
+# Values of keys that datasets written before the key existed were collected with.
+_ATTR_DEFAULTS = {"execution_noise": 0.0}
 
 
 @dataclass
@@ -44,6 +51,8 @@ class CollectConfig:
     max_steps: int = 200
     # Std of Gaussian noise added to the expert's actions (diversity); 0 = the plain expert.
     action_noise: float = 0.0
+    # Std of AR(1) noise added to the executed xyz only, the expert's command recorded (DART); 0 = none.
+    execution_noise: float = 0.0
     min_success_steps: int = 5
     # End an episode once it has min_success_steps successful steps (the evaluation also stops at success);
     # false runs every episode to max_steps as DP3 did.
@@ -60,6 +69,7 @@ class CollectConfig:
             raise ValueError("min_success_steps must be >= 1")
         if self.action_noise < 0:
             raise ValueError("action_noise must be >= 0")
+        check_execution_noise(self.execution_noise)
 
 
 def collect(
@@ -76,6 +86,7 @@ def collect(
     crop_box: Optional[Sequence[Sequence[float]]] = None,
     max_steps: int = 200,
     action_noise: float = 0.0,
+    execution_noise: float = 0.0,
     min_success_steps: int = 5,
     stop_on_success: bool = True,
     max_attempts: int = 0,
@@ -91,6 +102,7 @@ def collect(
     from envs.metaworld_env import MetaWorldEnv, metaworld_version
     from envs.seeds import EVAL_SEED_BASE, demo_seeds
 
+    execution_noise = check_execution_noise(execution_noise)  # before the env is built
     out_path = Path(out_path)
     env = MetaWorldEnv(
         task, point_cloud_cameras=point_cloud_cameras, num_points=num_points, image_cameras=image_cameras,
@@ -110,6 +122,7 @@ def collect(
         "crop_box": env.crop_box.tolist(),
         "max_steps": int(max_steps),
         "action_noise": float(action_noise),
+        "execution_noise": execution_noise,
         "min_success_steps": int(min_success_steps),
         "stop_on_success": bool(stop_on_success),
     }
@@ -127,10 +140,11 @@ def collect(
             if attempts >= budget:
                 raise RuntimeError(
                     f"{env.task}: only {rb.n_episodes}/{n_episodes} successful episodes after {attempts} attempts "
-                    f"(seeds up to {next_seed - 1}); raise max_attempts or lower action_noise")
+                    f"(seeds up to {next_seed - 1}); raise max_attempts or lower action_noise / execution_noise")
             if next_seed >= EVAL_SEED_BASE:
                 raise RuntimeError(f"demo seeds exhausted at {next_seed} (eval seeds start at {EVAL_SEED_BASE})")
-            episode, n_success = _run_episode(env, expert, next_seed, min_success_steps, stop_on_success)
+            episode, n_success = _run_episode(env, expert, next_seed, min_success_steps, stop_on_success,
+                                              execution_noise)
             attempts += 1
             if n_success >= min_success_steps:
                 rb.add_episode(episode, seed=next_seed)
@@ -156,10 +170,13 @@ def collect(
     }
 
 
-def _run_episode(env, expert, seed: int, min_success_steps: int, stop_on_success: bool) -> tuple[dict, int]:
-    """One expert episode: ``{key: (T, ...)}`` with the observation before each action, and its success count."""
+def _run_episode(env, expert, seed: int, min_success_steps: int, stop_on_success: bool,
+                 execution_noise: float = 0.0) -> tuple[dict, int]:
+    """One expert episode: ``{key: (T, ...)}`` with the observation before each action (the expert's command),
+    and its success count."""
     obs, _ = env.reset(seed=seed)
     expert.reset(seed=seed)
+    perturb = ExecutionNoise.for_episode(execution_noise, seed) if execution_noise > 0 else None
     steps: dict[str, list] = {key: [] for key in obs}
     steps[ACTION] = []
     n_success = 0
@@ -168,7 +185,7 @@ def _run_episode(env, expert, seed: int, min_success_steps: int, stop_on_success
         for key, value in obs.items():
             steps[key].append(value)
         steps[ACTION].append(action)
-        obs, _, _, truncated, info = env.step(action)
+        obs, _, _, truncated, info = env.step(perturb(action) if perturb else action)
         n_success += int(info["success"])
         if truncated or (stop_on_success and n_success >= min_success_steps):
             break
@@ -178,7 +195,8 @@ def _run_episode(env, expert, seed: int, min_success_steps: int, stop_on_success
 def _open_or_create(path: Path, env, meta, settings: dict, overwrite: bool, mw_version: str) -> ReplayBuffer:
     if path.exists() and not overwrite:
         rb = ReplayBuffer.open(path, mode="a")
-        diff = {k: (rb.attrs.get(k), v) for k, v in settings.items() if k in _MATCHING_ATTRS and rb.attrs.get(k) != v}
+        stored = {k: rb.attrs.get(k, _ATTR_DEFAULTS.get(k)) for k in _MATCHING_ATTRS}
+        diff = {k: (stored[k], v) for k, v in settings.items() if k in _MATCHING_ATTRS and stored[k] != v}
         if diff:
             details = "; ".join(f"{k}: dataset {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             raise ReplayBufferError(f"'{path}' was collected with other settings ({details}); "
@@ -233,7 +251,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg.task, cfg.n_episodes, out, seed0=cfg.seed0, num_points=cfg.num_points,
         point_cloud_cameras=cfg.point_cloud_cameras, image_cameras=cfg.image_cameras, image_size=cfg.image_size,
         depth_size=cfg.depth_size, use_point_color=cfg.use_point_color, max_steps=cfg.max_steps,
-        action_noise=cfg.action_noise, min_success_steps=cfg.min_success_steps, stop_on_success=cfg.stop_on_success,
+        action_noise=cfg.action_noise, execution_noise=cfg.execution_noise, min_success_steps=cfg.min_success_steps,
+        stop_on_success=cfg.stop_on_success,
         max_attempts=cfg.max_attempts, overwrite=cfg.overwrite, progress=cfg.progress,
     )
     lengths = summary["episode_lengths"]

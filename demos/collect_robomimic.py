@@ -20,34 +20,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from demos.execution_noise import ExecutionNoise, check_execution_noise
 from demos.robomimic_hdf5 import Demo, RobomimicWriter, split_masks
 from envs.seeds import demo_seeds
-
-
-class ExecutionNoise:
-    """AR(1) noise on the translation part of an action: ``n_t = ρ n_{t-1} + sqrt(1 - ρ²) σ ε_t`` (stationary
-    std ``σ``), so perturbations last a few steps (ρ = 0.9: ~10 steps, half a second at 20 Hz) and move the arm
-    off the expert's path instead of averaging out within a step."""
-
-    def __init__(self, std: float, corr: float = 0.9, seed: int = 0, dims: int = 3) -> None:
-        if std < 0 or not 0.0 <= corr < 1.0:
-            raise ValueError(f"execution noise needs std >= 0 and 0 <= corr < 1, got std={std}, corr={corr}")
-        self.std, self.corr, self.dims = float(std), float(corr), int(dims)
-        self.rng = np.random.default_rng(seed)
-        self.state = self.rng.normal(0.0, self.std, self.dims)
-
-    @classmethod
-    def for_episode(cls, std: float, seed: int) -> "ExecutionNoise":
-        """The noise of the episode with demo seed ``seed``: its own stream (``seed`` + an offset), so the env's
-        initial state and the expert's noise stay those of ``seed`` and a demo can be replayed exactly."""
-        return cls(std, seed=seed + 7_919)
-
-    def __call__(self, action: np.ndarray) -> np.ndarray:
-        """``action`` with the next noise sample added to its first ``dims`` entries, clipped to [-1, 1]."""
-        self.state = self.corr * self.state + np.sqrt(1.0 - self.corr**2) * self.rng.normal(0.0, self.std, self.dims)
-        out = np.array(action, dtype=np.float64, copy=True)
-        out[: self.dims] = np.clip(out[: self.dims] + self.state, -1.0, 1.0)
-        return out
 
 
 def record_episode(env, expert, seed: int, max_steps: int | None = None,
@@ -58,8 +33,7 @@ def record_episode(env, expert, seed: int, max_steps: int | None = None,
     ``dones[t]`` is 1 at success or at the last step (robomimic's done_mode 2). With ``execution_noise > 0`` the
     env executes ``actions[t]`` plus :class:`ExecutionNoise` (the recorded label is the expert's command).
     """
-    if not execution_noise >= 0.0:  # also refuses NaN
-        raise ValueError(f"execution_noise must be >= 0 (0 = clean demos), got {execution_noise}")
+    execution_noise = check_execution_noise(execution_noise)
     obs, _ = env.reset(seed=seed)
     expert.reset(seed)
     perturb = ExecutionNoise.for_episode(execution_noise, seed) if execution_noise > 0 else None
@@ -121,8 +95,7 @@ def collect_robomimic(
     task = task.split("/", 1)[1] if task.startswith("robomimic/") else task
     if n_episodes < 1:
         raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
-    if not execution_noise >= 0.0:  # before the env is built; also refuses NaN
-        raise ValueError(f"execution_noise must be >= 0 (0 = clean demos), got {execution_noise}")
+    execution_noise = check_execution_noise(execution_noise)  # before the env is built
     max_attempts = int(max_attempts or 2 * n_episodes + 10)
     env = RobosuiteEnv(task, image_size=image_size, cameras=cameras, fast_render=fast_render)
     expert = make_expert(env)

@@ -1,5 +1,5 @@
 """DART-style recovery demos: the env executes the expert's command plus correlated noise, the file records the
-command. Checked on the noise process itself and on a real robosuite Lift episode."""
+command. Checked on the noise process itself, on a real robosuite Lift episode and on a real Meta-World dataset."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from demos.collect_robomimic import ExecutionNoise
+from demos.execution_noise import ExecutionNoise
 
 
 @settings(max_examples=40, deadline=None)
@@ -37,11 +37,16 @@ def test_noise_is_seeded_correlated_and_has_the_asked_std():
 
 @pytest.mark.parametrize("bad", [-0.1, float("nan")])
 def test_negative_or_nan_execution_noise_is_refused_before_any_env_is_built(bad, tmp_path):
+    from demos.collect import collect, main
     from demos.collect_robomimic import collect_robomimic
 
     with pytest.raises(ValueError, match="execution_noise must be >= 0"):
         collect_robomimic("lift", 1, str(tmp_path / "x.hdf5"), execution_noise=bad, verbose=False)
-    assert not (tmp_path / "x.hdf5").exists()
+    with pytest.raises(ValueError, match="execution_noise must be >= 0"):
+        collect("reach-v3", 1, tmp_path / "x.zarr", execution_noise=bad, progress=False)
+    with pytest.raises((ValueError, SystemExit)):
+        main(["task=reach-v3", f"execution_noise={bad}", f"out={tmp_path / 'y.zarr'}"])
+    assert not any(tmp_path.iterdir())
 
 
 def test_recovery_demo_records_the_command_and_the_env_executed_command_plus_noise():
@@ -69,3 +74,42 @@ def test_recovery_demo_records_the_command_and_the_env_executed_command_plus_noi
         np.testing.assert_allclose(final_eef([replay(a) for a in demo.actions]), recorded_end, atol=1e-9)
     finally:
         env.close()
+
+
+def test_metaworld_recovery_dataset_holds_the_commands_and_refuses_mixing_with_clean_demos(tmp_path):
+    """`mfp collect task=<Meta-World task> execution_noise=S`: the zarr records the expert's commands and its
+    setting; replaying the labels plus the episode's noise stream reproduces the recorded states, the labels alone
+    do not; appending clean demos to it is refused."""
+    from demos.collect import collect
+    from demos.replay_buffer import ReplayBuffer, ReplayBufferError
+    from envs.metaworld_env import MetaWorldEnv
+
+    path = tmp_path / "reach-dart.zarr"
+    args = dict(num_points=64, image_cameras=(), depth_size=64, max_steps=100, progress=False)
+    collect("reach-v3", 1, path, execution_noise=0.2, **args)
+    rb = ReplayBuffer.load(path)
+    assert rb.attrs["execution_noise"] == 0.2
+    seed = int(rb.episode_seeds[0])
+    episode = rb.get_episode(0)
+    actions, recorded = episode["action"], episode["agent_pos"]
+
+    env = MetaWorldEnv("reach-v3", point_cloud_cameras=["corner2"], num_points=64, image_cameras=[], depth_size=64,
+                       max_episode_steps=100)
+    try:
+        def replay(perturb) -> np.ndarray:
+            obs, _ = env.reset(seed=seed)
+            path_ = [obs["agent_pos"]]
+            for action in actions[:-1]:
+                obs, *_ = env.step(perturb(action))
+                path_.append(obs["agent_pos"])
+            return np.stack(path_)
+
+        noise = ExecutionNoise.for_episode(0.2, seed)
+        np.testing.assert_allclose(replay(noise), recorded, atol=1e-5)
+        assert np.abs(replay(lambda a: a) - recorded).max() > 1e-3
+    finally:
+        env.close()
+
+    with pytest.raises(ReplayBufferError, match="execution_noise"):
+        collect("reach-v3", 2, path, **args)
+    assert ReplayBuffer.load(path).n_episodes == 1
