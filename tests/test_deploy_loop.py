@@ -282,13 +282,16 @@ def test_mfp_deploy_runs_end_to_end_and_records_the_episode(arm, checkpoint, tmp
 def test_arm_killed_stops_deploy_with_a_clear_message(checkpoint, tmp_path):
     own_arm = SimArmProcess(tmp_path / "commands.jsonl")
     try:
-        proc = _deploy(checkpoint, own_arm.address, "duration_s=60", "timeout_s=0.3", "inference=thread",
+        # timeout_s well above a starved process's reply time (0.3 s once stopped a loop on a loaded box before the
+        # kill), far below the 10 s the stop must take.
+        proc = _deploy(checkpoint, own_arm.address, "duration_s=60", "timeout_s=2.0", "inference=thread",
                        f"stats={tmp_path / 's.json'}")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
             if sum(r["type"] == "action" for r in own_arm.records()) >= 25:
                 break
             time.sleep(0.1)
+        running_at_kill = proc.poll() is None
         own_arm.proc.kill()
         killed = time.monotonic()
         out, err = proc.communicate(timeout=30)
@@ -297,6 +300,7 @@ def test_arm_killed_stops_deploy_with_a_clear_message(checkpoint, tmp_path):
         own_arm.stop()
         if proc.poll() is None:
             proc.kill()
+    assert running_at_kill, "the loop stopped before the arm was killed: " + out + err
     assert proc.returncode == 3, out + err
     assert "robot connection lost" in err and "is the robot process running" in err
     assert stopped_after < 10.0
