@@ -18,7 +18,7 @@ def check_execution_noise(std: float) -> float:
 
 class ExecutionNoise:
     """AR(1) noise on the translation part of an action: ``n_t = ρ n_{t-1} + sqrt(1 - ρ²) σ ε_t`` (stationary
-    std ``σ``), so perturbations last a few steps (ρ = 0.9: ~10 steps, half a second at 20 Hz) and move the arm
+    std ``σ``), so perturbations last a few steps (ρ = 0.9: ~10 control steps) and move the arm
     off the expert's path instead of averaging out within a step."""
 
     def __init__(self, std: float, corr: float = 0.9, seed: int = 0, dims: int = 3) -> None:
