@@ -2,7 +2,7 @@
 
     mfp collect task=reach-v3 n_episodes=10 out=data/reach.zarr
     mfp collect task=hammer-v3 image_cameras=[] action_noise=0.05      # point clouds only, noisy expert
-    mfp collect task=coffee-pull-v3 execution_noise=0.3                # DART-style recovery demos
+    mfp collect task=coffee-pull-v3 execution_noise=0.2                # DART-style recovery demos
 
 Only successful episodes are kept (DP3's rule: success with at least ``min_success_steps`` successful steps).
 ``action_noise`` perturbs the expert's action and records the perturbed one; ``execution_noise``

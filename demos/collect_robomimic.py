@@ -128,7 +128,8 @@ def collect_robomimic(
             f"(failed seeds {failed[:10]}); {out_path} holds the successful ones"
         )
     summary = {"task": env.task, "path": out_path, "execution_noise": execution_noise, "demos": len(kept_seeds),
-               "attempts": len(kept_seeds) + len(failed), "seeds": kept_seeds, "failed_seeds": failed, "steps": steps, "seconds": seconds}
+               "attempts": len(kept_seeds) + len(failed), "seeds": kept_seeds, "failed_seeds": failed,
+               "steps": steps, "seconds": seconds}
     if verbose:
         print(f"[collect] wrote {len(kept_seeds)} demos ({steps} steps) to {out_path} in {seconds:.1f} s; "
               f"{len(failed)} failed attempts")

@@ -22,9 +22,9 @@ class ExecutionNoise:
     off the expert's path instead of averaging out within a step."""
 
     def __init__(self, std: float, corr: float = 0.9, seed: int = 0, dims: int = 3) -> None:
-        if std < 0 or not 0.0 <= corr < 1.0:
-            raise ValueError(f"execution noise needs std >= 0 and 0 <= corr < 1, got std={std}, corr={corr}")
-        self.std, self.corr, self.dims = float(std), float(corr), int(dims)
+        if not 0.0 <= corr < 1.0:
+            raise ValueError(f"execution noise needs 0 <= corr < 1, got corr={corr}")
+        self.std, self.corr, self.dims = check_execution_noise(std), float(corr), int(dims)
         self.rng = np.random.default_rng(seed)
         self.state = self.rng.normal(0.0, self.std, self.dims)
 

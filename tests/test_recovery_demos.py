@@ -33,6 +33,8 @@ def test_noise_is_seeded_correlated_and_has_the_asked_std():
     assert lag1 == pytest.approx(0.9, abs=0.03)
     with pytest.raises(ValueError, match="corr"):
         ExecutionNoise(0.1, 1.0)
+    with pytest.raises(ValueError, match="execution_noise must be >= 0"):
+        ExecutionNoise(float("nan"))
 
 
 @pytest.mark.parametrize("bad", [-0.1, float("nan")])
