@@ -53,6 +53,9 @@ class MeanFlowConfig:
     p_std: float = 1.0
     # Fraction of the batch with r = t (plain flow-matching samples). ImageNet official 0.75, MP1 0.5.
     ratio_r_eq_t: float = 0.5
+    # Fraction drawn exactly at (t, r) = (1, 0), the only point the 1-NFE sampler queries; two uniform draws reach
+    # h = t - r near 1 with density 2 (1 - h), i.e. almost never.
+    ratio_one_step: float = 0.0
     # Adaptive loss weight w = 1 / (d + c)^p.
     adaptive_p: float = 1.0
     adaptive_c: float = 1e-3
@@ -75,6 +78,11 @@ class MeanFlowConfig:
             raise ValueError(f"unknown t_dist '{self.t_dist}'; known: logit_normal, uniform")
         if not 0.0 <= self.ratio_r_eq_t <= 1.0:
             raise ValueError("ratio_r_eq_t must be in [0, 1]")
+        if not (0.0 <= self.ratio_one_step <= 1.0 and self.ratio_r_eq_t + self.ratio_one_step <= 1.0):
+            raise ValueError(
+                f"ratio_one_step must be in [0, 1] and ratio_r_eq_t + ratio_one_step <= 1, got {self.ratio_one_step} "
+                f"(ratio_r_eq_t {self.ratio_r_eq_t})"
+            )
         if not (math.isfinite(self.adaptive_p) and self.adaptive_p >= 0.0):
             raise ValueError(f"adaptive_p must be a finite number >= 0 (0 = plain squared error), got {self.adaptive_p}")
         if self.adaptive_p > 0.0 and not (math.isfinite(self.adaptive_c) and self.adaptive_c > 0.0):

@@ -119,6 +119,7 @@ def make_head(name: str, backbone: nn.Module, cfg: Any, horizon: int | None = No
             p_std=cfg.p_std,
             t_dist=cfg.t_dist,
             ratio_r_eq_t=cfg.ratio_r_eq_t,
+            ratio_one_step=cfg.ratio_one_step,
             adaptive_p=cfg.adaptive_p,
             adaptive_c=cfg.adaptive_c,
             cfg_omega=cfg.cfg_omega,

@@ -35,6 +35,7 @@ class MeanFlowHead(ActionHead):
         p_std: float = 1.0,
         t_dist: str = "logit_normal",
         ratio_r_eq_t: float = 0.5,
+        ratio_one_step: float = 0.0,
         adaptive_p: float = 1.0,
         adaptive_c: float = 1e-3,
         cfg_omega: float = 1.0,
@@ -54,6 +55,11 @@ class MeanFlowHead(ActionHead):
             raise ValueError(f"unknown t_dist '{t_dist}'; known: {', '.join(T_DISTS)}")
         if not 0.0 <= ratio_r_eq_t <= 1.0:
             raise ValueError("ratio_r_eq_t must be in [0, 1]")
+        if not (0.0 <= ratio_one_step <= 1.0 and ratio_r_eq_t + ratio_one_step <= 1.0):
+            raise ValueError(
+                f"ratio_one_step must be in [0, 1] and ratio_r_eq_t + ratio_one_step <= 1, got {ratio_one_step} "
+                f"(ratio_r_eq_t {ratio_r_eq_t})"
+            )
         if not 0.0 <= cond_drop_prob < 1.0:
             raise ValueError("cond_drop_prob must be in [0, 1)")
         if cfg_kappa >= 1.0:
@@ -67,6 +73,7 @@ class MeanFlowHead(ActionHead):
         self.p_mean, self.p_std = float(p_mean), float(p_std)
         self.t_dist = t_dist
         self.ratio_r_eq_t = float(ratio_r_eq_t)
+        self.ratio_one_step = float(ratio_one_step)
         self.adaptive_p, self.adaptive_c = float(adaptive_p), float(adaptive_c)
         self.cfg_omega, self.cfg_kappa = float(cfg_omega), float(cfg_kappa)
         self.cond_drop_prob = float(cond_drop_prob)
@@ -87,16 +94,19 @@ class MeanFlowHead(ActionHead):
 
     # ------------------------------------------------------------------ training
     def sample_t_r(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Two draws (logit-normal or uniform), t = max and r = min; then r = t for round(ratio_r_eq_t * B) samples."""
+        """Two draws (logit-normal or uniform), t = max and r = min; then r = t for round(ratio_r_eq_t * B) samples
+        and (t, r) = (1, 0), the point the one-step sampler queries, for round(ratio_one_step * B) others."""
         if self.t_dist == "uniform":
             s = torch.rand(2, batch, device=device)  # (2, B)
         else:
             s = torch.sigmoid(self.p_std * torch.randn(2, batch, device=device) + self.p_mean)
         t, r = s.max(dim=0).values, s.min(dim=0).values
         n_eq = round(self.ratio_r_eq_t * batch)
-        if n_eq:
-            idx = torch.randperm(batch, device=device)[:n_eq]
-            r[idx] = t[idx]
+        n_one = min(round(self.ratio_one_step * batch), batch - n_eq)
+        if n_eq or n_one:
+            idx = torch.randperm(batch, device=device)
+            r[idx[:n_eq]] = t[idx[:n_eq]]
+            t[idx[n_eq:n_eq + n_one]], r[idx[n_eq:n_eq + n_one]] = 1.0, 0.0
         return t, r
 
     def compute_loss(self, actions: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

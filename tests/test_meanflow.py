@@ -171,6 +171,32 @@ def test_t_r_sampling_invariants(batch: int, ratio: float, p_mean: float, p_std:
     assert int((t == r).sum()) >= round(ratio * batch)
 
 
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 300), ratio=st.floats(0.0, 1.0), share=st.floats(0.0, 1.0))
+def test_one_step_share_draws_the_sampler_query(batch: int, ratio: float, share: float) -> None:
+    share = min(share, 1.0 - ratio)
+    head = make_head(ratio_r_eq_t=ratio, ratio_one_step=share, t_dist="uniform")
+    t, r = head.sample_t_r(batch, torch.device("cpu"))
+    assert bool(((r >= 0) & (r <= t) & (t <= 1)).all())
+    n_eq, n_one = round(ratio * batch), min(round(share * batch), batch - round(ratio * batch))
+    assert int((t == r).sum()) >= n_eq
+    # two continuous draws never land on the corner, so every (1, 0) pair is one of the forced ones
+    assert int(((t == 1) & (r == 0)).sum()) == n_one
+
+
+def test_one_step_share_off_keeps_the_draws_and_bad_shares_are_refused() -> None:
+    ref = make_head(ratio_r_eq_t=0.5, t_dist="uniform").sample_t_r(64, torch.device("cpu"))
+    off = make_head(ratio_r_eq_t=0.5, ratio_one_step=0.0, t_dist="uniform").sample_t_r(64, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(ref, off))
+    from policies.config import MeanFlowConfig
+
+    for bad in (-0.1, 0.6, float("nan")):
+        with pytest.raises(ValueError, match="ratio_one_step"):
+            make_head(ratio_r_eq_t=0.5, ratio_one_step=bad)
+        with pytest.raises(ValueError, match="ratio_one_step"):
+            MeanFlowConfig(ratio_r_eq_t=0.5, ratio_one_step=bad)
+
+
 def test_t_r_distribution_is_logit_normal_order_statistics() -> None:
     torch.manual_seed(0)
     head = make_head(ratio_r_eq_t=0.0, p_mean=-0.4, p_std=1.0)
