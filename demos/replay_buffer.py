@@ -88,7 +88,12 @@ class ReplayBuffer:
         _create_array(root, "meta/episode_seeds", (0,), (4096,), np.int64)
         root.attrs.update({"format": FORMAT, **dict(attrs or {})})
         del root
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:  # another process created the dataset meanwhile (os.replace keeps a non-empty dir)
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ReplayBufferError(f"dataset '{path}' was created by another process while this one made it ({e}); "
+                                    "open it to append, or collect into another path") from e
         return cls.open(path, mode="a")
 
     @classmethod

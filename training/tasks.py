@@ -5,9 +5,12 @@ task's observation spec, a dataset collected for another task.
 """
 from __future__ import annotations
 
+import fcntl
+import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from demos.spec import ShapeMeta
 from policies.config import PolicyConfig
@@ -45,27 +48,68 @@ def ensure_demos(task: TaskConfig) -> Path:
     """Path of the task's demonstration dataset, collecting it with the scripted expert if it does not exist.
 
     Demos always use the first demo seeds (envs/seeds.py), whatever the training seed: every training seed of a
-    sweep learns from the same demonstrations, as in DP3/MP1.
+    sweep learns from the same demonstrations, as in DP3/MP1. Jobs of a parallel sweep that need the same missing
+    dataset take turns on a lock file beside it: one collects, the others wait and then read it. A Meta-World
+    dataset this collector left with fewer than ``task.n_demos`` episodes (a killed collection) is completed.
     """
     path = Path(task.dataset)
-    if path.exists():
+    if path.exists() and not _needs_more_demos(path, task):
         return path
-    if not task.collect_if_missing:
+    if not path.exists() and not task.collect_if_missing:
         raise TaskDataError(f"dataset '{path}' does not exist; fix task.dataset or set task.collect_if_missing=true "
                             f"to generate scripted-expert demos there")
-    if task.suite == "metaworld":
-        from demos.collect import collect
+    with _collection_lock(path):
+        if path.exists() and not _needs_more_demos(path, task):
+            return path  # another job collected it while this one waited
+        if task.suite == "metaworld":
+            from demos.collect import collect
 
-        image_cameras = ("corner2",) if any(k.startswith("image") for k in task.obs_keys) else ()
-        print(f"[data] {path} not found: collecting {task.n_demos} scripted-expert demos of {task.env}")
-        collect(task=task.env, n_episodes=task.n_demos, out_path=str(path), seed0=0, num_points=task.num_points,
-                image_cameras=image_cameras, image_size=task.image_size, max_steps=task.max_episode_steps)
-    else:
-        from demos.collect_robomimic import collect_robomimic
+            image_cameras = ("corner2",) if any(k.startswith("image") for k in task.obs_keys) else ()
+            what = "completing the interrupted collection of" if path.exists() else "not found: collecting"
+            print(f"[data] {path} {what} {task.n_demos} scripted-expert demos of {task.env}")
+            collect(task=task.env, n_episodes=task.n_demos, out_path=str(path), seed0=0, num_points=task.num_points,
+                    image_cameras=image_cameras, image_size=task.image_size, max_steps=task.max_episode_steps)
+        else:
+            from demos.collect_robomimic import collect_robomimic
 
-        print(f"[data] {path} not found: collecting {task.n_demos} scripted-expert demos of robomimic {task.env}")
-        collect_robomimic(task=task.env, n_episodes=task.n_demos, out_path=str(path), image_size=task.image_size)
+            # robomimic's HDF5 writer cannot append: write beside the target and rename, so a killed collection
+            # leaves no partial file under the dataset's name.
+            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            print(f"[data] {path} not found: collecting {task.n_demos} scripted-expert demos of robomimic {task.env}")
+            try:
+                collect_robomimic(task=task.env, n_episodes=task.n_demos, out_path=str(tmp),
+                                  image_size=task.image_size, overwrite=True)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
     return path
+
+
+def _needs_more_demos(path: Path, task: TaskConfig) -> bool:
+    """True for a Meta-World dataset of this task, made by the collector, holding fewer than ``task.n_demos``
+    episodes while collection is allowed; any other existing dataset is used as it is."""
+    if task.suite != "metaworld" or not task.collect_if_missing:
+        return False
+    from demos.replay_buffer import ReplayBuffer
+
+    rb = ReplayBuffer.open(path, mode="r")
+    return rb.attrs.get("suite") == "metaworld" and rb.attrs.get("task") == task.env and rb.n_episodes < task.n_demos
+
+
+@contextmanager
+def _collection_lock(path: Path) -> Iterator[None]:
+    """Exclusive advisory lock (``flock``) on ``.<name>.lock`` beside ``path``, held while collecting."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[data] another process is collecting {path}: waiting for it", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def load_task_data(task: TaskConfig, policy: PolicyConfig, seed: int, val_ratio: float) -> TaskData:

@@ -1,0 +1,61 @@
+"""training.tasks.ensure_demos: the one place a training job gets its demos, with real scripted-expert episodes.
+
+Parallel sweep jobs that need the same missing dataset must not trip over each other, and a collection killed
+half-way must not be trained on as if it were complete.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+from demos.collect import collect
+from demos.replay_buffer import ReplayBuffer
+from training.config import TaskConfig
+from training.tasks import ensure_demos
+
+TASK = "button-press-topdown-v3"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def collect_one(path: Path) -> None:
+    """One episode with the settings ensure_demos uses for a point-cloud task (no images)."""
+    collect(task=TASK, n_episodes=1, out_path=str(path), num_points=128, image_cameras=(), max_steps=120,
+            progress=False)
+
+
+def task_cfg(path: Path, **kw) -> TaskConfig:
+    return TaskConfig(env=TASK, num_points=128, n_demos=2, dataset=str(path), max_episode_steps=120, **kw)
+
+
+def test_parallel_jobs_share_one_collection(tmp_path):
+    path = tmp_path / "demos.zarr"
+    code = (
+        "import sys; from training.config import TaskConfig; from training.tasks import ensure_demos; "
+        f"ensure_demos(TaskConfig(env={TASK!r}, num_points=128, n_demos=2, dataset=sys.argv[1], max_episode_steps=120))"
+    )
+    jobs = [subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=REPO, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True) for _ in range(3)]
+    outputs = [job.communicate(timeout=300)[0] for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0, 0], outputs
+    assert sum("not found: collecting" in out for out in outputs) == 1, outputs  # one job collected, the others read its result
+    rb = ReplayBuffer.open(path)
+    assert rb.n_episodes == 2
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+
+def test_interrupted_collection_is_completed_not_trained_on(tmp_path):
+    path = tmp_path / "demos.zarr"
+    collect_one(path)
+    first = ReplayBuffer.open(path)
+    first_seed, first_actions = int(first.episode_seeds[0]), first.get_episode(0)["action"].copy()
+
+    ensure_demos(task_cfg(path))
+    rb = ReplayBuffer.open(path)
+    assert rb.n_episodes == 2
+    assert int(rb.episode_seeds[0]) == first_seed and (rb.get_episode(0)["action"] == first_actions).all()
+
+
+def test_own_recordings_are_used_as_they_are(tmp_path):
+    path = tmp_path / "mine.zarr"
+    collect_one(path)
+    assert ensure_demos(task_cfg(path, collect_if_missing=False)) == path
+    assert ReplayBuffer.open(path).n_episodes == 1  # nothing was added to a dataset the user declared complete
