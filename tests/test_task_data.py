@@ -5,7 +5,10 @@ half-way must not be trained on as if it were complete.
 """
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from demos.collect import collect
 from demos.replay_buffer import ReplayBuffer
@@ -59,3 +62,24 @@ def test_own_recordings_are_used_as_they_are(tmp_path):
     collect_one(path)
     assert ensure_demos(task_cfg(path, collect_if_missing=False)) == path
     assert ReplayBuffer.open(path).n_episodes == 1  # nothing was added to a dataset the user declared complete
+
+
+def test_killed_robomimic_collection_leaves_no_dataset_and_the_next_job_collects(tmp_path):
+    pytest.importorskip("robosuite")
+    from demos.robomimic_hdf5 import list_demos
+
+    path = tmp_path / "lift.hdf5"
+    kw = dict(suite="robomimic", env="lift", obs_keys=["agentview_image", "robot0_eef_pos"], image_size=32, n_demos=1,
+              dataset=str(path), max_episode_steps=400)
+    code = f"from training.config import TaskConfig; from training.tasks import ensure_demos; ensure_demos(TaskConfig(**{kw!r}))"
+    job = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".lift.hdf5.tmp-*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    job.kill()
+    job.wait()
+    assert not path.exists(), "a killed collection must not leave a file under the dataset's name"
+
+    assert ensure_demos(TaskConfig(**kw)) == path
+    assert len(list_demos(path)) == 1
+    assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["lift.hdf5"]

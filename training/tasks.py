@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,8 @@ def ensure_demos(task: TaskConfig) -> Path:
     with _collection_lock(path):
         if path.exists() and not _needs_more_demos(path, task):
             return path  # another job collected it while this one waited
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a killed job; none is writing now
+            shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         if task.suite == "metaworld":
             from demos.collect import collect
 
