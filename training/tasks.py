@@ -91,7 +91,7 @@ def ensure_demos(task: TaskConfig) -> Path:
 def _needs_more_demos(path: Path, task: TaskConfig) -> bool:
     """True for a Meta-World dataset of this task, made by the collector, holding fewer than ``task.n_demos``
     episodes while collection is allowed; any other existing dataset is used as it is."""
-    if task.suite != "metaworld" or not task.collect_if_missing:
+    if task.suite != "metaworld" or not task.collect_if_missing or not path.is_dir():  # zarr datasets are folders
         return False
     from demos.replay_buffer import ReplayBuffer
 
