@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from demos.collect import collect
-from demos.replay_buffer import ReplayBuffer
+from demos.replay_buffer import ReplayBuffer, ReplayBufferError
 from training.config import TaskConfig
-from training.tasks import ensure_demos
+from training.tasks import TaskDataError, ensure_demos
 
 TASK = "button-press-topdown-v3"
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +62,25 @@ def test_own_recordings_are_used_as_they_are(tmp_path):
     collect_one(path)
     assert ensure_demos(task_cfg(path, collect_if_missing=False)) == path
     assert ReplayBuffer.open(path).n_episodes == 1  # nothing was added to a dataset the user declared complete
+
+
+def test_short_dataset_with_other_settings_is_refused_and_kept(tmp_path):
+    path = tmp_path / "with-images.zarr"
+    collect(task=TASK, n_episodes=1, out_path=str(path), num_points=128, max_steps=120, progress=False)  # + images
+    with pytest.raises(TaskDataError, match=r"holds 1 of task.n_demos=2 episodes.*set task.n_demos=1"):
+        ensure_demos(task_cfg(path))
+    assert ReplayBuffer.open(path).n_episodes == 1
+
+
+def test_corrupt_dataset_is_named_and_left_in_place(tmp_path):
+    path = tmp_path / "broken.zarr"
+    collect_one(path)
+    for f in (path / "meta" / "episode_ends").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"not zarr")
+    with pytest.raises(ReplayBufferError, match="broken.zarr"):
+        ensure_demos(task_cfg(path))
+    assert path.is_dir() and (path / "data").is_dir()
 
 
 def test_killed_robomimic_collection_leaves_no_dataset_and_the_next_job_collects(tmp_path):

@@ -68,10 +68,21 @@ def ensure_demos(task: TaskConfig) -> Path:
             from demos.collect import collect
 
             image_cameras = ("corner2",) if any(k.startswith("image") for k in task.obs_keys) else ()
-            what = "completing the interrupted collection of" if path.exists() else "not found: collecting"
+            from demos.replay_buffer import ReplayBuffer, ReplayBufferError
+
+            existing = ReplayBuffer.open(path).n_episodes if path.exists() else None
+            what = "not found: collecting" if existing is None else f"holds {existing} episodes: completing it to"
             print(f"[data] {path} {what} {task.n_demos} scripted-expert demos of {task.env}")
-            collect(task=task.env, n_episodes=task.n_demos, out_path=str(path), seed0=0, num_points=task.num_points,
-                    image_cameras=image_cameras, image_size=task.image_size, max_steps=task.max_episode_steps)
+            try:
+                collect(task=task.env, n_episodes=task.n_demos, out_path=str(path), seed0=0,
+                        num_points=task.num_points, image_cameras=image_cameras, image_size=task.image_size,
+                        max_steps=task.max_episode_steps)
+            except ReplayBufferError as e:
+                if existing is None:
+                    raise
+                raise TaskDataError(f"'{path}' holds {existing} of task.n_demos={task.n_demos} episodes and cannot be "
+                                    f"completed with this task's settings ({e}); set task.n_demos={existing} to train "
+                                    "on them, or point task.dataset elsewhere") from e
         else:
             from demos.collect_robomimic import collect_robomimic
 
@@ -93,7 +104,7 @@ def _needs_more_demos(path: Path, task: TaskConfig) -> bool:
     episodes while collection is allowed; any other existing dataset is used as it is."""
     if task.suite != "metaworld" or not task.collect_if_missing or not path.is_dir():  # zarr datasets are folders
         return False
-    from demos.replay_buffer import ReplayBuffer
+    from demos.replay_buffer import ReplayBuffer  # zarr costs 0.5 s to import: only when a dataset is read
 
     rb = ReplayBuffer.open(path, mode="r")
     return rb.attrs.get("suite") == "metaworld" and rb.attrs.get("task") == task.env and rb.n_episodes < task.n_demos
