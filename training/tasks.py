@@ -66,10 +66,9 @@ def ensure_demos(task: TaskConfig) -> Path:
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         if task.suite == "metaworld":
             from demos.collect import collect
-
-            image_cameras = ("corner2",) if any(k.startswith("image") for k in task.obs_keys) else ()
             from demos.replay_buffer import ReplayBuffer, ReplayBufferError
 
+            image_cameras = ("corner2",) if any(k.startswith("image") for k in task.obs_keys) else ()
             existing = ReplayBuffer.open(path).n_episodes if path.exists() else None
             what = "not found: collecting" if existing is None else f"holds {existing} episodes: completing it to"
             print(f"[data] {path} {what} {task.n_demos} scripted-expert demos of {task.env}")
