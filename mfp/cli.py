@@ -5,6 +5,7 @@ sees the sub-command's own name.
 """
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import sys
@@ -13,6 +14,26 @@ import sys
 # MeanFlow training step took 5.0 s with a competing process under the default policy and 0.33 s with PASSIVE.
 # It must be set before torch loads OpenMP, so it lives in the entry point.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _reuse_freed_memory() -> None:
+    """Keep large freed blocks in the heap instead of returning them to the kernel (glibc only).
+
+    By default glibc serves every block over 32 MB with a fresh mmap and unmaps it on free, so each training step
+    page-faults its ~100 MB of PointNet activations back in from zeroed pages. Measured here (MeanFlow, 1 thread,
+    80 steps): 13.2 s of 61 s in the kernel, 1.54 steps/s; with the thresholds raised 1.1 s and 2.03 steps/s.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return  # not glibc (macOS, musl): nothing to tune
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 1 << 30)
+    mallopt(m_trim_threshold, 1 << 30)
+
+
+_reuse_freed_memory()
 
 # command -> (module, function, one-line help). Each function takes the remaining argv.
 COMMANDS: dict[str, tuple[str, str, str]] = {
