@@ -76,6 +76,7 @@ def build_policy(
         dispersive_weight=cfg.dispersive.weight,
         dispersive_layers=list(cfg.dispersive.layers),
         num_inference_steps=cfg.num_inference_steps,
+        samples_per_obs=cfg.samples_per_obs,
     )
 
 

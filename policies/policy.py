@@ -39,10 +39,13 @@ class Policy(nn.Module):
         dispersive_weight: float = 0.0,
         dispersive_layers: Sequence[str] = (OBS_EMBEDDING,),
         num_inference_steps: Optional[int] = None,
+        samples_per_obs: int = 1,
     ) -> None:
         super().__init__()
         if n_obs_steps - 1 + n_action_steps > horizon:
             raise ValueError("n_obs_steps - 1 + n_action_steps must be <= horizon")
+        if samples_per_obs < 1:
+            raise ValueError(f"samples_per_obs must be >= 1, got {samples_per_obs}")
         self.shape_meta = shape_meta
         self.obs_encoder = obs_encoder
         self.head = head
@@ -51,6 +54,9 @@ class Policy(nn.Module):
         self.n_obs_steps = n_obs_steps
         self.n_action_steps = n_action_steps
         self.num_inference_steps = num_inference_steps
+        # Training only: each encoded observation is repeated this many times in the head's loss, each copy with
+        # its own noise and time draws (the encoder's gradient sums over the copies).
+        self.samples_per_obs = int(samples_per_obs)
         # Scale of the sampler's starting noise at inference: 1 = the trained distribution, 0 = one deterministic
         # chunk per observation (the head's map of the noise origin). Set after loading, e.g. by `mfp eval`.
         self.noise_scale = 1.0
@@ -76,7 +82,8 @@ class Policy(nn.Module):
         nactions = self.normalizer.normalize("action", actions)  # (B, H, Da)
         with self._capture() as block_features:
             cond = self.obs_encoder(self._normalize_obs(obs))  # (B, To * D)
-            loss, metrics = self.head.compute_loss(nactions, cond)
+            k = self.samples_per_obs
+            loss, metrics = self.head.compute_loss(nactions.repeat_interleave(k, 0), cond.repeat_interleave(k, 0))
         metrics = dict(metrics)
         if self.dispersive is not None:
             features = ([cond] if self._disperse_embedding else []) + block_features

@@ -196,3 +196,31 @@ def test_predict_action_rejects_bad_observations(small_shape_meta):
         policy.predict_action(nan)
     with pytest.raises(SpecError, match="point_cloud"):
         policy.predict_action(dict(good, point_cloud=np.zeros((2, 64, 4), np.float32)))
+
+
+@pytest.mark.parametrize("head", ["meanflow", "ddim", "flow"])
+def test_samples_per_obs_encodes_once_and_draws_k_per_observation(head, small_shape_meta, monkeypatch):
+    cfg = tiny_config(head)
+    cfg.samples_per_obs = 3
+    policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta))
+    encoded, seen = [], []
+    policy.obs_encoder.register_forward_hook(lambda m, args, out: encoded.append(out.shape[0]))
+    head_loss = policy.head.compute_loss
+    monkeypatch.setattr(policy.head, "compute_loss", lambda a, c: (seen.append((a, c)), head_loss(a, c))[1])
+    batch = random_batch(small_shape_meta, 5, cfg.n_obs_steps, cfg.horizon)
+    loss, _ = policy.compute_loss(batch)
+    loss.backward()
+    assert encoded == [5]
+    actions, cond = seen[0]
+    assert actions.shape[0] == cond.shape[0] == 15
+    # Copies of one observation are consecutive and identical; their noise draws are the head's business.
+    assert torch.equal(cond[0], cond[2]) and not torch.equal(cond[0], cond[3])
+    assert torch.equal(actions[3], actions[5])
+    assert all(p.grad is not None for p in policy.obs_encoder.parameters())
+
+
+def test_samples_per_obs_is_validated():
+    with pytest.raises(ValueError, match="samples_per_obs must be >= 1"):
+        PolicyConfig(samples_per_obs=0)
+    with pytest.raises(ValueError, match="generative head"):
+        PolicyConfig(head="regression", samples_per_obs=2)
