@@ -13,6 +13,7 @@ from typing import Optional
 from encoders.config import DispersiveConfig, EncoderConfig
 
 HEADS = ("meanflow", "flow", "ddpm", "ddim", "regression")
+NOISE_HEADS = ("meanflow", "flow", "ddpm", "ddim")  # heads whose loss draws noise and time: samples_per_obs applies
 BACKBONES = ("unet", "mlp")
 
 
@@ -148,7 +149,8 @@ class PolicyConfig:
     # Optional override of the head's default number of sampling steps at inference.
     num_inference_steps: Optional[int] = None
     # Noise/time draws per encoded observation in the training loss (MAR's "diffusion batch multiplier"): the head
-    # sees batch_size * k samples while the encoder, most of a CPU step, still runs once per observation.
+    # sees batch_size * k samples while the encoder, most of a CPU step, still runs once per observation. Heads that
+    # draw nothing (regression) train on each observation once whatever k is.
     samples_per_obs: int = 1
 
     def __post_init__(self) -> None:
@@ -156,8 +158,6 @@ class PolicyConfig:
             raise ValueError(f"unknown policy head '{self.head}'; known: {', '.join(HEADS)}")
         if self.samples_per_obs < 1:
             raise ValueError(f"policy.samples_per_obs must be >= 1, got {self.samples_per_obs}")
-        if self.head == "regression" and self.samples_per_obs != 1:
-            raise ValueError("policy.samples_per_obs > 1 needs a generative head; regression draws no noise")
         if self.horizon < 1 or self.n_obs_steps < 1 or self.n_action_steps < 1:
             raise ValueError("horizon, n_obs_steps and n_action_steps must be >= 1")
         if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:

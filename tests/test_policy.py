@@ -219,8 +219,15 @@ def test_samples_per_obs_encodes_once_and_draws_k_per_observation(head, small_sh
     assert all(p.grad is not None for p in policy.obs_encoder.parameters())
 
 
-def test_samples_per_obs_is_validated():
+def test_samples_per_obs_is_validated_and_ignored_by_regression(small_shape_meta):
     with pytest.raises(ValueError, match="samples_per_obs must be >= 1"):
         PolicyConfig(samples_per_obs=0)
-    with pytest.raises(ValueError, match="generative head"):
-        PolicyConfig(head="regression", samples_per_obs=2)
+    cfg = tiny_config("regression")
+    cfg.samples_per_obs = 4  # one profile setting serves every head; regression has nothing to draw
+    torch.manual_seed(0)
+    repeated = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta))
+    torch.manual_seed(0)
+    plain = build_policy(tiny_config("regression"), small_shape_meta, random_stats(small_shape_meta))
+    batch = random_batch(small_shape_meta, 6, 2, 4)
+    assert repeated.samples_per_obs == 1
+    assert torch.equal(repeated.compute_loss(batch)[0], plain.compute_loss(batch)[0])
