@@ -158,6 +158,8 @@ class PolicyConfig:
             raise ValueError(f"unknown policy head '{self.head}'; known: {', '.join(HEADS)}")
         if self.samples_per_obs < 1:
             raise ValueError(f"policy.samples_per_obs must be >= 1, got {self.samples_per_obs}")
+        if self.head not in NOISE_HEADS:
+            self.samples_per_obs = 1  # record what runs: a profile's k does not make regression runs differ
         if self.horizon < 1 or self.n_obs_steps < 1 or self.n_action_steps < 1:
             raise ValueError("horizon, n_obs_steps and n_action_steps must be >= 1")
         if self.n_obs_steps - 1 + self.n_action_steps > self.horizon:

@@ -230,4 +230,5 @@ def test_samples_per_obs_is_validated_and_ignored_by_regression(small_shape_meta
     plain = build_policy(tiny_config("regression"), small_shape_meta, random_stats(small_shape_meta))
     batch = random_batch(small_shape_meta, 6, 2, 4)
     assert repeated.samples_per_obs == 1
+    assert PolicyConfig(head="regression", samples_per_obs=4).samples_per_obs == 1  # saved configs say what ran
     assert torch.equal(repeated.compute_loss(batch)[0], plain.compute_loss(batch)[0])
