@@ -200,10 +200,10 @@ def test_schedule_drops_due_actions_and_blends_overlapping_chunks():
 # ---------------------------------------------------------------------------------------------- with the arm
 def test_inference_stall_sends_holds_and_never_executes_the_stale_chunk(arm, robot, tiny, caplog):
     policy, _ = tiny
-    agent = MarkedAgent(policy, stall_call=15, stall_s=0.6)
+    agent = MarkedAgent(policy, stall_call=5, stall_s=0.6)
     t_start = time.monotonic()
     with caplog.at_level(logging.WARNING, logger="deploy.loop"):
-        stats = _loop(robot, agent, deadline_s=0.1).run(2.0)
+        stats = _loop(robot, agent, deadline_s=0.1).run(3.0)
     assert stats.stop_reason == "duration reached"
     records = arm.records(since=t_start)
     actions = [r for r in records if r["type"] == "action"]
