@@ -50,7 +50,8 @@ OWNED_KEYS = {"task": "--tasks", "task.env": "--tasks", "policy": "--methods", "
 BOOKKEEPING_KEYS = {"output_dir", "resume", "progress", "torch_threads", "log_every", "diagnostics_every",
                     "checkpoint_every", "wandb", "eval.workers", "eval.videos"}
 # Policy keys allowed to differ between methods: the head, its sampler settings and the regularizer.
-HEAD_KEYS = {"head", "meanflow", "flow", "diffusion", "dispersive", "num_inference_steps"}
+# Policy settings that belong to the head, not the shared backbone/encoder (samples_per_obs: regression records 1).
+HEAD_KEYS = {"head", "meanflow", "flow", "diffusion", "dispersive", "num_inference_steps", "samples_per_obs"}
 ROBOMIMIC_PREFIX = f"{ROBOMIMIC_GROUP}/"  # robomimic tasks are named as their config: robomimic/lift
 LOG_FILE = "bench_train.log"
 RUN_FILE = "bench_run.json"
