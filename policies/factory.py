@@ -7,7 +7,7 @@ from typing import Mapping, Optional
 import numpy as np
 
 from demos.spec import ShapeMeta
-from policies.config import NOISE_HEADS, PolicyConfig
+from policies.config import PolicyConfig
 from policies.normalizer import LinearNormalizer
 from policies.policy import Policy
 
@@ -76,7 +76,7 @@ def build_policy(
         dispersive_weight=cfg.dispersive.weight,
         dispersive_layers=list(cfg.dispersive.layers),
         num_inference_steps=cfg.num_inference_steps,
-        samples_per_obs=cfg.samples_per_obs if cfg.head in NOISE_HEADS else 1,
+        samples_per_obs=cfg.samples_per_obs,  # PolicyConfig already records 1 for heads that draw nothing
     )
 
 

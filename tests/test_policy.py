@@ -222,8 +222,9 @@ def test_samples_per_obs_encodes_once_and_draws_k_per_observation(head, small_sh
 def test_samples_per_obs_is_validated_and_ignored_by_regression(small_shape_meta):
     with pytest.raises(ValueError, match="samples_per_obs must be >= 1"):
         PolicyConfig(samples_per_obs=0)
-    cfg = tiny_config("regression")
-    cfg.samples_per_obs = 4  # one profile setting serves every head; regression has nothing to draw
+    from dataclasses import replace
+
+    cfg = replace(tiny_config("regression"), samples_per_obs=4)  # one profile value serves every head
     torch.manual_seed(0)
     repeated = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta))
     torch.manual_seed(0)
