@@ -14,6 +14,7 @@ POINT_CLOUD = "point_cloud"
 IMAGE = "image"
 AGENT_POS = "agent_pos"
 FULL_STATE = "full_state"
+GOAL_POS = "goal_pos"
 ACTION = "action"
 
 # Observation types an encoder knows how to consume.

@@ -6,6 +6,9 @@ Observation dict (keys from :mod:`demos.spec`):
   :mod:`envs.pointcloud`;
 - ``image`` (3, H, W) uint8, upright, from the first image camera; further cameras add ``image_<camera>``;
 - ``agent_pos`` (4,) float32: end-effector (TCP) xyz and the normalized gripper opening;
+- ``goal_pos`` (3,) float32: the episode's goal position (``full_state[-3:]``). Many tasks draw it at random
+  and no geometry marks it (coffee-pull's mug target, push's puck target), so a point cloud cannot show it; the
+  DP3 recipe leaves it out, ``configs/task/metaworld_goal.yaml`` adds it;
 - ``full_state`` (39,) float32: Meta-World's goal-observable state vector (what the scripted experts read).
 """
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any, Optional, Sequence
 import gymnasium as gym
 import numpy as np
 
-from demos.spec import AGENT_POS, FULL_STATE, IMAGE, POINT_CLOUD, ObsSpec, ShapeMeta
+from demos.spec import AGENT_POS, FULL_STATE, GOAL_POS, IMAGE, POINT_CLOUD, ObsSpec, ShapeMeta
 from envs import pointcloud as pc
 from envs.render import OffscreenRenderer  # sets MUJOCO_GL before metaworld imports mujoco
 
@@ -26,6 +29,7 @@ import metaworld.env_dict as _mw_envs  # noqa: E402
 ACTION_DIM = 4
 STATE_DIM = 39
 AGENT_POS_DIM = 4
+GOAL_DIM = 3  # the last entries of the goal-observable state
 MAX_PATH_LENGTH = 500  # metaworld raises if an episode goes past this
 
 
@@ -63,13 +67,14 @@ def metaworld_shape_meta(
     image_cameras: Sequence[str] = ("corner2",),
 ) -> ShapeMeta:
     """Every observation a :class:`MetaWorldEnv` of ``task`` can produce (point cloud, images, agent_pos,
-    full_state) with these settings, without building the simulator."""
+    goal_pos, full_state) with these settings, without building the simulator."""
     check_task(task)
     obs = {POINT_CLOUD: ObsSpec(POINT_CLOUD, "point_cloud", (num_points, 6 if use_point_color else 3))}
     for i, cam in enumerate(image_cameras):
         key = image_key(cam, i)
         obs[key] = ObsSpec(key, "rgb", (3, image_size, image_size))
     obs[AGENT_POS] = ObsSpec(AGENT_POS, "low_dim", (AGENT_POS_DIM,))
+    obs[GOAL_POS] = ObsSpec(GOAL_POS, "low_dim", (GOAL_DIM,))
     obs[FULL_STATE] = ObsSpec(FULL_STATE, "low_dim", (STATE_DIM,))
     return ShapeMeta(obs=obs, action_dim=ACTION_DIM)
 
@@ -162,12 +167,13 @@ class MetaWorldEnv(gym.Env):
         """Every key this env returns, in order."""
         keys = [POINT_CLOUD] if self.point_cloud_cameras else []
         keys += [image_key(c, i) for i, c in enumerate(self.image_cameras)]
-        return keys + [AGENT_POS, FULL_STATE]
+        return keys + [AGENT_POS, GOAL_POS, FULL_STATE]
 
     def shape_meta(self, obs_keys: Optional[Sequence[str]] = None) -> ShapeMeta:
-        """The :class:`ShapeMeta` of ``obs_keys`` (default: every key but ``full_state``), action dim 4."""
+        """The :class:`ShapeMeta` of ``obs_keys`` (default: every key but the privileged ``goal_pos`` and
+        ``full_state``), action dim 4."""
         if obs_keys is None:
-            obs_keys = [k for k in self.obs_keys if k != FULL_STATE]
+            obs_keys = [k for k in self.obs_keys if k not in (GOAL_POS, FULL_STATE)]
         unknown = [k for k in obs_keys if k not in self.obs_keys]
         if unknown:
             raise KeyError(f"observation key(s) {unknown} are not produced by this env; it produces {self.obs_keys}")
@@ -233,6 +239,7 @@ class MetaWorldEnv(gym.Env):
                 self._camera_rgb(cam_id, self.image_size).transpose(2, 0, 1))  # (3, H, W)
         state = np.asarray(state, dtype=np.float32)
         obs[AGENT_POS] = state[:AGENT_POS_DIM].copy()
+        obs[GOAL_POS] = state[-GOAL_DIM:].copy()
         obs[FULL_STATE] = state
         return obs
 

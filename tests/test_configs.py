@@ -41,9 +41,19 @@ def test_every_task_composes(task):
     assert cfg.task.obs_keys and cfg.task.max_episode_steps > 0
 
 
+def test_goal_preset_adds_the_goal_position_to_the_dp3_observation():
+    from training.tasks import task_shape_meta
+
+    cfg = make(["task=metaworld_goal", "task.env=coffee-pull-v3"])
+    assert cfg.task.obs_keys == ["point_cloud", "agent_pos", "goal_pos"]
+    assert cfg.task.dataset == "data/coffee-pull-v3-10demos-512pts-goal.zarr"  # never an older dataset without it
+    meta = task_shape_meta(cfg.task)
+    assert meta.obs["goal_pos"].shape == (3,) and meta.obs["goal_pos"].type == "low_dim"
+
+
 def test_presets_exist():
     assert {"meanflow", "meanflow_dispersive", "ddim", "ddpm", "flow", "regression"} <= set(presets("policy"))
-    assert {"metaworld", "robomimic/lift", "robomimic/can", "robomimic/square"} <= set(presets("task"))
+    assert {"metaworld", "metaworld_goal", "robomimic/lift", "robomimic/can", "robomimic/square"} <= set(presets("task"))
 
 
 @pytest.mark.parametrize("override, message", [

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from demos.spec import AGENT_POS, FULL_STATE, IMAGE, POINT_CLOUD
+from demos.spec import AGENT_POS, FULL_STATE, GOAL_POS, IMAGE, POINT_CLOUD
 from envs import pointcloud as pc
 from envs.experts import ScriptedExpert
 from envs.metaworld_env import MetaWorldEnv, UnknownTaskError, check_task, metaworld_shape_meta, task_names
@@ -41,13 +41,15 @@ def test_observation_keys_shapes_and_dtypes(env):
     obs, info = env.reset(seed=3)
     assert info["seed"] == 3
     meta = env.shape_meta(env.obs_keys)
-    assert list(obs) == env.obs_keys == [POINT_CLOUD, IMAGE, AGENT_POS, FULL_STATE]
+    assert list(obs) == env.obs_keys == [POINT_CLOUD, IMAGE, AGENT_POS, GOAL_POS, FULL_STATE]
     for key, spec in meta.obs.items():
         assert obs[key].shape == spec.shape, key
         assert env.observation_space[key].contains(obs[key]), key
     assert obs[POINT_CLOUD].dtype == np.float32 and obs[IMAGE].dtype == np.uint8
     np.testing.assert_array_equal(obs[AGENT_POS], obs[FULL_STATE][:4])
     assert meta.action_dim == 4
+    # The default spec (what a policy sees unless asked) leaves out the privileged keys.
+    assert list(env.shape_meta().obs) == [POINT_CLOUD, IMAGE, AGENT_POS]
     assert metaworld_shape_meta("pick-place-v3").obs[POINT_CLOUD] == meta.obs[POINT_CLOUD]
     # A point cloud with no zero padding: distinct points.
     assert len(np.unique(obs[POINT_CLOUD], axis=0)) == 512
@@ -72,6 +74,25 @@ def test_seed_fixes_the_variation_and_the_episode(env):
     # Another seed moves the object and/or the goal.
     assert not np.allclose(a0[FULL_STATE][4:7], c0[FULL_STATE][4:7]) or \
         not np.allclose(a0[FULL_STATE][-3:], c0[FULL_STATE][-3:])
+
+
+def test_goal_pos_is_the_episode_goal_that_the_point_cloud_does_not_show():
+    e = MetaWorldEnv("coffee-pull-v3", num_points=512)
+    try:
+        goals = []
+        for seed in (100000, 100001):
+            obs, _ = e.reset(seed=seed)
+            goal = np.asarray(e.unwrapped_metaworld._target_pos, dtype=np.float32)
+            np.testing.assert_allclose(obs[GOAL_POS], goal, atol=1e-6)
+            np.testing.assert_array_equal(obs[GOAL_POS], obs[FULL_STATE][-3:])
+            # The mug's target is a site, not geometry: no point of the cloud lies near it.
+            assert np.linalg.norm(obs[POINT_CLOUD] - goal, axis=1).min() > 0.05
+            obs, *_ = e.step(np.zeros(4, dtype=np.float32))
+            np.testing.assert_array_equal(obs[GOAL_POS], goal)  # fixed within the episode
+            goals.append(goal)
+        assert not np.allclose(goals[0], goals[1])  # drawn per episode
+    finally:
+        e.close()
 
 
 def test_point_cloud_lands_on_the_object(env):

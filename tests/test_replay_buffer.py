@@ -156,12 +156,13 @@ def test_two_episode_collection_reads_back(tmp_path):
     assert summary["n_episodes"] == 2 and summary["new_episodes"] == 2
     rb = ReplayBuffer.load(path)
     assert rb.n_episodes == 2
-    assert set(rb.keys) == {"point_cloud", "image", "agent_pos", "full_state", "action"}
+    assert set(rb.keys) == {"point_cloud", "image", "agent_pos", "goal_pos", "full_state", "action"}
     T = rb.n_steps
     assert rb["point_cloud"].shape == (T, 128, 3) and rb["point_cloud"].dtype == np.float32
     assert rb["image"].shape == (T, 3, 32, 32) and rb["image"].dtype == np.uint8
     assert rb["full_state"].shape == (T, 39) and rb["action"].shape == (T, 4)
     np.testing.assert_array_equal(rb["agent_pos"], rb["full_state"][:, :4])
+    np.testing.assert_array_equal(rb["goal_pos"], rb["full_state"][:, -3:])
     np.testing.assert_array_equal(rb.episode_seeds, [0, 1])
     attrs = rb.attrs
     assert attrs["task"] == "reach-v3" and attrs["num_points"] == 128 and attrs["metaworld_version"] != "unknown"
