@@ -199,7 +199,7 @@ def test_methods_must_share_one_backbone(tmp_path):
     (["--methods", "meanflw"], "known: ddim, ddpm, flow, meanflow, meanflow_dispersive, regression"),
     (["--tasks", "stik-pull"], "did you mean: stick-pull-v3"),
     (["--tasks", "robomimic/lfit"], "known: robomimic/lift, robomimic/can, robomimic/square"),
-    (["--preset", "nope"], "known: cpu, full, robomimic, robomimic_cpu, smoke"),
+    (["--preset", "nope"], "known: cpu, cpu_goal, full, robomimic, robomimic_cpu, smoke"),
     (["seed=1"], "use --seeds"),
     (["task=robomimic/can"], "use --tasks"),
     (["--preset", "smoke", "batch_size"], "not key=value"),
@@ -242,6 +242,16 @@ def test_every_preset_composes_with_one_backbone(name, tmp_path):
     assert len(runs) == len(firsts) * len(preset.methods)
     assert {r.config.task.suite for r in runs} == {"robomimic" if bench.is_robomimic(t) else "metaworld"
                                                    for t in firsts}
+
+
+def test_goal_preset_is_the_cpu_preset_plus_the_goal_position(tmp_path):
+    cpu, goal = bench.load_preset("cpu"), bench.load_preset("cpu_goal")
+    assert (goal.tasks, goal.methods, goal.num_steps, goal.episodes) == (cpu.tasks, cpu.methods, cpu.num_steps,
+                                                                         cpu.episodes)
+    runs = bench.plan_runs(["push-v3"], ["meanflow"], [0], goal.episodes, goal.num_steps, goal.overrides, [], tmp_path)
+    task = runs[0].config.task
+    assert task.obs_keys == ["point_cloud", "agent_pos", "goal_pos"]
+    assert task.dataset == "data/push-v3-10demos-512pts-goal.zarr"
 
 
 # ------------------------------------------------------------------------------------------ robomimic tasks
