@@ -23,6 +23,7 @@ def test_missing_checkpoint_is_one_clear_line(tmp_path, capsys):
 _REFAULTS = """
 import resource, sys
 import torch
+torch.set_num_threads(1)  # one arena: allocations from worker threads' arenas may still be mapped fresh each time
 if sys.argv[1] == "mfp":
     import mfp.cli  # noqa: F401
 from encoders.pointnet import PointNetEncoder
