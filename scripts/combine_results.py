@@ -30,7 +30,11 @@ def main() -> int:
     for source in args.sources:
         path, _, methods = source.partition(":")
         keep = {m for m in methods.split(",") if m}
-        for run in json.loads(Path(path).read_text())["runs"]:
+        try:
+            recorded = json.loads(Path(path).read_text())["runs"]
+        except (OSError, ValueError, KeyError) as e:
+            raise SystemExit(f"{path}: not a readable `mfp bench success` results.json ({type(e).__name__}: {e})")
+        for run in recorded:
             if run["task"] in skip or (keep and run["method"] not in keep):
                 continue
             key = (run["task"], run["method"], run["seed"])

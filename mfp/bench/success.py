@@ -49,8 +49,8 @@ OWNED_KEYS = {"task": "--tasks", "task.env": "--tasks", "policy": "--methods", "
 # Config keys that do not change what a run learns or how it is scored (ignored when matching an existing run).
 BOOKKEEPING_KEYS = {"output_dir", "resume", "progress", "torch_threads", "log_every", "diagnostics_every",
                     "checkpoint_every", "wandb", "eval.workers", "eval.videos"}
-# Policy keys allowed to differ between methods: the head, its sampler settings and the regularizer.
-# Policy settings that belong to the head, not the shared backbone/encoder (samples_per_obs: regression records 1).
+# Policy keys allowed to differ between methods: the head, its sampler settings, the regularizer, and the draws
+# per observation (regression records 1).
 HEAD_KEYS = {"head", "meanflow", "flow", "diffusion", "dispersive", "num_inference_steps", "samples_per_obs"}
 ROBOMIMIC_PREFIX = f"{ROBOMIMIC_GROUP}/"  # robomimic tasks are named as their config: robomimic/lift
 LOG_FILE = "bench_train.log"
