@@ -209,7 +209,8 @@ def test_cli_refuses_bad_input_with_clear_errors(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_presets_compose_and_say_what_they_run(tmp_path, capsys):
+def test_presets_compose_and_say_what_they_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)  # this project's CPU machine
     cpu = bench.load_preset("cpu")
     assert sorted(difficulty(t) for t in bench.resolve_tasks(cpu.tasks)) == sorted(GROUPS)
     assert cpu.methods == ["meanflow", "meanflow_dispersive", "ddim", "regression"]
@@ -229,6 +230,27 @@ def test_presets_compose_and_say_what_they_run(tmp_path, capsys):
                            full.overrides, [], tmp_path / "full")
     assert len(runs) == 12 and {r.config.device for r in runs} == {"cuda"}
     assert {r.config.policy.backbone.down_dims[-1] for r in runs} == {2048}
+
+
+def test_dry_run_estimate_counts_workers_sharing_cpu_cores(tmp_path, capsys, monkeypatch):
+    """The preset's step rate was measured by one 2-thread run alone; two 1-thread runs at a time on the same two
+    cores each train at half that speed, so the wall estimate must not halve (it did: 0.8 h predicted, 1.5 h taken)."""
+    monkeypatch.setattr(bench.os, "cpu_count", lambda: 2)
+
+    def wall_minutes(workers: int, *overrides: str) -> float:
+        argv = ["--preset", "cpu", "--tasks", "push-v3", "--out", str(tmp_path), "--dry-run", "--workers", str(workers)]
+        assert bench.main([*argv, *overrides]) == 0
+        return float(capsys.readouterr().out.split("estimated time: ")[1].split(" min")[0]) / workers
+
+    alone = wall_minutes(1)
+    assert wall_minutes(2, "torch_threads=1") >= 0.9 * alone
+    assert wall_minutes(2, "torch_threads=1", "device=cuda") < 0.6 * alone  # a GPU run is not rescaled by cores
+
+    rate = bench.Estimate(seconds_per_step=0.4, threads=2)
+    assert bench.cpu_share_factor(rate, torch_threads=2, workers=1, cores=2) == 1.0
+    assert bench.cpu_share_factor(rate, torch_threads=1, workers=2, cores=2) == 2.0
+    assert bench.cpu_share_factor(rate, torch_threads=8, workers=1, cores=16) == 1.0  # never faster than measured
+    assert bench.cpu_share_factor(bench.Estimate(), torch_threads=1, workers=8, cores=2) == 1.0  # threads unknown
 
 
 @pytest.mark.parametrize("name", bench.known_presets())

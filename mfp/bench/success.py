@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -69,6 +69,8 @@ class Estimate:
     seconds_per_step: float = 0.5
     seconds_per_episode: float = 1.0
     seconds_per_run: float = 30.0  # process start-up, data loading, eval worker start-up
+    # CPU threads of the one run, alone on the machine, that measured seconds_per_step; None: never rescaled.
+    threads: Optional[int] = None
 
 
 @dataclass
@@ -482,6 +484,15 @@ def measured_rates(results: Sequence[dict[str, Any]]) -> dict[tuple[str, str], E
     return rates
 
 
+def cpu_share_factor(rate: Estimate, torch_threads: int, workers: int, cores: int) -> float:
+    """How many times slower a CPU training step is than ``rate`` measured when ``workers`` runs of
+    ``torch_threads`` threads each share ``cores``: the step's core-seconds spread over the cores one run gets.
+    Never below 1 (these small models do not speed up with more threads than they were measured with)."""
+    if rate.threads is None:
+        return 1.0
+    return max(1.0, rate.threads / min(torch_threads, cores / max(1, workers)))
+
+
 def estimate_seconds(run: Run, rate: Estimate) -> float:
     if run.state == "done":
         return 0.0
@@ -545,9 +556,15 @@ def describe_plan(runs: Sequence[Run], rates: dict[tuple[str, str], Estimate], f
         "",
         f"{'task':<28} {'group':<10} {'method':<20} {'NFE':>4} {'seed':>4}  {'state':<7} {'est. min':>8}",
     ]
-    total, unknown = 0.0, False
+    total, unknown, shared = 0.0, False, 1.0
+    cores = os.cpu_count() or 1
     for run in runs:
-        rate = rates.get(rate_key(run.group, run.method)) or fallback
+        rate = rates.get(rate_key(run.group, run.method))
+        if rate is None and fallback is not None and run.config.device == "cpu":
+            factor = cpu_share_factor(fallback, run.config.torch_threads, workers, cores)
+            shared = max(shared, factor)
+            rate = replace(fallback, seconds_per_step=fallback.seconds_per_step * factor)
+        rate = rate or fallback
         est = None if rate is None else estimate_seconds(run, rate)
         unknown |= est is None and run.state != "done"
         total += est or 0.0
@@ -557,6 +574,9 @@ def describe_plan(runs: Sequence[Run], rates: dict[tuple[str, str], Estimate], f
                      f"{run.seed:>4}  {run.state:<7} {est_text:>8}")
     basis = ("measured rates of finished runs" + (" and the preset's assumptions" if fallback else "")) if rates \
         else ("the preset's assumptions (" + _estimate_text(fallback) + ")" if fallback else "")
+    if shared > 1.0:
+        basis += (f"; training steps x{shared:.1f} for {workers} worker(s) x {cfg.torch_threads} thread(s) on "
+                  f"{cores} cores")
     lines.append("")
     if unknown:
         lines.append("estimated time: unknown (the preset has no estimate and no run has finished in --out yet)")
@@ -567,7 +587,8 @@ def describe_plan(runs: Sequence[Run], rates: dict[tuple[str, str], Estimate], f
 
 
 def _estimate_text(e: Estimate) -> str:
-    return f"{e.seconds_per_step} s/step, {e.seconds_per_episode} s/episode, {e.seconds_per_run} s/run"
+    threads = f" at {e.threads} thread(s)" if e.threads else ""
+    return f"{e.seconds_per_step} s/step{threads}, {e.seconds_per_episode} s/episode, {e.seconds_per_run} s/run"
 
 
 def _eval_seed_range(n: int) -> str:
