@@ -71,3 +71,37 @@ def test_ddp_parameters_stay_identical_across_ranks(tmp_path, sync):
         assert torch.equal(p0, p1), "ranks diverged although gradients are all-reduced"
     else:
         assert not torch.equal(p0, p1), "test cannot detect a missing all-reduce"
+
+
+def test_each_torchrun_rank_trains_on_its_own_gpu(monkeypatch):
+    """A bare device=cuda under torchrun resolves to cuda:LOCAL_RANK (all ranks on GPU 0 is what NCCL refuses)."""
+    from training import distributed
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.resolve_device("cuda") == torch.device("cuda", 1)
+    assert distributed.resolve_device("cuda:0") == torch.device("cuda", 0)  # an explicit index is kept
+    assert distributed.resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ValueError, match="only 2 GPU"):
+        distributed.resolve_device("cuda:3")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.resolve_device("cuda") == torch.device("cuda")
+
+
+def test_bad_devices_fail_before_any_training(tmp_path, monkeypatch):
+    from training import distributed
+    from training.trainer import Trainer
+
+    with pytest.raises(ValueError, match="device='gpu' is not a device"):
+        distributed.resolve_device("gpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU-only machine
+    cfg = make_cfg(str(tmp_path / "run"))
+    cfg.device = "cuda"
+    with pytest.raises(ValueError, match="device=cuda but this torch .* sees no CUDA GPU; use device=cpu"):
+        Trainer(cfg, data=None)  # before the (missing) dataset is even looked at
+    cfg.device, cfg.eval.device = "cpu", "cuda:0"
+    with pytest.raises(ValueError, match="eval.device=cuda:0 .* use eval.device=cpu"):
+        Trainer(cfg, data=None)
+    assert not (tmp_path / "run").exists()

@@ -39,6 +39,9 @@ class EvalConfig:
     periodic_episodes: int = 20
     workers: int = 2
     videos: int = 2
+    # Where the evaluated policy runs: "" = the training device (a GPU-size U-Net on one CPU thread per worker
+    # would make evaluation the slow part), "cpu" to keep the GPU for training.
+    device: str = ""
 
 
 @dataclass

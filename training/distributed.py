@@ -26,6 +26,28 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def resolve_device(device: str, key: str = "device") -> torch.device:
+    """The torch device for ``device``, checked before any work starts. Under torchrun a bare ``cuda`` means this
+    rank's own GPU (``LOCAL_RANK``): left as is, every rank of a node would land on GPU 0 and NCCL refuses that."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"{key}={device!r} is not a device torch knows (use cpu, cuda or cuda:N): {e}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{key}={device} but this torch ({torch.__version__}) sees no CUDA GPU; use {key}=cpu")
+        if dev.index is None and world_size() > 1:
+            dev = torch.device("cuda", local_rank())
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"{key}={device} resolves to GPU {dev.index}, but only {torch.cuda.device_count()} "
+                             "GPU(s) are visible")
+    return dev
+
+
 def init(device: str) -> None:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); no-op otherwise."""
     if world_size() > 1 and not dist.is_initialized():

@@ -148,12 +148,12 @@ def load_task_data(task: TaskConfig, policy: PolicyConfig, seed: int, val_ratio:
 
 
 def evaluate_policy_dir(
-    policy_dir: Path, task: TaskConfig, episodes: int, workers: int, out_dir: Path, videos: int
+    policy_dir: Path, task: TaskConfig, episodes: int, workers: int, out_dir: Path, videos: int, device: str = "cpu"
 ) -> dict[str, Any]:
-    """Run the fixed-seed evaluation of a saved policy and write ``out_dir/eval_info.json``."""
+    """Run the fixed-seed evaluation of a saved policy on ``device`` and write ``out_dir/eval_info.json``."""
     from envs.runner import evaluate_checkpoint
 
     return evaluate_checkpoint(
         str(policy_dir), episodes=episodes, n_workers=workers, out_dir=str(out_dir), n_videos=videos,
-        max_steps=task.max_episode_steps, task=task.env,
+        max_steps=task.max_episode_steps, task=task.env, device=device,
     )

@@ -67,7 +67,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data: Optional[TaskData] = None) -> None:
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        self.device = torch.device(cfg.device)
+        self.device = distributed.resolve_device(cfg.device)
+        self.eval_device = (distributed.resolve_device(cfg.eval.device, "eval.device") if cfg.eval.device
+                            else self.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL and bare "cuda" tensors use the current device
         distributed.init(cfg.device)
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
@@ -226,6 +230,7 @@ class Trainer:
             workers=self.cfg.eval.workers,
             out_dir=self.out / name,
             videos=self.cfg.eval.videos if videos is None else videos,
+            device=str(self.eval_device),
         )
         self._logger.log(self.step, {f"{name}/success_rate": info["aggregated"]["pc_success"] / 100.0})
         for i, video in enumerate(info.get("video_paths", [])):

@@ -48,7 +48,7 @@ OWNED_KEYS = {"task": "--tasks", "task.env": "--tasks", "policy": "--methods", "
               "num_steps": "--steps", "eval.episodes": "--episodes", "output_dir": "--out", "resume": "(automatic)"}
 # Config keys that do not change what a run learns or how it is scored (ignored when matching an existing run).
 BOOKKEEPING_KEYS = {"output_dir", "resume", "progress", "torch_threads", "log_every", "diagnostics_every",
-                    "checkpoint_every", "wandb", "eval.workers", "eval.videos"}
+                    "checkpoint_every", "wandb", "eval.workers", "eval.videos", "eval.device"}
 # Policy keys allowed to differ between methods: the head, its sampler settings, the regularizer, and the draws
 # per observation (regression records 1).
 HEAD_KEYS = {"head", "meanflow", "flow", "diffusion", "dispersive", "num_inference_steps", "samples_per_obs"}
