@@ -405,6 +405,25 @@ def test_report_puts_robomimic_in_its_own_section_with_dm1_anchors(tmp_path):
     assert (tmp_path / "success.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_gpu_runs_are_spread_over_the_visible_gpus(tmp_path, capsys, monkeypatch):
+    """Each worker slot owns one GPU (round-robin) and its `mfp train` child sees only that one; on a machine
+    without CUDA each child then refuses device=cuda with a clear error before reading any data."""
+    assert bench.gpu_slots(4, ["0", "1"]) == ["0", "1", "0", "1"]
+    assert bench.gpu_slots(3, ["0"]) == [None, None, None]  # one GPU: nothing to spread
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert bench.visible_gpus() == ["2", "3"]
+
+    monkeypatch.setattr(bench, "visible_gpus", lambda: ["5", "6"])
+    argv = ["--preset", "smoke", "--out", str(tmp_path / "bench"), "--workers", "2",
+            f"task.dataset={tmp_path / 'demos.zarr'}", "device=cuda"]
+    assert bench.main(argv) == 1
+    logs = [p.read_text() for p in sorted((tmp_path / "bench").rglob(bench.LOG_FILE))]
+    assert len(logs) == 2 and sorted(log.count(", GPU 5 ") for log in logs) == [0, 1]
+    assert all(", GPU 5 " in log or ", GPU 6 " in log for log in logs)
+    assert all("device=cuda but this torch" in log for log in logs), logs[0][-500:]
+    assert "FAILED" in capsys.readouterr().out
+
+
 # ------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
 def test_smoke_preset_end_to_end_then_resume_skips(tmp_path, capsys):

@@ -2,7 +2,7 @@
 
     mfp bench success --preset cpu --dry-run          # the plan and its estimated time
     mfp bench success --preset cpu                    # run it (resumable: rerun the same command after a kill)
-    mfp bench success --preset full --workers 4       # GPU machine: all 50 tasks, 3 seeds, 100 episodes
+    mfp bench success --preset full --workers 8       # GPU machine: all 50 tasks, 3 seeds, 100 episodes
     mfp bench success --preset cpu --tasks push-v3 --methods meanflow,ddim torch_threads=1   # + hydra overrides
     mfp bench success --preset robomimic_cpu          # robosuite Lift from images (tasks: robomimic/lift, ...)
 
@@ -13,7 +13,8 @@ configs are composed here first through the same hydra path, so a bad override f
 methods of one task and seed are checked to differ only in the head and its regularizer.
 Each run trains to the same step count and evaluates its final EMA checkpoint on the same fixed evaluation seeds
 (``envs.seeds.eval_seeds``). A run whose ``summary.json`` and ``eval/eval_info.json`` exist is skipped; a run
-killed mid-training resumes from its last training state (``resume=true``).
+killed mid-training resumes from its last training state (``resume=true``). With ``device=cuda`` and several GPUs
+visible, the worker slots take the GPUs round-robin (each child sees only its own through ``CUDA_VISIBLE_DEVICES``).
 
 Outputs under ``--out`` (default ``bench/success/<preset>``): ``<task>/<method>/seed<k>/`` (one run each, with
 ``bench_train.log``), ``results.json`` (every run), ``results.md`` (tables) and ``success.png``, rewritten after
@@ -26,6 +27,7 @@ import json
 import math
 import os
 import platform
+import queue
 import re
 import statistics
 import subprocess
@@ -379,18 +381,40 @@ def train_command(run: Run) -> list[str]:
     return [sys.executable, "-m", "mfp.cli", "train", *run.overrides, *resume]
 
 
-def execute(run: Run, label: str = "") -> dict[str, Any]:
-    """Train + evaluate one run in a child process; returns its result (status "failed" with the log's tail)."""
+def visible_gpus() -> list[str]:
+    """The GPUs runs may use: ``CUDA_VISIBLE_DEVICES`` as given, else every GPU torch counts."""
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [g.strip() for g in given.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_slots(workers: int, gpus: Sequence[str]) -> list[Optional[str]]:
+    """The GPU (a ``CUDA_VISIBLE_DEVICES`` value) of each worker slot, round-robin; None with fewer than two GPUs
+    (nothing to spread). Without this every ``device=cuda`` run of ``--workers N`` would train on GPU 0."""
+    if len(gpus) < 2:
+        return [None] * workers
+    return [gpus[i % len(gpus)] for i in range(workers)]
+
+
+def execute(run: Run, label: str = "", gpu: Optional[str] = None) -> dict[str, Any]:
+    """Train + evaluate one run in a child process (on GPU ``gpu`` alone if given); returns its result (status
+    "failed" with the log's tail)."""
     run.out_dir.mkdir(parents=True, exist_ok=True)
     cmd = train_command(run)
     log_path = run.out_dir / LOG_FILE
+    where = f", GPU {gpu}" if gpu is not None else ""
     print(f"[bench] {label}{'resume' if run.state == 'resume' else 'start'} {run.task} {run.method} seed {run.seed} "
-          f"(log: {log_path})", flush=True)
+          f"(log: {log_path}{where})", flush=True)
     t0 = time.perf_counter()
     with open(log_path, "a") as log:
-        log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(cmd)}\n")
+        log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')}{where} {' '.join(cmd)}\n")
         log.flush()
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     record = {"command": cmd[1:], "returncode": rc, "wall_seconds": time.perf_counter() - t0,
               "resumed": run.state == "resume"}
@@ -656,8 +680,21 @@ def main(argv: Sequence[str]) -> int:
 
     pending = [r for r in runs if r.state != "done"]
     ensure_task_demos(pending)
+    slots: queue.Queue[Optional[str]] = queue.Queue()
+    on_gpu = any(r.config.device == "cuda" for r in pending)  # an explicit cuda:N is left where it was asked for
+    for gpu in gpu_slots(args.workers, visible_gpus() if on_gpu else []):
+        slots.put(gpu)
+
+    def execute_in_slot(run: Run, label: str) -> dict[str, Any]:
+        gpu = slots.get()
+        try:
+            return execute(run, label, gpu if run.config.device == "cuda" else None)
+        finally:
+            slots.put(gpu)
+
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        futures = {pool.submit(execute, run, f"({i}/{len(pending)}) "): run for i, run in enumerate(pending, 1)}
+        futures = {pool.submit(execute_in_slot, run, f"({i}/{len(pending)}) "): run
+                   for i, run in enumerate(pending, 1)}
         for future in as_completed(futures):
             run = futures[future]
             try:
