@@ -155,6 +155,7 @@ def test_finished_runs_are_skipped_and_killed_runs_resume(tmp_path):
     got = bench.collect_result(again[0])
     assert (got["success"], got["n_episodes"], got["steps"], got["eval_seeds"]) == (50.0, 2, 4, "100000..100001")
     assert got["ci95"] == pytest.approx([100 * x for x in wilson_interval(1, 2)])
+    assert (got["device"], got["eval_device"]) == ("cpu", "cpu")  # eval.device "" = the training device
 
     # Another setting for the same directory is refused instead of mixing runs.
     with pytest.raises(bench.BenchError, match="batch_size"):
@@ -177,6 +178,7 @@ def test_benchmark_with_every_run_finished_trains_nothing_and_writes_outputs(tmp
     assert bench.main(["--preset", "smoke", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "0 to train, 0 to resume, 2 done" in out and "**Easy average** (1 task)" in out
+    assert "one thread per eval worker; policy on cpu;" in out
     assert not list(tmp_path.rglob(bench.LOG_FILE))  # no `mfp train` was started
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [(r["method"], r["status"], r["success"]) for r in saved["runs"]] == [

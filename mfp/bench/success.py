@@ -455,6 +455,8 @@ def collect_result(run: Run, best_of_periodic: bool = False) -> dict[str, Any]:
         "wall_seconds": record.get("wall_seconds"),
         "resumed": bool(record.get("resumed", False)),  # train_seconds then covers only the last session
         "eval_seeds": f"{min(seeds)}..{max(seeds)}" if seeds else None,
+        "device": run.config.device,
+        "eval_device": run.config.eval.device or run.config.device,
         "run_dir": str(run.out_dir),
     }
     if best_of_periodic:

@@ -252,10 +252,12 @@ def _fmt(value: Optional[float], digits: int = 1) -> str:
 
 def cost_table(results: Sequence[dict[str, Any]]) -> str:
     """Markdown: per method, median inference latency and training speed over its finished runs."""
+    devices = sorted({r["eval_device"] for r in results if r.get("eval_device")})
+    where = f"; policy on {', '.join(devices)}" if devices else ""
     lines = [
         "Inference latency: wall time of each `predict_action` call at batch 1 inside the evaluation loop "
-        "(normalization + encoders + head; one thread per eval worker; first call per worker excluded), median "
-        "over runs. Training: steps/s and minutes per run, median over runs that were not resumed.",
+        f"(normalization + encoders + head; one thread per eval worker{where}; first call per worker excluded), "
+        "median over runs. Training: steps/s and minutes per run, median over runs that were not resumed.",
         "",
         _row(["method", "NFE", "latency p50 (ms)", "latency p99 (ms)", "train steps/s", "train min/run", "runs"]),
         _row(["---", *["---:"] * 6]),
