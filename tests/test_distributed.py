@@ -86,8 +86,15 @@ def test_each_torchrun_rank_trains_on_its_own_gpu(monkeypatch):
     assert distributed.resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="only 2 GPU"):
         distributed.resolve_device("cuda:3")
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    assert distributed.resolve_device("cuda") == torch.device("cuda")
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.delenv("LOCAL_RANK")
+    single = distributed.resolve_device("cuda")
+    assert single == torch.device("cuda", 0)
+    # What torch.cuda.set_device (called by the trainer) checks first: a bare "cuda" is refused there.
+    from torch.cuda._utils import _get_device_index
+    assert _get_device_index(single) == 0
+    with pytest.raises(ValueError, match="specified index"):
+        _get_device_index(torch.device("cuda"))
 
 
 def test_bad_devices_fail_before_any_training(tmp_path, monkeypatch):

@@ -31,8 +31,9 @@ def local_rank() -> int:
 
 
 def resolve_device(device: str, key: str = "device") -> torch.device:
-    """The torch device for ``device``, checked before any work starts. Under torchrun a bare ``cuda`` means this
-    rank's own GPU (``LOCAL_RANK``): left as is, every rank of a node would land on GPU 0 and NCCL refuses that."""
+    """The torch device for ``device``, checked before any work starts. A bare ``cuda`` gets an index: this rank's
+    own GPU under torchrun (``LOCAL_RANK``; left as is, every rank of a node would land on GPU 0 and NCCL refuses
+    that), GPU 0 otherwise (``torch.cuda.set_device`` needs one)."""
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError) as e:
@@ -40,7 +41,7 @@ def resolve_device(device: str, key: str = "device") -> torch.device:
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"{key}={device} but this torch ({torch.__version__}) sees no CUDA GPU; use {key}=cpu")
-        if dev.index is None and world_size() > 1:
+        if dev.index is None:
             dev = torch.device("cuda", local_rank())
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise ValueError(f"{key}={device} resolves to GPU {dev.index}, but only {torch.cuda.device_count()} "
