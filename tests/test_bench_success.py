@@ -253,6 +253,8 @@ def test_dry_run_estimate_counts_workers_sharing_cpu_cores(tmp_path, capsys, mon
     assert bench.cpu_share_factor(rate, torch_threads=1, workers=2, cores=2) == 2.0
     assert bench.cpu_share_factor(rate, torch_threads=8, workers=1, cores=16) == 1.0  # never faster than measured
     assert bench.cpu_share_factor(bench.Estimate(), torch_threads=1, workers=8, cores=2) == 1.0  # threads unknown
+    assert bench.cpu_share_factor(rate, torch_threads=0, workers=2, cores=2) == 2.0  # 0 = torch's default
+    assert wall_minutes(1, "torch_threads=0") > 0  # was a ZeroDivisionError
 
 
 @pytest.mark.parametrize("name", bench.known_presets())

@@ -512,11 +512,13 @@ def measured_rates(results: Sequence[dict[str, Any]]) -> dict[tuple[str, str], E
 
 def cpu_share_factor(rate: Estimate, torch_threads: int, workers: int, cores: int) -> float:
     """How many times slower a CPU training step is than ``rate`` measured when ``workers`` runs of
-    ``torch_threads`` threads each share ``cores``: the step's core-seconds spread over the cores one run gets.
-    Never below 1 (these small models do not speed up with more threads than they were measured with)."""
-    if rate.threads is None:
+    ``torch_threads`` threads each (0: torch's default, one per core) share ``cores``: the step's core-seconds spread
+    over the cores one run gets. Never below 1 (these small models do not speed up with more threads than they were
+    measured with)."""
+    if not rate.threads or rate.threads < 1:
         return 1.0
-    return max(1.0, rate.threads / min(torch_threads, cores / max(1, workers)))
+    threads = torch_threads if torch_threads > 0 else cores
+    return max(1.0, rate.threads / min(threads, cores / max(1, workers)))
 
 
 def estimate_seconds(run: Run, rate: Estimate) -> float:
