@@ -129,6 +129,8 @@ def make_head(name: str, backbone: nn.Module, cfg: Any, horizon: int | None = No
             cfg_t_max=cfg.cfg_t_max,
             num_inference_steps=cfg.num_inference_steps,
             jvp_mode=cfg.jvp_mode,
+            prediction=cfg.prediction,
+            x_t_floor=cfg.x_t_floor,
         )
     if name == "flow":
         from policies.flow import FlowHead

@@ -4,6 +4,10 @@ Data at t = 0, noise at t = 1: ``z_t = (1 - t) x + t eps``, ``v = eps - x``. The
 velocity ``u(z_t, r, t) = 1 / (t - r) * int_r^t v dtau`` conditioned on ``(t, t - r)``, trained towards
 ``u_tgt = v~ - clip(t - r, 0, 1) * du/dt`` with ``du/dt`` from ``torch.func.jvp`` along tangents ``(v~, 1, 0)``.
 One network evaluation then maps noise to an action chunk: ``a = eps - u(eps, t=1, h=1)``.
+
+``prediction="x"`` (pixel MeanFlow, Lu et al. 2026) keeps that loss but has the network output the field
+``x(z_t, r, t) = z_t - t u`` and derives ``u = (z_t - x) / t``: at the one-step query ``x`` is the action itself,
+so the network never has to carry the noise through to cancel it (DP3's DDIM predicts the sample for the same reason).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from torch.func import jvp
 from policies.heads import ActionHead
 
 JVP_MODES = ("primal", "separate")
+PREDICTIONS = ("u", "x")
 T_DISTS = ("logit_normal", "uniform")
 
 
@@ -45,12 +50,18 @@ class MeanFlowHead(ActionHead):
         cfg_t_max: float = 1.0,
         num_inference_steps: int = 1,
         jvp_mode: str = "primal",
+        prediction: str = "u",
+        x_t_floor: float = 0.05,
     ) -> None:
         super().__init__(backbone, horizon)
         if backbone.n_time_inputs != 2:
             raise ValueError(f"MeanFlow conditions on (t, t - r): the backbone needs n_time_inputs=2, got {backbone.n_time_inputs}")
         if jvp_mode not in JVP_MODES:
             raise ValueError(f"unknown jvp_mode '{jvp_mode}'; known: {', '.join(JVP_MODES)}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"unknown prediction '{prediction}'; known: {', '.join(PREDICTIONS)}")
+        if not 0.0 < x_t_floor <= 1.0:
+            raise ValueError(f"x_t_floor must be in (0, 1], got {x_t_floor}")
         if t_dist not in T_DISTS:
             raise ValueError(f"unknown t_dist '{t_dist}'; known: {', '.join(T_DISTS)}")
         if not 0.0 <= ratio_r_eq_t <= 1.0:
@@ -80,6 +91,7 @@ class MeanFlowHead(ActionHead):
         self.cfg_t_min, self.cfg_t_max = float(cfg_t_min), float(cfg_t_max)
         self.default_num_steps = int(num_inference_steps)
         self.jvp_mode = jvp_mode
+        self.prediction, self.x_t_floor = prediction, float(x_t_floor)
         # Learned "no condition" embedding, used for dropped samples and the unconditional guidance term.
         self.null_cond = nn.Parameter(0.02 * torch.randn(self.cond_dim)) if cond_drop_prob > 0 else None
 
@@ -89,8 +101,14 @@ class MeanFlowHead(ActionHead):
         return self.cfg_omega != 1.0 or self.cfg_kappa != 0.0
 
     def u(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """Average velocity ``u(z (B, H, Da), r (B,), t (B,) | cond (B, C))``; the network sees (t, t - r)."""
-        return self.backbone(z, torch.stack([t, t - r], dim=1), cond)
+        """Average velocity ``u(z (B, H, Da), r (B,), t (B,) | cond (B, C))``; the network sees (t, t - r).
+
+        With ``prediction="x"`` the network output is ``x`` and ``u = (z - x) / max(t, x_t_floor)``; the floor keeps
+        the division (and its weight on the loss) bounded near t = 0, where ``x`` is z to within t."""
+        out = self.backbone(z, torch.stack([t, t - r], dim=1), cond)
+        if self.prediction == "u":
+            return out
+        return (z - out) / t.clamp(min=self.x_t_floor)[:, None, None]
 
     # ------------------------------------------------------------------ training
     def sample_t_r(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:

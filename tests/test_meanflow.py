@@ -49,9 +49,10 @@ def reference_loss(head: MeanFlowHead, x, cond, noise, t, r, v_tilde=None, fd_ep
     return ((d.detach() + head.adaptive_c) ** -head.adaptive_p * d).mean()
 
 
+@pytest.mark.parametrize("prediction", ["u", "x"])
 @pytest.mark.parametrize("kind", ["unet", "mlp"])
-def test_jvp_matches_finite_differences(kind: str) -> None:
-    head = make_head(kind)
+def test_jvp_matches_finite_differences(kind: str, prediction: str) -> None:
+    head = make_head(kind, prediction=prediction)
     _, cond, _, t, r = draws(6)
     tangent = torch.randn(6, H, DA, dtype=torch.float64)
     z = torch.randn(6, H, DA, dtype=torch.float64)
@@ -232,6 +233,48 @@ def test_meanflow_config_refuses_a_weight_that_cannot_work(p: float, c: float, m
     with pytest.raises(ValueError, match=match):
         MeanFlowConfig(adaptive_p=p, adaptive_c=c)
     MeanFlowConfig(adaptive_p=0.0, adaptive_c=0.0)  # plain squared error needs no c
+
+
+# ------------------------------------------------------------------ x-prediction
+def test_x_prediction_derives_u_from_the_denoised_output_and_one_step_returns_it() -> None:
+    head = make_head(kind="mlp", prediction="x", x_t_floor=0.1)
+    x, cond, noise, t, r = draws(6)
+    t[0], r[0] = 0.01, 0.0  # below the floor: divided by 0.1, not by 0.01
+    z = (1 - t[:, None, None]) * x + t[:, None, None] * noise
+    out = head.backbone(z, torch.stack([t, t - r], 1), cond)
+    torch.testing.assert_close(head.u(z, t, r, cond), (z - out) / t.clamp(min=0.1)[:, None, None])
+    ones = torch.ones(3, dtype=torch.float64)
+    eps = torch.randn(3, H, DA, dtype=torch.float64)
+    with torch.no_grad():
+        action = head.backbone(eps, torch.stack([ones, ones], 1), cond[:3])
+    torch.testing.assert_close(head.eval().sample(cond[:3], noise=eps), action)  # a = x(eps, r=0, t=1)
+
+
+def test_x_prediction_trains_a_one_step_map_to_a_fixed_chunk() -> None:
+    """With a single target chunk, the x-head's one-step sample must approach it from any noise."""
+    head = make_head(kind="mlp", dtype=torch.float32, prediction="x", adaptive_p=0.0, t_dist="uniform")
+    target = torch.linspace(-0.8, 0.8, H * DA).reshape(1, H, DA)
+    cond = torch.zeros(1, C)
+    opt = torch.optim.Adam(head.parameters(), lr=3e-3)
+    before = float((head.eval().sample(cond.expand(64, C)) - target).abs().mean())
+    head.train()
+    for _ in range(300):
+        loss, _ = head.compute_loss(target.expand(64, H, DA), cond.expand(64, C))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = float((head.eval().sample(cond.expand(64, C)) - target).abs().mean())
+    assert after < 0.1 * before and after < 0.05, (before, after)
+
+
+@pytest.mark.parametrize("field,value", [("prediction", "eps"), ("x_t_floor", 0.0), ("x_t_floor", 1.5)])
+def test_bad_prediction_settings_are_refused(field: str, value) -> None:
+    from policies.config import MeanFlowConfig
+
+    with pytest.raises(ValueError, match=field):
+        MeanFlowConfig(**{field: value})
+    with pytest.raises(ValueError, match=field):
+        make_head(**{field: value})
 
 
 # ------------------------------------------------------------------ sampling
