@@ -75,6 +75,9 @@ class MeanFlowConfig:
     # (pixel MeanFlow); the loss stays on u either way. x_t_floor bounds the 1/t in u = (z_t - x) / t.
     prediction: str = "u"
     x_t_floor: float = 0.05
+    # Flow-matching warm-up: over this fraction of training the r != t share ramps linearly from 0 (every sample
+    # r = t: plain flow matching, no JVP) to its configured value; 0 = MeanFlow from the first step.
+    fm_warmup_frac: float = 0.0
 
     def __post_init__(self) -> None:
         if self.prediction not in ("u", "x"):
@@ -98,6 +101,8 @@ class MeanFlowConfig:
             raise ValueError(f"adaptive_c must be > 0 when adaptive_p > 0 (w = 1/(d + c)^p), got {self.adaptive_c}")
         if not 0.0 <= self.cond_drop_prob < 1.0:
             raise ValueError("cond_drop_prob must be in [0, 1)")
+        if not 0.0 <= self.fm_warmup_frac <= 1.0:
+            raise ValueError(f"fm_warmup_frac must be in [0, 1], got {self.fm_warmup_frac}")
         if self.cfg_kappa >= 1.0:
             raise ValueError("cfg_kappa must be < 1 (effective scale is omega / (1 - kappa))")
         if self.num_inference_steps < 1:

@@ -23,6 +23,9 @@ class ActionHead(nn.Module, ABC):
     """
 
     default_num_steps: int = 1
+    # Fraction of training done, in [0, 1]; the trainer sets it before each step (1 outside training). Derived from
+    # the step count, so it is not part of the state and a resumed run sees the same value.
+    training_progress: float = 1.0
 
     def __init__(self, backbone: nn.Module, horizon: int) -> None:
         super().__init__()
@@ -131,6 +134,7 @@ def make_head(name: str, backbone: nn.Module, cfg: Any, horizon: int | None = No
             jvp_mode=cfg.jvp_mode,
             prediction=cfg.prediction,
             x_t_floor=cfg.x_t_floor,
+            fm_warmup_frac=cfg.fm_warmup_frac,
         )
     if name == "flow":
         from policies.flow import FlowHead

@@ -52,6 +52,7 @@ class MeanFlowHead(ActionHead):
         jvp_mode: str = "primal",
         prediction: str = "u",
         x_t_floor: float = 0.05,
+        fm_warmup_frac: float = 0.0,
     ) -> None:
         super().__init__(backbone, horizon)
         if backbone.n_time_inputs != 2:
@@ -73,6 +74,8 @@ class MeanFlowHead(ActionHead):
             )
         if not 0.0 <= cond_drop_prob < 1.0:
             raise ValueError("cond_drop_prob must be in [0, 1)")
+        if not 0.0 <= fm_warmup_frac <= 1.0:
+            raise ValueError(f"fm_warmup_frac must be in [0, 1], got {fm_warmup_frac}")
         if cfg_kappa >= 1.0:
             raise ValueError("cfg_kappa must be < 1")
         uses_null = cfg_omega + cfg_kappa != 1.0
@@ -92,6 +95,7 @@ class MeanFlowHead(ActionHead):
         self.default_num_steps = int(num_inference_steps)
         self.jvp_mode = jvp_mode
         self.prediction, self.x_t_floor = prediction, float(x_t_floor)
+        self.fm_warmup_frac = float(fm_warmup_frac)
         # Learned "no condition" embedding, used for dropped samples and the unconditional guidance term.
         self.null_cond = nn.Parameter(0.02 * torch.randn(self.cond_dim)) if cond_drop_prob > 0 else None
 
@@ -111,16 +115,25 @@ class MeanFlowHead(ActionHead):
         return (z - out) / t.clamp(min=self.x_t_floor)[:, None, None]
 
     # ------------------------------------------------------------------ training
+    def mean_flow_share(self) -> float:
+        """How much of the configured r != t share is in use now: 1, or during the first ``fm_warmup_frac`` of
+        training a linear ramp from 0 (every sample r = t, i.e. plain flow matching, no JVP) to 1."""
+        if self.fm_warmup_frac <= 0.0:
+            return 1.0
+        return min(1.0, self.training_progress / self.fm_warmup_frac)
+
     def sample_t_r(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Two draws (logit-normal or uniform), t = max and r = min; then r = t for round(ratio_r_eq_t * B) samples
-        and (t, r) = (1, 0), the point the one-step sampler queries, for round(ratio_one_step * B) others."""
+        and (t, r) = (1, 0), the point the one-step sampler queries, for round(ratio_one_step * B) others. During
+        the flow-matching warm-up both r != t shares are scaled by :meth:`mean_flow_share`."""
         if self.t_dist == "uniform":
             s = torch.rand(2, batch, device=device)  # (2, B)
         else:
             s = torch.sigmoid(self.p_std * torch.randn(2, batch, device=device) + self.p_mean)
         t, r = s.max(dim=0).values, s.min(dim=0).values
-        n_eq = round(self.ratio_r_eq_t * batch)
-        n_one = min(round(self.ratio_one_step * batch), batch - n_eq)
+        share = self.mean_flow_share()
+        n_eq = round((1.0 - (1.0 - self.ratio_r_eq_t) * share) * batch)
+        n_one = min(round(self.ratio_one_step * share * batch), batch - n_eq)
         if n_eq or n_one:
             idx = torch.randperm(batch, device=device)
             r[idx[:n_eq]] = t[idx[:n_eq]]

@@ -185,6 +185,39 @@ def test_one_step_share_draws_the_sampler_query(batch: int, ratio: float, share:
     assert int(((t == 1) & (r == 0)).sum()) == n_one
 
 
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 300), ratio=st.floats(0.0, 1.0), frac=st.floats(0.01, 1.0), progress=st.floats(0.0, 1.0))
+def test_flow_matching_warmup_ramps_the_mean_flow_share(batch: int, ratio: float, frac: float, progress: float) -> None:
+    head = make_head(ratio_r_eq_t=ratio, t_dist="uniform", fm_warmup_frac=frac)
+    head.training_progress = progress
+    t, r = head.sample_t_r(batch, torch.device("cpu"))
+    share = min(1.0, progress / frac)
+    assert int((t != r).sum()) <= batch - round((1.0 - (1.0 - ratio) * share) * batch)
+    if progress == 0.0:
+        assert torch.equal(t, r), "at the first step every sample is a flow-matching sample"
+
+
+def test_flow_matching_warmup_ends_at_the_configured_draws_and_bad_fractions_are_refused() -> None:
+    plain = make_head(ratio_r_eq_t=0.5, ratio_one_step=0.25, t_dist="uniform")
+    head = make_head(ratio_r_eq_t=0.5, ratio_one_step=0.25, t_dist="uniform", fm_warmup_frac=0.3)
+    head.training_progress = 0.3
+    torch.manual_seed(3)
+    ref = plain.sample_t_r(64, torch.device("cpu"))
+    torch.manual_seed(3)
+    after = head.sample_t_r(64, torch.device("cpu"))
+    assert all(torch.equal(a, b) for a, b in zip(ref, after))
+    head.training_progress = 0.15  # halfway up the ramp: half of each r != t share
+    t, r = head.sample_t_r(64, torch.device("cpu"))
+    assert int((t == r).sum()) >= 64 - 24 and int(((t == 1) & (r == 0)).sum()) == 8
+    from policies.config import MeanFlowConfig
+
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="fm_warmup_frac"):
+            make_head(fm_warmup_frac=bad)
+        with pytest.raises(ValueError, match="fm_warmup_frac"):
+            MeanFlowConfig(fm_warmup_frac=bad)
+
+
 def test_one_step_share_off_keeps_the_draws_and_bad_shares_are_refused() -> None:
     ref = make_head(ratio_r_eq_t=0.5, t_dist="uniform").sample_t_r(64, torch.device("cpu"))
     off = make_head(ratio_r_eq_t=0.5, ratio_one_step=0.0, t_dist="uniform").sample_t_r(64, torch.device("cpu"))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from policies.checkpoint import load_policy
-from policies.config import BackboneConfig, EncoderConfig, PolicyConfig
+from policies.config import BackboneConfig, EncoderConfig, MeanFlowConfig, PolicyConfig
 from training.config import EvalConfig, TaskConfig, TrainConfig, WandbConfig
 from training.tasks import TaskDataError, load_task_data
 from training.trainer import Trainer, TrainingError
@@ -59,17 +59,24 @@ def test_train_checkpoint_evaluate(tmp_path, demos):
     assert (tmp_path / "run" / "eval" / "eval_info.json").is_file()
 
 
-def test_resume_reproduces_an_uninterrupted_run(tmp_path, demos):
-    straight = Trainer(tiny_cfg(tmp_path / "a", demos, steps=20))
+@pytest.mark.parametrize("fm_warmup_frac", [0.0, 0.75])
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, demos, fm_warmup_frac):
+    def cfg(out: Path, **kw) -> TrainConfig:
+        c = tiny_cfg(out, demos, steps=20, **kw)
+        return replace(c, policy=replace(c.policy, meanflow=MeanFlowConfig(fm_warmup_frac=fm_warmup_frac)))
+
+    straight = Trainer(cfg(tmp_path / "a"))
     straight.fit()
-    # Interrupted run: stops at step 10 (a checkpoint boundary), then a new process-equivalent resumes it.
-    first = Trainer(tiny_cfg(tmp_path / "b", demos, steps=20))
+    # Interrupted run: stops at step 10 (a checkpoint boundary, inside the warm-up when there is one), then a new
+    # process-equivalent resumes it.
+    first = Trainer(cfg(tmp_path / "b"))
     first._prepare_output()
     while first.step < 10:
         first.train_step(first.data.train.sample_batch(first.np_rng, 16))
     first.save_checkpoint()
-    resumed = Trainer(tiny_cfg(tmp_path / "b", demos, steps=20, resume=True))
+    resumed = Trainer(cfg(tmp_path / "b", resume=True))
     resumed.fit()
+    assert resumed.policy.head.training_progress == 19 / 20  # set before the last step
     for (name, a), (_, b) in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().items()):
         assert torch.equal(a, b), f"resumed run differs from the uninterrupted one at '{name}'"
     for (name, a), (_, b) in zip(straight.ema.ema_model.state_dict().items(), resumed.ema.ema_model.state_dict().items()):

@@ -162,6 +162,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train_step(self, batch: dict[str, Any], diagnostics: bool = False) -> dict[str, float]:
         self.policy.train()
+        self.policy.head.training_progress = self.step / self.cfg.num_steps
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.mixed_precision):
             loss, metrics = self.policy.compute_loss(to_device(batch, self.device), diagnostics=diagnostics)
         if not torch.isfinite(loss):
