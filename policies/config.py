@@ -78,6 +78,9 @@ class MeanFlowConfig:
     # Flow-matching warm-up: over this fraction of training the r != t share ramps linearly from 0 (every sample
     # r = t: plain flow matching, no JVP) to its configured value; 0 = MeanFlow from the first step.
     fm_warmup_frac: float = 0.0
+    # alpha-Flow curriculum (AlphaFlow): over this fraction of training the r != t target anneals from trajectory
+    # flow matching (alpha = 1, no JVP) to MeanFlow's (alpha -> 0) along a sigmoid; 0 = MeanFlow's target throughout.
+    alpha_anneal_frac: float = 0.0
 
     def __post_init__(self) -> None:
         if self.prediction not in ("u", "x"):
@@ -103,6 +106,8 @@ class MeanFlowConfig:
             raise ValueError("cond_drop_prob must be in [0, 1)")
         if not 0.0 <= self.fm_warmup_frac <= 1.0:
             raise ValueError(f"fm_warmup_frac must be in [0, 1], got {self.fm_warmup_frac}")
+        if not 0.0 <= self.alpha_anneal_frac <= 1.0:
+            raise ValueError(f"alpha_anneal_frac must be in [0, 1], got {self.alpha_anneal_frac}")
         if self.cfg_kappa >= 1.0:
             raise ValueError("cfg_kappa must be < 1 (effective scale is omega / (1 - kappa))")
         if self.num_inference_steps < 1:

@@ -8,8 +8,16 @@ One network evaluation then maps noise to an action chunk: ``a = eps - u(eps, t=
 ``prediction="x"`` (pixel MeanFlow, Lu et al. 2026) keeps that loss but has the network output the field
 ``x(z_t, r, t) = z_t - t u`` and derives ``u = (z_t - x) / t``: at the one-step query ``x`` is the action itself,
 so the network never has to carry the noise through to cancel it (DP3's DDIM predicts the sample for the same reason).
+
+``alpha_anneal_frac > 0`` trains the r != t samples with the alpha-Flow family (Zhang et al. 2025, "AlphaFlow") for
+that first fraction of training: with ``s = alpha r + (1 - alpha) t`` the target is
+``alpha v~ + (1 - alpha) u(z_s, r, s)`` (no gradient), weighted by ``1 / alpha``. alpha = 1 is trajectory flow
+matching (u regressed on v, no JVP); as alpha -> 0 the gradient becomes MeanFlow's. alpha follows a sigmoid from 1 to 0
+and MeanFlow's JVP target takes over once it drops below ``ALPHA_MIN``.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -20,6 +28,8 @@ from policies.heads import ActionHead
 JVP_MODES = ("primal", "separate")
 PREDICTIONS = ("u", "x")
 T_DISTS = ("logit_normal", "uniform")
+ALPHA_MIN = 5e-3  # below this the alpha-Flow target is MeanFlow's to within the JVP's own error: switch to the JVP
+ALPHA_SHARPNESS = 10.0  # slope of the sigmoid that takes alpha from 1 to 0 over the anneal
 
 
 class MeanFlowHead(ActionHead):
@@ -53,6 +63,7 @@ class MeanFlowHead(ActionHead):
         prediction: str = "u",
         x_t_floor: float = 0.05,
         fm_warmup_frac: float = 0.0,
+        alpha_anneal_frac: float = 0.0,
     ) -> None:
         super().__init__(backbone, horizon)
         if backbone.n_time_inputs != 2:
@@ -76,6 +87,8 @@ class MeanFlowHead(ActionHead):
             raise ValueError("cond_drop_prob must be in [0, 1)")
         if not 0.0 <= fm_warmup_frac <= 1.0:
             raise ValueError(f"fm_warmup_frac must be in [0, 1], got {fm_warmup_frac}")
+        if not 0.0 <= alpha_anneal_frac <= 1.0:
+            raise ValueError(f"alpha_anneal_frac must be in [0, 1], got {alpha_anneal_frac}")
         if cfg_kappa >= 1.0:
             raise ValueError("cfg_kappa must be < 1")
         uses_null = cfg_omega + cfg_kappa != 1.0
@@ -96,6 +109,7 @@ class MeanFlowHead(ActionHead):
         self.jvp_mode = jvp_mode
         self.prediction, self.x_t_floor = prediction, float(x_t_floor)
         self.fm_warmup_frac = float(fm_warmup_frac)
+        self.alpha_anneal_frac = float(alpha_anneal_frac)
         # Learned "no condition" embedding, used for dropped samples and the unconditional guidance term.
         self.null_cond = nn.Parameter(0.02 * torch.randn(self.cond_dim)) if cond_drop_prob > 0 else None
 
@@ -121,6 +135,19 @@ class MeanFlowHead(ActionHead):
         if self.fm_warmup_frac <= 0.0:
             return 1.0
         return min(1.0, self.training_progress / self.fm_warmup_frac)
+
+    def consistency_alpha(self) -> float:
+        """alpha of the alpha-Flow target now: a sigmoid in training progress from 1 at the first step to 0 at
+        ``alpha_anneal_frac``; 0 (MeanFlow's JVP target) after it, when it is off, or once alpha < ``ALPHA_MIN``."""
+        if self.alpha_anneal_frac <= 0.0 or self.training_progress >= self.alpha_anneal_frac:
+            return 0.0
+        q, k = self.training_progress / self.alpha_anneal_frac, ALPHA_SHARPNESS
+
+        def sig(x: float) -> float:
+            return 1.0 / (1.0 + math.exp(-x))
+
+        alpha = (sig(k * (0.5 - q)) - sig(-k / 2)) / (sig(k / 2) - sig(-k / 2))
+        return alpha if alpha >= ALPHA_MIN else 0.0
 
     def sample_t_r(self, batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Two draws (logit-normal or uniform), t = max and r = min; then r = t for round(ratio_r_eq_t * B) samples
@@ -157,9 +184,14 @@ class MeanFlowHead(ActionHead):
         t: torch.Tensor,
         r: torch.Tensor,
         drop: torch.Tensor,
+        alpha: float | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """The loss for given random draws: ``noise (B, H, Da)``, ``t, r (B,)`` with r <= t, ``drop (B,)`` bool."""
+        """The loss for given random draws: ``noise (B, H, Da)``, ``t, r (B,)`` with r <= t, ``drop (B,)`` bool.
+        ``alpha`` in [0, 1] picks the r != t target (0: MeanFlow's JVP; > 0: alpha-Flow); None: the schedule's."""
         self.check_batch(actions, cond)
+        alpha = self.consistency_alpha() if alpha is None else float(alpha)
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         dtype = torch.promote_types(actions.dtype, torch.float32)  # the JVP runs in fp32 (or wider), never bf16
         with torch.autocast(device_type=actions.device.type, enabled=False):
             x, noise, cond = actions.to(dtype), noise.to(dtype), cond.to(dtype)
@@ -177,22 +209,27 @@ class MeanFlowHead(ActionHead):
             needs_jvp = t != r
             order = torch.cat([needs_jvp.nonzero().squeeze(1), (~needs_jvp).nonzero().squeeze(1)])
             n_jvp = int(needs_jvp.sum())
-            z, t, r, v_tilde, cond_in = z[order], t[order], r[order], v_tilde[order], cond_in[order]
-            u_pred, dudt = self._u_and_dudt(z, t, r, v_tilde, cond_in, n_jvp)  # (B, H, Da), (n_jvp, H, Da)
-
-            u_tgt = v_tilde.clone()
-            if n_jvp:
-                h = (t[:n_jvp] - r[:n_jvp]).clamp(0.0, 1.0)[:, None, None]
-                u_tgt[:n_jvp] = v_tilde[:n_jvp] - h * dudt
+            z, t, r, v, v_tilde, cond_in = z[order], t[order], r[order], v[order], v_tilde[order], cond_in[order]
+            if alpha > 0.0:
+                u_pred, u_tgt = self._alpha_flow_target(z, t, r, v, v_tilde, cond_in, n_jvp, alpha)
+            else:
+                u_pred, dudt = self._u_and_dudt(z, t, r, v_tilde, cond_in, n_jvp)  # (B, H, Da), (n_jvp, H, Da)
+                u_tgt = v_tilde.clone()
+                if n_jvp:
+                    h = (t[:n_jvp] - r[:n_jvp]).clamp(0.0, 1.0)[:, None, None]
+                    u_tgt[:n_jvp] = v_tilde[:n_jvp] - h * dudt
             u_tgt = u_tgt.detach()
             delta = u_pred - u_tgt  # (B, H, Da)
             d = delta.pow(2).sum(dim=(1, 2))  # (B,)
+            if alpha > 0.0 and n_jvp:
+                d = torch.cat([d[:n_jvp] / alpha, d[n_jvp:]])  # the 1/alpha keeps the gradient MeanFlow's as alpha -> 0
             w = (d.detach() + self.adaptive_c).pow(-self.adaptive_p)  # (B,)
             loss = (w * d).mean()
         metrics = {
             "loss": float(loss.detach()),
             "mse": float(delta.detach().pow(2).mean()),
             "frac_r_neq_t": n_jvp / len(order),
+            "alpha": alpha,
             "frac_cond_dropped": float(drop.float().mean()) if self.null_cond is not None else 0.0,
         }
         return loss, metrics
@@ -211,6 +248,32 @@ class MeanFlowHead(ActionHead):
                 v_tilde = v_tilde + w_null * self.u(z, t, t, self.null_cond.expand_as(cond))
         apply = (~drop) & (t >= self.cfg_t_min) & (t <= self.cfg_t_max)
         return torch.where(apply[:, None, None], v_tilde, v)
+
+    def _alpha_flow_target(
+        self,
+        z: torch.Tensor,
+        t: torch.Tensor,
+        r: torch.Tensor,
+        v: torch.Tensor,
+        v_tilde: torch.Tensor,
+        cond: torch.Tensor,
+        n_mf: int,
+        alpha: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """u for the whole batch (with gradient) and the target: v~, and for the first ``n_mf`` (r != t) samples
+        ``alpha v~ + (1 - alpha) u(z_s, r, s)`` at ``s = alpha r + (1 - alpha) t``. ``z_s = z_t - (t - s) v`` is the
+        same noise/action pair's point at s: the average velocity over [r, t] is the alpha / (1 - alpha) blend of
+        those over [s, t] (~ v~ when t - s is short) and [r, s]."""
+        u_pred = self.u(z, t, r, cond)
+        u_tgt = v_tilde.clone()
+        if n_mf:
+            tj, rj = t[:n_mf], r[:n_mf]
+            s = alpha * rj + (1.0 - alpha) * tj
+            z_s = z[:n_mf] - (tj - s)[:, None, None] * v[:n_mf]
+            with torch.no_grad():
+                u_s = self.u(z_s, s, rj, cond[:n_mf])
+            u_tgt[:n_mf] = alpha * v_tilde[:n_mf] + (1.0 - alpha) * u_s
+        return u_pred, u_tgt
 
     def _u_and_dudt(
         self,

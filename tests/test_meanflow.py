@@ -337,3 +337,64 @@ def test_float32_head_under_bf16_autocast_keeps_the_jvp_in_fp32() -> None:
     assert loss.dtype == torch.float32
     ref, _ = head.loss_from(x, cond, noise, t, r, torch.zeros(4, dtype=torch.bool))
     assert torch.equal(loss, ref)
+
+
+@pytest.mark.parametrize("prediction", ["u", "x"])
+@pytest.mark.parametrize("kind", ["unet", "mlp"])
+def test_alpha_flow_gradient_tends_to_meanflow_as_alpha_shrinks(kind: str, prediction: str) -> None:
+    head = make_head(kind, adaptive_p=0.0, prediction=prediction)
+    x, cond, noise, t, r = draws(8)
+    drop = torch.zeros(8, dtype=torch.bool)
+
+    def grad(alpha: float) -> torch.Tensor:
+        head.zero_grad()
+        head.loss_from(x, cond, noise, t, r, drop, alpha=alpha)[0].backward()
+        return torch.cat([p.grad.flatten() for p in head.parameters() if p.grad is not None])
+
+    g_mf = grad(0.0)
+    gaps = [float((grad(a) - g_mf).norm() / g_mf.norm()) for a in (1e-2, 1e-3, 1e-4)]
+    # first order in alpha: each tenth of alpha takes a tenth off the gap (measured ratios 0.0998-0.1002)
+    assert gaps[2] < 1e-4 and 0.09 < gaps[1] / gaps[0] < 0.11 and 0.09 < gaps[2] / gaps[1] < 0.11
+    assert float((grad(1.0) - g_mf).norm() / g_mf.norm()) > 10 * gaps[0], "alpha = 1 is a different objective"
+
+
+def test_alpha_flow_at_alpha_one_is_trajectory_flow_matching() -> None:
+    """alpha = 1: every sample, r = t or not, regresses u(z_t, r, t) on v = noise - x (written independently)."""
+    head = make_head("mlp", adaptive_p=0.0)
+    x, cond, noise, t, r = draws(8)
+    loss, metrics = head.loss_from(x, cond, noise, t, r, torch.zeros(8, dtype=torch.bool), alpha=1.0)
+    z = (1 - t[:, None, None]) * x + t[:, None, None] * noise
+    ref = (head.backbone(z, torch.stack([t, t - r], 1), cond) - (noise - x)).pow(2).sum(dim=(1, 2)).mean()
+    torch.testing.assert_close(loss, ref)
+    assert metrics["alpha"] == 1.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(frac=st.floats(0.01, 1.0), p1=st.floats(0.0, 1.0), p2=st.floats(0.0, 1.0))
+def test_alpha_schedule_falls_from_one_to_meanflow(frac: float, p1: float, p2: float) -> None:
+    head = make_head("mlp", alpha_anneal_frac=frac)
+    head.training_progress = 0.0
+    assert head.consistency_alpha() == 1.0
+    alphas = []
+    for p in sorted((p1, p2)):
+        head.training_progress = p
+        alphas.append(head.consistency_alpha())
+    assert 0.0 <= alphas[1] <= alphas[0] <= 1.0
+    head.training_progress = max(p1, p2)
+    if max(p1, p2) >= frac:
+        assert head.consistency_alpha() == 0.0
+    assert make_head("mlp").consistency_alpha() == 0.0, "off by default: MeanFlow's target from the first step"
+
+
+def test_bad_alpha_settings_are_refused() -> None:
+    from policies.config import MeanFlowConfig
+
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="alpha_anneal_frac"):
+            make_head(alpha_anneal_frac=bad)
+        with pytest.raises(ValueError, match="alpha_anneal_frac"):
+            MeanFlowConfig(alpha_anneal_frac=bad)
+    head = make_head("mlp")
+    x, cond, noise, t, r = draws(4)
+    with pytest.raises(ValueError, match="alpha must be in"):
+        head.loss_from(x, cond, noise, t, r, torch.zeros(4, dtype=torch.bool), alpha=1.5)

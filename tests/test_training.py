@@ -59,11 +59,11 @@ def test_train_checkpoint_evaluate(tmp_path, demos):
     assert (tmp_path / "run" / "eval" / "eval_info.json").is_file()
 
 
-@pytest.mark.parametrize("fm_warmup_frac", [0.0, 0.75])
-def test_resume_reproduces_an_uninterrupted_run(tmp_path, demos, fm_warmup_frac):
+@pytest.mark.parametrize("curriculum", [{}, {"fm_warmup_frac": 0.75}, {"alpha_anneal_frac": 0.75}], ids=["none", "fm", "alpha"])
+def test_resume_reproduces_an_uninterrupted_run(tmp_path, demos, curriculum):
     def cfg(out: Path, **kw) -> TrainConfig:
         c = tiny_cfg(out, demos, steps=20, **kw)
-        return replace(c, policy=replace(c.policy, meanflow=MeanFlowConfig(fm_warmup_frac=fm_warmup_frac)))
+        return replace(c, policy=replace(c.policy, meanflow=MeanFlowConfig(**curriculum)))
 
     straight = Trainer(cfg(tmp_path / "a"))
     straight.fit()
