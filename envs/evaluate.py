@@ -45,6 +45,8 @@ class EvalCliConfig:
     n_action_steps: int = 0
     # Checkpoint only: scale of the sampler's starting noise; 1 = as trained, 0 = deterministic chunks.
     noise_scale: float = 1.0
+    # Checkpoint only: one starting noise per episode (reused by every chunk) instead of a fresh draw per chunk.
+    hold_noise: bool = False
     device: str = "cpu"
     progress: bool = True
 
@@ -59,7 +61,7 @@ def run(cfg: EvalCliConfig) -> dict[str, Any]:
             cfg.checkpoint, episodes=cfg.n_episodes, n_workers=cfg.n_workers, out_dir=out, n_videos=cfg.n_videos,
             seed0=cfg.seed0, max_steps=cfg.max_steps or None, task=cfg.task or None, num_steps=cfg.num_steps,
             device=cfg.device, progress=cfg.progress, n_action_steps=cfg.n_action_steps,
-            noise_scale=cfg.noise_scale,
+            noise_scale=cfg.noise_scale, hold_noise=cfg.hold_noise,
         )
         return info | {"out_dir": out}
     if cfg.policy != "expert":

@@ -165,12 +165,12 @@ def evaluate(
 
 
 def load_agent(path: str, num_steps: int = 0, device: str = "cpu", n_action_steps: int = 0,
-               noise_scale: float = 1.0):
+               noise_scale: float = 1.0, hold_noise: bool = False):
     """The policy saved at ``path`` (module-level so worker processes can build it from a ``partial``).
 
     ``num_steps`` > 0 overrides the NFE; ``n_action_steps`` > 0 the number of actions executed per predicted chunk
     (fewer = more often re-planned), at most ``horizon - n_obs_steps + 1``; ``noise_scale`` scales the sampler's
-    starting noise (0 = deterministic chunks).
+    starting noise (0 = deterministic chunks); ``hold_noise`` keeps one starting noise per episode.
     """
     from policies.checkpoint import load_policy
 
@@ -181,6 +181,7 @@ def load_agent(path: str, num_steps: int = 0, device: str = "cpu", n_action_step
     if n_action_steps > 0:
         policy.n_action_steps = n_action_steps
     policy.noise_scale = float(noise_scale)
+    policy.hold_noise = bool(hold_noise)
     return policy
 
 
@@ -208,13 +209,14 @@ def evaluate_checkpoint(
     progress: bool = False,
     n_action_steps: int = 0,
     noise_scale: float = 1.0,
+    hold_noise: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the policy saved in ``policy_dir`` on ``eval_seeds(episodes, seed0)``.
 
     The task and step limit come from the checkpoint's ``metadata.task`` (``env``, ``max_episode_steps``) unless
     given; the env's observations are derived from the checkpoint's shape_meta (plus any ``crop_box``,
     ``point_cloud_cameras`` or ``depth_size`` the task metadata records). ``num_steps`` > 0 overrides the NFE and
-    ``n_action_steps`` > 0 the executed actions per chunk, ``noise_scale`` the starting noise (:func:`load_agent`).
+    ``n_action_steps`` > 0 the executed actions per chunk, ``noise_scale`` the starting noise, ``hold_noise`` one starting noise per episode (:func:`load_agent`).
     """
     import functools
 
@@ -239,11 +241,13 @@ def evaluate_checkpoint(
         if saved_task.get(key) is not None:
             env_kwargs[key] = saved_task[key]
     max_steps = max_steps or int(saved_task.get("max_episode_steps", 200))
-    agent = functools.partial(load_agent, str(policy_dir), num_steps, device, n_action_steps, noise_scale)
+    agent = functools.partial(load_agent, str(policy_dir), num_steps, device, n_action_steps, noise_scale,
+                              hold_noise)
     policy_cfg = config["policy"]  # a bad override fails here, before any worker starts
     check_inference_overrides(policy_cfg["horizon"], policy_cfg["n_obs_steps"], n_action_steps, noise_scale)
     overrides = [f"{k}={v}" for k, v in (("num_steps", num_steps), ("n_action_steps", n_action_steps)) if v]
     overrides += [f"noise_scale={noise_scale:g}"] if noise_scale != 1.0 else []
+    overrides += ["hold_noise=true"] if hold_noise else []
     label = f"checkpoint:{policy_dir}" + (f" ({', '.join(overrides)})" if overrides else "")
     return evaluate(agent, task, eval_seeds(episodes, seed0), n_workers=n_workers, out_dir=out_dir,
                     n_videos=n_videos, max_steps=max_steps, env_kwargs=env_kwargs, progress=progress, label=label)

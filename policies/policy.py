@@ -60,6 +60,11 @@ class Policy(nn.Module):
         # Scale of the sampler's starting noise at inference: 1 = the trained distribution, 0 = one deterministic
         # chunk per observation (the head's map of the noise origin). Set after loading, e.g. by `mfp eval`.
         self.noise_scale = 1.0
+        # One starting noise per episode instead of a fresh draw per chunk: drawn at the first chunk after reset()
+        # and reused until the next, so successive chunks are the same draw of the policy and a multimodal policy
+        # does not switch modes between re-plans. Set after loading, e.g. by `mfp eval hold_noise=true`.
+        self.hold_noise = False
+        self._held_noise: Optional[torch.Tensor] = None
         self.dispersive_weight = float(dispersive_weight)
         self.dispersive = dispersive if self.dispersive_weight > 0 else None
         self._disperse_embedding = OBS_EMBEDDING in dispersive_layers
@@ -142,8 +147,8 @@ class Policy(nn.Module):
             raise SpecError(f"got {steps} observation steps; this policy needs {self.n_obs_steps}")
         cond = self.obs_encoder(self._normalize_obs(tensors))
         n = num_steps if num_steps is not None else self.num_inference_steps
-        if noise is None and self.noise_scale != 1.0:
-            noise = self.noise_scale * self.head.initial_noise(cond, None, generator)
+        if noise is None and (self.hold_noise or self.noise_scale != 1.0):
+            noise = self.noise_scale * self._starting_noise(cond, generator)
         naction = self.head.sample(cond, num_steps=n, noise=noise, generator=generator)  # (B, H, Da)
         action = self.normalizer.unnormalize("action", naction)
         start = self.n_obs_steps - 1
@@ -172,9 +177,19 @@ class Policy(nn.Module):
         return self._action_queue.popleft()
 
     def reset(self) -> None:
-        """Clear the observation history and the action queue (call at every episode start)."""
+        """Clear the observation history, the action queue and any held noise (call at every episode start)."""
         self._obs_history.clear()
         self._action_queue.clear()
+        self._held_noise = None
+
+    def _starting_noise(self, cond: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """A standard normal draw for the sampler; with ``hold_noise`` the episode's first draw, kept until reset()."""
+        held = self._held_noise
+        if not self.hold_noise or held is None or held.shape[0] != cond.shape[0] or held.device != cond.device:
+            held = self.head.initial_noise(cond, None, generator)
+        if self.hold_noise:
+            self._held_noise = held
+        return held
 
     def _device(self) -> torch.device:
         for p in self.parameters():

@@ -171,6 +171,12 @@ def test_saved_policy_is_evaluated_from_its_checkpoint(tmp_path):
     assert np.array_equal(still.predict_action(obs), still.predict_action(obs))
     sampling = load_agent(str(tmp_path / "policy"))
     assert not np.array_equal(sampling.predict_action(obs), sampling.predict_action(obs))
+    # hold_noise: one starting noise per episode, so the same observation gives the same chunk until reset().
+    held = load_agent(str(tmp_path / "policy"), hold_noise=True)
+    first = held.predict_action(obs)
+    assert np.array_equal(first, held.predict_action(obs))
+    held.reset()
+    assert not np.array_equal(first, held.predict_action(obs))
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="noise_scale must be >= 0"):
             evaluate_checkpoint(tmp_path / "policy", episodes=1, n_workers=0, noise_scale=bad, out_dir=tmp_path / "bad")
