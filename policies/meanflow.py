@@ -159,7 +159,8 @@ class MeanFlowHead(ActionHead):
             s = torch.sigmoid(self.p_std * torch.randn(2, batch, device=device) + self.p_mean)
         t, r = s.max(dim=0).values, s.min(dim=0).values
         share = self.mean_flow_share()
-        n_eq = round((1.0 - (1.0 - self.ratio_r_eq_t) * share) * batch)
+        # written so that share = 1 gives exactly ratio_r_eq_t (1 - (1 - 0.1) is 0.09999999999999998: one sample short)
+        n_eq = round((self.ratio_r_eq_t + (1.0 - self.ratio_r_eq_t) * (1.0 - share)) * batch)
         n_one = min(round(self.ratio_one_step * share * batch), batch - n_eq)
         if n_eq or n_one:
             idx = torch.randperm(batch, device=device)

@@ -192,7 +192,9 @@ def test_flow_matching_warmup_ramps_the_mean_flow_share(batch: int, ratio: float
     head.training_progress = progress
     t, r = head.sample_t_r(batch, torch.device("cpu"))
     share = min(1.0, progress / frac)
-    assert int((t != r).sum()) <= batch - round((1.0 - (1.0 - ratio) * share) * batch)
+    assert int((t != r).sum()) <= batch - round((ratio + (1.0 - ratio) * (1.0 - share)) * batch)
+    if progress >= frac:
+        assert int((t == r).sum()) >= round(ratio * batch), "after the ramp, the configured r = t share"
     if progress == 0.0:
         assert torch.equal(t, r), "at the first step every sample is a flow-matching sample"
 
