@@ -216,7 +216,8 @@ def evaluate_checkpoint(
     The task and step limit come from the checkpoint's ``metadata.task`` (``env``, ``max_episode_steps``) unless
     given; the env's observations are derived from the checkpoint's shape_meta (plus any ``crop_box``,
     ``point_cloud_cameras`` or ``depth_size`` the task metadata records). ``num_steps`` > 0 overrides the NFE and
-    ``n_action_steps`` > 0 the executed actions per chunk, ``noise_scale`` the starting noise, ``hold_noise`` one starting noise per episode (:func:`load_agent`).
+    ``n_action_steps`` > 0 the executed actions per chunk, ``noise_scale`` the starting noise, ``hold_noise`` one
+    starting noise per episode (:func:`load_agent`).
     """
     import functools
 
