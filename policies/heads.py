@@ -132,6 +132,7 @@ def make_head(name: str, backbone: nn.Module, cfg: Any, horizon: int | None = No
             cfg_t_max=cfg.cfg_t_max,
             num_inference_steps=cfg.num_inference_steps,
             jvp_mode=cfg.jvp_mode,
+            jvp_tangent=cfg.jvp_tangent,
             prediction=cfg.prediction,
             x_t_floor=cfg.x_t_floor,
             fm_warmup_frac=cfg.fm_warmup_frac,

@@ -26,6 +26,7 @@ from torch.func import jvp
 from policies.heads import ActionHead
 
 JVP_MODES = ("primal", "separate")
+JVP_TANGENTS = ("conditional", "predicted")
 PREDICTIONS = ("u", "x")
 T_DISTS = ("logit_normal", "uniform")
 ALPHA_MIN = 5e-3  # below this the alpha-Flow target is MeanFlow's to within the JVP's own error: switch to the JVP
@@ -60,6 +61,7 @@ class MeanFlowHead(ActionHead):
         cfg_t_max: float = 1.0,
         num_inference_steps: int = 1,
         jvp_mode: str = "primal",
+        jvp_tangent: str = "conditional",
         prediction: str = "u",
         x_t_floor: float = 0.05,
         fm_warmup_frac: float = 0.0,
@@ -70,6 +72,8 @@ class MeanFlowHead(ActionHead):
             raise ValueError(f"MeanFlow conditions on (t, t - r): the backbone needs n_time_inputs=2, got {backbone.n_time_inputs}")
         if jvp_mode not in JVP_MODES:
             raise ValueError(f"unknown jvp_mode '{jvp_mode}'; known: {', '.join(JVP_MODES)}")
+        if jvp_tangent not in JVP_TANGENTS:
+            raise ValueError(f"unknown jvp_tangent '{jvp_tangent}'; known: {', '.join(JVP_TANGENTS)}")
         if prediction not in PREDICTIONS:
             raise ValueError(f"unknown prediction '{prediction}'; known: {', '.join(PREDICTIONS)}")
         if not 0.0 < x_t_floor <= 1.0:
@@ -106,7 +110,7 @@ class MeanFlowHead(ActionHead):
         self.cond_drop_prob = float(cond_drop_prob)
         self.cfg_t_min, self.cfg_t_max = float(cfg_t_min), float(cfg_t_max)
         self.default_num_steps = int(num_inference_steps)
-        self.jvp_mode = jvp_mode
+        self.jvp_mode, self.jvp_tangent = jvp_mode, jvp_tangent
         self.prediction, self.x_t_floor = prediction, float(x_t_floor)
         self.fm_warmup_frac = float(fm_warmup_frac)
         self.alpha_anneal_frac = float(alpha_anneal_frac)
@@ -285,11 +289,17 @@ class MeanFlowHead(ActionHead):
         cond: torch.Tensor,
         n_jvp: int,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """u for the whole batch (with gradient) and du/dt along (v~, 1, 0) for its first ``n_jvp`` samples."""
+        """u for the whole batch (with gradient) and du/dt for its first ``n_jvp`` samples along (v~, 1, 0), or
+        along (u(z, t, t), 1, 0) with ``jvp_tangent="predicted"``."""
         if n_jvp == 0:
             return self.u(z, t, r, cond), None
         zj, tj, rj, cj = z[:n_jvp], t[:n_jvp], r[:n_jvp], cond[:n_jvp]
-        tangents = (v_tilde[:n_jvp].detach(), torch.ones_like(tj), torch.zeros_like(rj))
+        if self.jvp_tangent == "predicted":
+            with torch.no_grad():
+                dz = self.u(zj, tj, tj, cj)
+        else:
+            dz = v_tilde[:n_jvp].detach()
+        tangents = (dz, torch.ones_like(tj), torch.zeros_like(rj))
 
         def u_fn(z_: torch.Tensor, t_: torch.Tensor, r_: torch.Tensor) -> torch.Tensor:
             return self.u(z_, t_, r_, cj)

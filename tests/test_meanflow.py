@@ -88,6 +88,53 @@ def test_jvp_modes_give_identical_gradients() -> None:
     assert sum(float(g.abs().sum()) for g in grads["primal"]) > 0
 
 
+def imf_reference_loss(head: MeanFlowHead, x, cond, noise, t, r, fd_eps: float = 1e-6) -> torch.Tensor:
+    """Improved MeanFlow's v-loss written independently: V = u(z, r, t) + (t - r) sg(du/dt), du/dt by central
+    finite differences along (v_pred, 1, 0) with v_pred = u(z, t, t), regressed on eps - x."""
+    te = t[:, None, None]
+    z = (1 - te) * x + te * noise
+
+    def u(z_, t_, r_):
+        return head.backbone(z_, torch.stack([t_, t_ - r_], 1), cond)
+
+    with torch.no_grad():
+        v_pred = u(z, t, t)
+        dudt = (u(z + fd_eps * v_pred, t + fd_eps, r) - u(z - fd_eps * v_pred, t - fd_eps, r)) / (2 * fd_eps)
+    big_v = u(z, t, r) + (t - r).clamp(0, 1)[:, None, None] * dudt
+    d = (big_v - (noise - x)).pow(2).sum(dim=(1, 2))
+    return ((d.detach() + head.adaptive_c) ** -head.adaptive_p * d).mean()
+
+
+@pytest.mark.parametrize("jvp_mode", ["primal", "separate"])
+@pytest.mark.parametrize("kind", ["unet", "mlp"])
+def test_predicted_tangent_is_the_improved_meanflow_v_loss(kind: str, jvp_mode: str) -> None:
+    head = make_head(kind, jvp_tangent="predicted", jvp_mode=jvp_mode, adaptive_p=1.0, adaptive_c=1e-2)
+    x, cond, noise, t, r = draws(8)
+    drop = torch.zeros(8, dtype=torch.bool)
+    loss, _ = head.loss_from(x, cond, noise, t, r, drop)
+    reference = imf_reference_loss(head, x, cond, noise, t, r)
+    torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-9)
+    grads = torch.autograd.grad(loss, list(head.backbone.parameters()))
+    ref_grads = torch.autograd.grad(reference, list(head.backbone.parameters()))
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
+    # It is a different objective from MeanFlow's: the same draws give another loss.
+    conditional, _ = make_head(kind, adaptive_p=1.0, adaptive_c=1e-2).loss_from(x, cond, noise, t, r, drop)
+    assert abs(float(conditional.detach()) - float(loss.detach())) > 1e-6
+    # With every r = t there is no du/dt, and the two tangents are the same flow-matching loss.
+    same = [make_head(kind, jvp_tangent=k).loss_from(x, cond, noise, t, t.clone(), drop)[0] for k in ("conditional", "predicted")]
+    torch.testing.assert_close(same[0], same[1])
+
+
+def test_bad_jvp_tangent_is_refused() -> None:
+    from policies.config import MeanFlowConfig
+
+    with pytest.raises(ValueError, match="jvp_tangent"):
+        MeanFlowConfig(jvp_tangent="noise")
+    with pytest.raises(ValueError, match="jvp_tangent"):
+        make_head(jvp_tangent="noise")
+
+
 def test_all_r_equal_t_is_flow_matching_with_adaptive_weight() -> None:
     head = make_head(ratio_r_eq_t=1.0)
     x, cond, noise, t, _ = draws(6)
