@@ -122,7 +122,10 @@ def test_predicted_tangent_is_the_improved_meanflow_v_loss(kind: str, jvp_mode: 
     conditional, _ = make_head(kind, adaptive_p=1.0, adaptive_c=1e-2).loss_from(x, cond, noise, t, r, drop)
     assert abs(float(conditional.detach()) - float(loss.detach())) > 1e-6
     # With every r = t there is no du/dt, and the two tangents are the same flow-matching loss.
-    same = [make_head(kind, jvp_tangent=k).loss_from(x, cond, noise, t, t.clone(), drop)[0] for k in ("conditional", "predicted")]
+    same = [
+        make_head(kind, jvp_tangent=k).loss_from(x, cond, noise, t, t.clone(), drop)[0]
+        for k in ("conditional", "predicted")
+    ]
     torch.testing.assert_close(same[0], same[1])
 
 
