@@ -175,8 +175,13 @@ class PolicyConfig:
     # sees batch_size * k samples while the encoder, most of a CPU step, still runs once per observation. Heads that
     # draw nothing (regression) train on each observation once whatever k is.
     samples_per_obs: int = 1
+    # Weight of an auxiliary MSE regression of the action chunk from the observation embedding (a small MLP, training
+    # only): a noise-free signal for the encoder beside the head's loss. 0 = off.
+    aux_regression_weight: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.aux_regression_weight) and self.aux_regression_weight >= 0.0):
+            raise ValueError(f"policy.aux_regression_weight must be a finite number >= 0, got {self.aux_regression_weight}")
         if self.head not in HEADS:
             raise ValueError(f"unknown policy head '{self.head}'; known: {', '.join(HEADS)}")
         if self.samples_per_obs < 1:

@@ -64,6 +64,11 @@ def build_policy(
         from encoders.dispersive import DispersiveLoss
 
         dispersive = DispersiveLoss(cfg.dispersive.variant, cfg.dispersive.temperature, cfg.dispersive.margin)
+    aux_regression = None
+    if cfg.aux_regression_weight > 0:
+        from policies.regression import AuxiliaryRegression
+
+        aux_regression = AuxiliaryRegression(cond_dim, cfg.horizon, shape_meta.action_dim)
     return Policy(
         shape_meta=shape_meta,
         obs_encoder=obs_encoder,
@@ -77,6 +82,8 @@ def build_policy(
         dispersive_layers=list(cfg.dispersive.layers),
         num_inference_steps=cfg.num_inference_steps,
         samples_per_obs=cfg.samples_per_obs,  # PolicyConfig already records 1 for heads that draw nothing
+        aux_regression=aux_regression,
+        aux_regression_weight=cfg.aux_regression_weight,
     )
 
 

@@ -40,6 +40,8 @@ class Policy(nn.Module):
         dispersive_layers: Sequence[str] = (OBS_EMBEDDING,),
         num_inference_steps: Optional[int] = None,
         samples_per_obs: int = 1,
+        aux_regression: Optional[nn.Module] = None,
+        aux_regression_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if n_obs_steps - 1 + n_action_steps > horizon:
@@ -72,6 +74,9 @@ class Policy(nn.Module):
         if self.dispersive is not None and not (block_layers or self._disperse_embedding):
             raise ValueError("dispersive weight > 0 but no layer to regularize; set dispersive.layers")
         self._tap = FeatureTap(self, block_layers) if self.dispersive is not None and block_layers else None
+        # Training only: an auxiliary regression of the chunk from the embedding, added to the loss with this weight.
+        self.aux_regression_weight = float(aux_regression_weight)
+        self.aux_regression = aux_regression if self.aux_regression_weight > 0 else None
         self._obs_history: deque = deque(maxlen=n_obs_steps)
         self._action_queue: deque = deque()
 
@@ -90,6 +95,10 @@ class Policy(nn.Module):
             k = self.samples_per_obs
             loss, metrics = self.head.compute_loss(nactions.repeat_interleave(k, 0), cond.repeat_interleave(k, 0))
         metrics = dict(metrics)
+        if self.aux_regression is not None:
+            aux = self.aux_regression.loss(cond, nactions)
+            loss = loss + self.aux_regression_weight * aux
+            metrics["aux_regression"] = float(aux.detach())
         if self.dispersive is not None:
             features = ([cond] if self._disperse_embedding else []) + block_features
             loss, disp_metrics = regularized_loss(loss, features, self.dispersive, self.dispersive_weight)

@@ -48,3 +48,25 @@ class RegressionHead(ActionHead):
         if noise is not None:
             self.initial_noise(cond, noise, None)
         return self.predict(cond)
+
+
+class AuxiliaryRegression(nn.Module):
+    """A small MLP from the observation embedding to the action chunk, trained with MSE beside a generative head.
+
+    Training only: it gives the encoder a noise-free signal (the generative head's loss, with its noise and time
+    draws, is the noisier estimate) and is never queried at inference. Its loss is the squared error summed over the
+    chunk and averaged over the batch, the same per-sample scale as MeanFlow's.
+    """
+
+    def __init__(self, cond_dim: int, horizon: int, action_dim: int, hidden_dim: int = 512) -> None:
+        super().__init__()
+        self.horizon, self.action_dim = horizon, action_dim
+        self.net = nn.Sequential(
+            nn.Linear(cond_dim, hidden_dim), nn.Mish(), nn.Linear(hidden_dim, hidden_dim), nn.Mish(),
+            nn.Linear(hidden_dim, horizon * action_dim),
+        )
+
+    def loss(self, cond: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """``cond (B, C)``, normalized ``actions (B, H, Da)`` -> scalar loss."""
+        pred = self.net(cond).view(-1, self.horizon, self.action_dim)
+        return (pred - actions).pow(2).sum(dim=(1, 2)).mean()

@@ -233,3 +233,49 @@ def test_samples_per_obs_is_validated_and_ignored_by_regression(small_shape_meta
     assert repeated.samples_per_obs == 1
     assert PolicyConfig(head="regression", samples_per_obs=4).samples_per_obs == 1  # saved configs say what ran
     assert torch.equal(repeated.compute_loss(batch)[0], plain.compute_loss(batch)[0])
+
+
+def test_aux_regression_adds_its_weighted_loss_reaches_the_encoder_and_leaves_inference_alone(small_shape_meta, tmp_path):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError, match="aux_regression_weight"):
+        PolicyConfig(aux_regression_weight=-1.0)
+    cfg = replace(tiny_config("meanflow"), aux_regression_weight=0.5)
+    torch.manual_seed(0)
+    policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta))
+    torch.manual_seed(0)
+    plain = build_policy(tiny_config("meanflow"), small_shape_meta, random_stats(small_shape_meta))
+    assert plain.aux_regression is None
+    batch = random_batch(small_shape_meta, 8, 2, 4)
+
+    torch.manual_seed(1)
+    loss, metrics = policy.compute_loss(batch)
+    torch.manual_seed(1)
+    plain_loss, _ = plain.compute_loss(batch)
+    # Independent reference: squared error of the MLP's chunk against the normalized actions, summed per sample.
+    cond = policy.obs_encoder(policy._normalize_obs(batch["obs"]))
+    target = policy.normalizer.normalize("action", batch["action"])
+    pred = policy.aux_regression.net(cond).view_as(target)
+    reference = ((pred - target) ** 2).flatten(1).sum(1).mean().detach()
+    assert metrics["aux_regression"] == pytest.approx(float(reference), rel=1e-5)
+    assert float(loss) == pytest.approx(float(plain_loss) + 0.5 * float(reference), rel=1e-5)
+
+    policy.zero_grad()
+    policy.aux_regression.loss(cond, target).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.aux_regression.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.obs_encoder.parameters())
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in policy.head.parameters())
+
+    # Inference never runs it: the same noise gives the same actions whatever its weights, before and after a reload.
+    policy.eval()
+    obs = {k: v[:2] for k, v in batch["obs"].items()}
+    noise = torch.randn(2, cfg.horizon, small_shape_meta.action_dim)
+    a = policy.predict_action(obs, noise=noise)
+    with torch.no_grad():
+        for p in policy.aux_regression.parameters():
+            p.add_(1.0)
+    assert torch.equal(policy.predict_action(obs, noise=noise), a)
+    save_policy(policy, cfg, tmp_path / "ckpt")
+    loaded = load_policy(tmp_path / "ckpt")
+    assert loaded.aux_regression_weight == 0.5
+    assert torch.equal(loaded.predict_action(obs, noise=noise), a)
