@@ -452,3 +452,11 @@ def test_smoke_preset_end_to_end_then_resume_skips(tmp_path, capsys):
     assert "0 to train, 0 to resume, 2 done" in capsys.readouterr().out
     assert {p: p.stat().st_size for p in out.rglob(bench.LOG_FILE)} == logs  # nothing retrained
     assert json.loads((out / "results.json").read_text())["runs"] == saved
+
+
+def test_overrides_may_come_before_or_after_the_flags():
+    flags = ["--preset", "cpu", "--tasks", "push-v3", "--seeds", "0,1"]
+    after = bench.parse_args([*flags, "torch_threads=1", "policy.samples_per_obs=2"])
+    mixed = bench.parse_args(["torch_threads=1", *flags, "policy.samples_per_obs=2"])
+    assert after.overrides == mixed.overrides == ["torch_threads=1", "policy.samples_per_obs=2"]
+    assert (mixed.tasks, mixed.seeds) == ("push-v3", "0,1")

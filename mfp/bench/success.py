@@ -643,7 +643,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--best-of-periodic", action="store_true",
                    help="also report the papers' secondary metric (best 5 periodic evals) where runs have them")
     p.add_argument("overrides", nargs="*", help="extra hydra overrides for every run (key=value)")
-    args = p.parse_args(list(argv))
+    args = p.parse_intermixed_args(list(argv))  # overrides may come before or after the flags
     if args.workers < 1:
         p.error("--workers must be >= 1")
     if args.episodes is not None and args.episodes < 1 or args.steps is not None and args.steps < 1:
