@@ -238,8 +238,9 @@ def test_samples_per_obs_is_validated_and_ignored_by_regression(small_shape_meta
 def test_aux_regression_adds_its_weighted_loss_reaches_the_encoder_and_leaves_inference_alone(small_shape_meta, tmp_path):
     from dataclasses import replace
 
-    with pytest.raises(ValueError, match="aux_regression_weight"):
-        PolicyConfig(aux_regression_weight=-1.0)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="aux_regression_weight"):
+            PolicyConfig(aux_regression_weight=bad)
     cfg = replace(tiny_config("meanflow"), aux_regression_weight=0.5)
     torch.manual_seed(0)
     policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta))
