@@ -60,6 +60,9 @@ def test_presets_exist():
     ("policy.hed=flow", "hed"),
     ("policy.head=meanflw", "meanflw"),
     ("batch_size=-1", "batch_size"),
+    ("grad_clip=0", "grad_clip"),
+    ("grad_clip=-1", "grad_clip"),
+    ("grad_clip=nan", "grad_clip"),
     ("task.suite=libero", "libero"),
 ])
 def test_typos_and_bad_values_fail(override, message):

@@ -90,3 +90,5 @@ class TrainConfig:
             raise ValueError("batch_size and num_steps must be >= 1")
         if self.checkpoint_every < 1:
             raise ValueError("checkpoint_every must be >= 1")
+        if not self.grad_clip > 0:  # also refuses NaN; inf turns clipping off
+            raise ValueError(f"grad_clip must be > 0 (inf turns clipping off), got {self.grad_clip}")
