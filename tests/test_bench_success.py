@@ -6,6 +6,8 @@ import statistics
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from envs.metaworld_env import UnknownTaskError, task_names
 from envs.metaworld_groups import GROUPS, difficulty, tasks_by_group
@@ -15,7 +17,10 @@ from mfp.bench.success_report import (
     DM1_COLUMN,
     MP1_REPORTED,
     average_stat,
+    bootstrap_interval,
     group_averages,
+    paired_differences,
+    paired_table,
     plot_success,
     report_markdown,
     reported_anchors,
@@ -107,6 +112,30 @@ def test_markdown_table_groups_rows_by_difficulty_with_mp1_anchors():
     assert "Failed runs: reach-v3 b seed 1" in table
     one_seed = success_table([result(TASK, "ddim", 0, 40)])
     assert "ddim (10 NFE)" in one_seed and "80.0 (67–89)" in one_seed  # Wilson 95 % interval of 40/50
+
+
+def test_paired_comparison_uses_only_runs_both_methods_finished():
+    results = two_seed_results()
+    diffs = paired_differences(results, "a", "b", ["push-v3", TASK, "reach-v3"])
+    assert sorted(diffs) == [-20, -6, 10, 10, 10]  # b failed reach-v3 seed 1: that seed has no pair there
+    table = paired_table(results)
+    row = next(line for line in table.splitlines() if line.startswith("| a − b"))
+    assert "| Meta-World | 5 | +0.8 |" in row and row.endswith("| 3 / 0 / 2 |")
+    lo, hi = bootstrap_interval(diffs)
+    assert -20 <= lo < 0.8 < hi <= 10 and f"{lo:+.1f} to {hi:+.1f}" in row
+    assert bootstrap_interval(diffs) == (lo, hi)  # fixed resampling seed: the report is reproducible
+    renamed = [dict(r, method="meanflow") if r["method"] == "b" else r for r in results]
+    assert "| meanflow − a | Meta-World | 5 | -0.8 |" in paired_table(renamed)  # meanflow is the reference
+    assert paired_table([result(TASK, "a", 0, 40)]) is None  # one method: nothing to compare
+    assert "Paired comparison" in report_markdown(results, "t")
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-100, 100), min_size=2, max_size=30))
+def test_bootstrap_interval_of_a_mean_lies_within_the_values(values):
+    lo, hi = bootstrap_interval(values, n_resamples=300)
+    assert min(values) - 1e-9 <= lo <= hi <= max(values) + 1e-9
+    assert bootstrap_interval(values[:1]) is None
 
 
 def test_report_and_plot_files(tmp_path):

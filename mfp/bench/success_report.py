@@ -7,6 +7,9 @@ A *result* is one run's dict as `mfp.bench.success` writes it to ``results.json`
 Group and overall averages are taken per training seed (mean over the tasks) and then reported as mean ± sample
 std over seeds, so the spread is that of independent replicates of the whole group.
 
+The paired comparison sets MeanFlow (or the first method) against each other method on the runs both finished
+(same task, same training seed): seed and task effects cancel in each difference, which a table of means hides.
+
 Sections: the Meta-World difficulty groups (anchored on MP1's reported averages), then robomimic (image) tasks
 (group "robomimic", anchored on DM1's reported figures). The "all" average covers the Meta-World tasks only: two
 suites are never mixed in one average.
@@ -24,6 +27,7 @@ from envs.metaworld_groups import GROUP_LABELS, GROUPS
 # What MP1 reports on Meta-World (DESIGN section 7): v2 under mujoco-py, 10 demos, its task set and protocol.
 MP1_REPORTED = {"easy": 88.2, "medium": 68.0, "hard": 58.1, "very_hard": 67.2, "all": 78.9}
 ANCHOR_COLUMN = "MP1 reported (v2)"
+PAIRED_BOOTSTRAP = 10_000  # resamples behind the paired comparison's interval
 
 # robomimic/robosuite image tasks: their own section after the Meta-World groups.
 ROBOMIMIC_GROUP = "robomimic"
@@ -277,6 +281,65 @@ def cost_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def reference_method(results: Sequence[dict[str, Any]]) -> Optional[str]:
+    """The method the paired comparison measures the others against: ``meanflow`` when present, else the first."""
+    methods = ordered_methods(results)
+    return "meanflow" if "meanflow" in methods else (methods[0] if methods else None)
+
+
+def paired_differences(results: Sequence[dict[str, Any]], method: str, other: str,
+                       tasks: Sequence[str]) -> list[float]:
+    """``method`` minus ``other`` success (points) for every (task, seed) run both finished, in a fixed order."""
+    done = {(r["task"], r["seed"], r["method"]): r["success"] for r in ok_results(results)}
+    keys = sorted({(t, s) for t, s, m in done if m == method and t in tasks and (t, s, other) in done})
+    return [done[(t, s, method)] - done[(t, s, other)] for t, s in keys]
+
+
+def bootstrap_interval(values: Sequence[float], n_resamples: int = PAIRED_BOOTSTRAP,
+                       seed: int = 0) -> Optional[tuple[float, float]]:
+    """95 % percentile-bootstrap interval of the mean of ``values`` (fixed seed: the report is reproducible); None
+    with fewer than two values."""
+    import numpy as np
+
+    if len(values) < 2:
+        return None
+    x = np.asarray(values, dtype=float)
+    means = x[np.random.default_rng(seed).integers(0, len(x), size=(n_resamples, len(x)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def paired_table(results: Sequence[dict[str, Any]]) -> Optional[str]:
+    """Markdown: the reference method against every other one over the runs both finished (same task, same training
+    seed), per suite; None when no two methods share a run."""
+    reference = reference_method(results)
+    pairs = ordered_tasks(results)
+    suites = [("Meta-World", [t for g, t in pairs if g in GROUPS]),
+              (SECTION_LABELS[ROBOMIMIC_GROUP], [t for g, t in pairs if g == ROBOMIMIC_GROUP])]
+    rows = []
+    for other in ordered_methods(results):
+        for suite, tasks in suites:
+            diffs = paired_differences(results, reference, other, tasks) if other != reference else []
+            if not diffs:
+                continue
+            ci = bootstrap_interval(diffs)
+            wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+            rows.append(_row([f"{reference} − {other}", suite, str(len(diffs)), f"{statistics.fmean(diffs):+.1f}",
+                              "—" if ci is None else f"{ci[0]:+.1f} to {ci[1]:+.1f}",
+                              f"{wins} / {len(diffs) - wins - losses} / {losses}"]))
+    if not rows:
+        return None
+    return "\n".join([
+        f"Paired comparison: {reference} against each other method on the runs both finished (same task, same "
+        "training seed). Mean difference in success points with a 95 % bootstrap interval over those pairs (they are "
+        "resampled as exchangeable, so the interval pools seed and episode noise across tasks), and the pairs "
+        f"{reference} wins / ties / loses. An interval that contains 0 means these runs cannot tell the two apart.",
+        "",
+        _row(["comparison", "suite", "pairs", "mean difference", "95 % interval", "wins / ties / losses"]),
+        _row(["---", "---", *["---:"] * 4]),
+        *rows,
+    ])
+
+
 def periodic_table(results: Sequence[dict[str, Any]]) -> Optional[str]:
     """Markdown of the secondary metric (mean of the best 5 periodic evaluations), or None when no run has any."""
     if not any(r.get("best5_periodic") is not None for r in ok_results(results)):
@@ -302,8 +365,13 @@ def periodic_table(results: Sequence[dict[str, Any]]) -> Optional[str]:
 
 
 def report_markdown(results: Sequence[dict[str, Any]], title: str) -> str:
-    """The whole results.md: success table, cost table, and the secondary metric when present."""
-    parts = [f"# {title}", "", success_table(results), "", cost_table(results)]
+    """The whole results.md: success table, the paired comparison (two or more methods), cost table, and the
+    secondary metric when present."""
+    parts = [f"# {title}", "", success_table(results)]
+    paired = paired_table(results)
+    if paired is not None:
+        parts += ["", paired]
+    parts += ["", cost_table(results)]
     periodic = periodic_table(results)
     if periodic is not None:
         parts += ["", periodic]
