@@ -422,6 +422,9 @@ def test_report_puts_robomimic_in_its_own_section_with_dm1_anchors(tmp_path):
     assert "DM1's own figures, not ours" in table and "human (PH)" in table
     assert "the Meta-World tasks only" in table and "never mixed in one average" in table
     assert "MP1 reported (v2): the averages MP1 reports" in table
+    paired = paired_table(results).splitlines()  # one row per suite: the two suites' runs are never pooled
+    suites = [line.split(" | ")[1] for line in paired if line.startswith("| a − b")]
+    assert suites == ["Meta-World", "robomimic (image)"]
 
     only = success_table([r for r in results if r["group"] == "robomimic"])
     assert f"| task | a (1 NFE) | b (1 NFE) | {DM1_COLUMN} |" in only
