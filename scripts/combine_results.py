@@ -1,10 +1,13 @@
 """Assemble one `mfp bench success` table from runs recorded in several results.json files.
 
 For runs made by separate invocations (another seed, another session, another machine) whose run folders are not
-together under one --out. Each source is PATH or PATH:method1,method2 (keep only those methods); a (task, method,
-seed) found twice is an error. Writes results.json, results.md and success.png under OUT.
+together under one --out. Each source is PATH, or PATH:SPEC with SPEC a comma list of methods to keep, each either
+``method`` or ``method=label`` (kept under a new name, so that variants of one head, e.g. two learning rates, sit
+side by side and enter the paired comparison). A (task, method, seed) found twice is an error. Writes results.json,
+results.md and success.png under OUT.
 
     python scripts/combine_results.py OUT [--skip-tasks t1,t2] [--title T] SOURCE [SOURCE ...]
+    python scripts/combine_results.py OUT bench/lr6e4/results.json old/results.json:meanflow=meanflow@3e-4
 """
 from __future__ import annotations
 
@@ -18,6 +21,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mfp.bench.success import write_outputs  # noqa: E402
 
 
+def parse_source(source: str) -> tuple[str, dict[str, str]]:
+    """PATH[:m1,m2=label,...] -> (PATH, {method: label}); an empty map keeps every method under its own name."""
+    path, _, spec = source.partition(":")
+    names: dict[str, str] = {}
+    for item in filter(None, spec.split(",")):
+        method, _, label = item.partition("=")
+        if not method or (label == "" and "=" in item):
+            raise SystemExit(f"{source}: '{item}' is not METHOD or METHOD=LABEL")
+        names[method] = label or method
+    return path, names
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path)
@@ -28,15 +43,15 @@ def main() -> int:
     skip = {t for t in args.skip_tasks.split(",") if t}
     runs, seen = [], {}
     for source in args.sources:
-        path, _, methods = source.partition(":")
-        keep = {m for m in methods.split(",") if m}
+        path, names = parse_source(source)
         try:
             recorded = json.loads(Path(path).read_text())["runs"]
         except (OSError, ValueError, KeyError) as e:
             raise SystemExit(f"{path}: not a readable `mfp bench success` results.json ({type(e).__name__}: {e})")
         for run in recorded:
-            if run["task"] in skip or (keep and run["method"] not in keep):
+            if run["task"] in skip or (names and run["method"] not in names):
                 continue
+            run = {**run, "method": names.get(run["method"], run["method"])}
             key = (run["task"], run["method"], run["seed"])
             if key in seen:
                 raise SystemExit(f"{key} is in both {seen[key]} and {path}")

@@ -3,6 +3,8 @@ composition, robomimic tasks next to Meta-World ones (names, plans, their own re
 preset end to end on a real task."""
 import json
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -136,6 +138,32 @@ def test_bootstrap_interval_of_a_mean_lies_within_the_values(values):
     lo, hi = bootstrap_interval(values, n_resamples=300)
     assert min(values) - 1e-9 <= lo <= hi <= max(values) + 1e-9
     assert bootstrap_interval(values[:1]) is None
+
+
+def combine(tmp_path: Path, *sources: str) -> subprocess.CompletedProcess:
+    script = Path(__file__).resolve().parents[1] / "scripts" / "combine_results.py"
+    return subprocess.run([sys.executable, str(script), str(tmp_path / "out"), *sources], capture_output=True,
+                          text=True, cwd=tmp_path)
+
+
+def test_combine_results_renames_variants_into_one_paired_table(tmp_path):
+    fast = [result("push-v3", "meanflow", s, n) for s, n in ((0, 40), (1, 35))] + [result("push-v3", "ddim", 0, 30)]
+    slow = [result("push-v3", "meanflow", s, n) for s, n in ((0, 30), (1, 33))]
+    (tmp_path / "fast.json").write_text(json.dumps({"runs": fast}))
+    (tmp_path / "slow.json").write_text(json.dumps({"runs": slow}))
+    done = combine(tmp_path, "fast.json:meanflow", "slow.json:meanflow=meanflow@3e-4")
+    assert done.returncode == 0, done.stderr
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert sorted({r["method"] for r in saved["runs"]}) == ["meanflow", "meanflow@3e-4"]  # ddim filtered out
+    md = (tmp_path / "out" / "results.md").read_text()
+    assert "| meanflow − meanflow@3e-4 | Meta-World | 2 | +12.0 |" in md  # (80 - 60 + 70 - 66) / 2
+
+    twice = combine(tmp_path, "fast.json", "slow.json")
+    assert twice.returncode != 0 and "('push-v3', 'meanflow', 0) is in both" in twice.stderr
+    bad = combine(tmp_path, "slow.json:meanflow=")
+    assert bad.returncode != 0 and "METHOD=LABEL" in bad.stderr
+    missing = combine(tmp_path, "nowhere.json")
+    assert missing.returncode != 0 and "not a readable" in missing.stderr
 
 
 def test_report_and_plot_files(tmp_path):
