@@ -46,8 +46,13 @@ def main() -> int:
         path, names = parse_source(source)
         try:
             recorded = json.loads(Path(path).read_text())["runs"]
-        except (OSError, ValueError, KeyError) as e:
+            keys = [(run["task"], run["method"], run["seed"]) for run in recorded]  # a run lacking one: KeyError
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise SystemExit(f"{path}: not a readable `mfp bench success` results.json ({type(e).__name__}: {e})")
+        methods = {method for _, method, _ in keys}
+        if missing := sorted(set(names) - methods):
+            raise SystemExit(f"{source}: {path} has no runs of {', '.join(missing)}; "
+                             f"it has {', '.join(sorted(methods))}")
         for run in recorded:
             if run["task"] in skip or (names and run["method"] not in names):
                 continue

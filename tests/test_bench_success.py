@@ -164,6 +164,11 @@ def test_combine_results_renames_variants_into_one_paired_table(tmp_path):
     assert bad.returncode != 0 and "METHOD=LABEL" in bad.stderr
     missing = combine(tmp_path, "nowhere.json")
     assert missing.returncode != 0 and "not a readable" in missing.stderr
+    typo = combine(tmp_path, "fast.json:meanflw=x")  # a misspelt method would otherwise drop its runs silently
+    assert typo.returncode != 0 and "no runs of meanflw; it has ddim, meanflow" in typo.stderr
+    (tmp_path / "cut.json").write_text(json.dumps({"runs": [{"task": "push-v3", "method": "ddim"}]}))
+    cut = combine(tmp_path, "cut.json")
+    assert cut.returncode != 0 and "cut.json: not a readable" in cut.stderr and "'seed'" in cut.stderr
 
 
 def test_report_and_plot_files(tmp_path):
