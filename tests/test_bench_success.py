@@ -138,6 +138,8 @@ def test_bootstrap_interval_of_a_mean_lies_within_the_values(values):
     lo, hi = bootstrap_interval(values, n_resamples=300)
     assert min(values) - 1e-9 <= lo <= hi <= max(values) + 1e-9
     assert bootstrap_interval(values[:1]) is None
+    with pytest.raises(ValueError, match="NaN or inf"):
+        bootstrap_interval([*values, float("nan")])
 
 
 def combine(tmp_path: Path, *sources: str) -> subprocess.CompletedProcess:

@@ -298,12 +298,14 @@ def paired_differences(results: Sequence[dict[str, Any]], method: str, other: st
 def bootstrap_interval(values: Sequence[float], n_resamples: int = PAIRED_BOOTSTRAP,
                        seed: int = 0) -> Optional[tuple[float, float]]:
     """95 % percentile-bootstrap interval of the mean of ``values`` (fixed seed: the report is reproducible); None
-    with fewer than two values."""
+    with fewer than two values; ValueError on NaN or inf."""
     import numpy as np
 
     if len(values) < 2:
         return None
     x = np.asarray(values, dtype=float)
+    if not np.isfinite(x).all():
+        raise ValueError(f"paired differences must be finite, got {list(values)}: a run's success is NaN or inf")
     means = x[np.random.default_rng(seed).integers(0, len(x), size=(n_resamples, len(x)))].mean(axis=1)
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
