@@ -123,6 +123,23 @@ def test_resuming_a_run_of_another_task_or_a_missing_dataset_fails_before_traini
     assert not (tmp_path / "run2").exists()
 
 
+def logged_steps(run: Path) -> list[int]:
+    """Steps of the metrics log's rows (every line must be whole JSON)."""
+    return [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_cuts_the_metrics_log_back_to_the_checkpoint(tmp_path, demos):
+    """A killed run logged past its last checkpoint and left a torn line; the resumed log reads whole and in order."""
+    run = tmp_path / "run"
+    Trainer(tiny_cfg(run, demos, steps=10)).fit()
+    with open(run / "metrics.jsonl", "a") as f:  # what a run killed at step 17 leaves after its step-10 checkpoint
+        f.write(json.dumps({"step": 15, "loss": 1.0}) + "\n" + '{"step": 17, "lo')
+    Trainer(tiny_cfg(run, demos, steps=20, resume=True)).fit()
+    steps = logged_steps(run)
+    assert steps == sorted(steps) and steps[-1] == 20
+    assert 17 not in steps and steps.count(15) == 1, "rows past the checkpoint are logged once, by the resumed run"
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume(tmp_path, demos):
     """A real `mfp train` process killed with SIGKILL resumes from its last training state."""
@@ -148,3 +165,5 @@ def test_sigkill_mid_run_then_resume(tmp_path, demos):
     assert done.returncode == 0, done.stderr[-3000:]
     assert torch.load(state, weights_only=True)["step"] == 400
     assert load_policy(out / "policy").checkpoint_metadata["step"] == 400
+    steps = logged_steps(out)
+    assert steps == sorted(steps) and steps[-1] == 400

@@ -6,12 +6,13 @@ Outputs under ``output_dir``::
     train_state.pt        resume state (model, EMA, optimizer, scheduler, step, RNG), rewritten atomically
     policy/               portable checkpoint of the EMA weights (what eval, export and deploy load)
     eval/eval_info.json   final evaluation of ``policy/`` on fixed seeds (+ videos)
-    metrics.jsonl         one JSON line per log interval
+    metrics.jsonl         one JSON line per log interval (cut back to the resumed step on resume)
 """
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import time
 from dataclasses import asdict
@@ -30,6 +31,7 @@ from training.state import STATE_FILE, TrainStateError, load_train_state, restor
 from training.tasks import TaskData, load_task_data
 
 POLICY_DIR = "policy"
+METRICS_FILE = "metrics.jsonl"
 
 
 class TrainingError(RuntimeError):
@@ -133,13 +135,14 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not distributed.is_main():
             return
-        save_train_state(self.out / STATE_FILE, self.state_dict())
+        # Policy first: wherever a kill lands, a training state on disk has its policy beside it.
         save_policy(
             self.ema.ema_model,
             self.cfg.policy,
             self.out / POLICY_DIR,
             metadata={"task": asdict(self.cfg.task), "step": self.step, "seed": self.cfg.seed},
         )
+        save_train_state(self.out / STATE_FILE, self.state_dict())
 
     def _prepare_output(self) -> None:
         state_file = self.out / STATE_FILE
@@ -183,6 +186,8 @@ class Trainer:
         """Train until ``cfg.num_steps``; checkpoint every ``checkpoint_every`` steps and at the end."""
         cfg = self.cfg
         self._prepare_output()
+        if cfg.resume and distributed.is_main():
+            rewind_metrics(self.out / METRICS_FILE, self.step)
         self._logger = _Logger(self.out, cfg, enabled=distributed.is_main())
         progress = _progress(cfg.num_steps, self.step, enabled=cfg.progress and distributed.is_main())
         t0, steps0 = time.perf_counter(), self.step
@@ -257,7 +262,7 @@ class _Logger:
 
     def __init__(self, out: Path, cfg: TrainConfig, enabled: bool) -> None:
         self.enabled = enabled
-        self.file = open(out / "metrics.jsonl", "a") if enabled else None
+        self.file = open(out / METRICS_FILE, "a") if enabled else None
         self.run = None
         if enabled and cfg.wandb.mode != "disabled":
             import wandb
@@ -292,6 +297,30 @@ class _Logger:
             self.file.close()
         if self.run is not None:
             self.run.finish()
+
+
+def rewind_metrics(path: Path, step: int) -> int:
+    """Cut the metrics log back to the resumed ``step``: a killed run logged past its last checkpoint (those steps
+    are trained again) and may have left a torn last line. Keeps the whole lines with ``step <= step``, rewritten
+    atomically; returns how many lines were dropped."""
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+            keep = int(row["step"]) <= step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+    return dropped
 
 
 def _run_id(out: Path) -> str:
