@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -32,6 +31,7 @@ import torch
 from torch import nn
 
 from mfp.cli_args import parse_overrides
+from policies.atomic_dir import replace_dir
 
 EXPORT_FORMAT = "mfp-export/1"
 ONNX_FILE, PT2_FILE, META_FILE = "model.onnx", "model.pt2", "export.json"
@@ -267,9 +267,7 @@ def export_policy(checkpoint: str | Path, out: str | Path, data: Optional[str] =
         }
         (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
         tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -24,6 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from demos.spec import ShapeMeta, SpecError
+from policies.atomic_dir import interrupted_swap, replace_dir
 from policies.config import PolicyConfig
 from policies.normalizer import NormalizerError
 from policies.policy import Policy
@@ -39,11 +40,11 @@ class CheckpointError(RuntimeError):
 
 
 def save_policy(policy: Policy, cfg: PolicyConfig, path: str | os.PathLike, metadata: Optional[Mapping[str, Any]] = None) -> Path:
-    """Write ``policy`` to directory ``path`` atomically (a temporary sibling directory renamed into place)."""
+    """Write ``policy`` to directory ``path`` atomically: a temporary sibling, swapped into place in one step."""
     path = Path(path)
+    for stale in path.parent.glob(f".{path.name}.tmp-*") if path.parent.is_dir() else []:
+        shutil.rmtree(stale)  # left by a writer that was killed before its swap
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     config = {
         "format_version": FORMAT_VERSION,
@@ -55,12 +56,7 @@ def save_policy(policy: Policy, cfg: PolicyConfig, path: str | os.PathLike, meta
     (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str))
     save_file(_model_tensors(policy), str(tmp / MODEL_FILE), metadata={"format_version": str(FORMAT_VERSION)})
     save_file(policy.normalizer.state_tensors(), str(tmp / NORMALIZER_FILE))
-    old = path.with_name(f".{path.name}.old-{os.getpid()}")
-    if path.exists():
-        path.rename(old)
-    tmp.rename(path)
-    if old.exists():
-        shutil.rmtree(old)
+    replace_dir(tmp, path)
     return path
 
 
@@ -69,6 +65,10 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     file = path / CONFIG_FILE
     if not path.is_dir():
+        previous = interrupted_swap(path)
+        if previous is not None:
+            raise CheckpointError(f"checkpoint directory '{path}' is missing: a save was killed while replacing it; "
+                                  f"the previous checkpoint is '{previous}' (rename it to '{path.name}')")
         raise CheckpointError(f"checkpoint directory '{path}' does not exist; pass the directory written by training")
     if not file.is_file():
         raise CheckpointError(f"'{path}' has no {CONFIG_FILE}; is this a policy checkpoint directory?")

@@ -1,0 +1,82 @@
+"""Replace a directory so that readers, and a process killed half-way, see the old one or the new one, never neither.
+
+Two renames (old out, new in) leave a moment with no directory at all: a run killed there has no checkpoint, and an
+evaluation started there fails. On Linux the kernel swaps two paths in one step (``renameat2`` with
+``RENAME_EXCHANGE``); elsewhere, or on a file system without it, the two renames are the fallback and a checkpoint
+caught between them is found beside its path as ``.<name>.old-<pid>`` (:func:`interrupted_swap` names it).
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _renameat2() -> Optional[Callable[..., int]]:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2  # glibc >= 2.28
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = _renameat2()
+
+
+def exchange(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Swap two existing paths atomically; False where the platform or file system cannot (nothing is changed)."""
+    if _RENAMEAT2 is None:
+        return False
+    if _RENAMEAT2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), os.fspath(a), None, os.fspath(b))
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_dir(new: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Move the finished directory ``new`` to ``dest`` (a sibling), replacing any ``dest`` atomically.
+
+    The files of ``new`` are flushed to disk first, so a power loss cannot leave ``dest`` pointing at empty files."""
+    new, dest = Path(new), Path(dest)
+    for file in new.iterdir():
+        if file.is_file():
+            _fsync(file)
+    _fsync(new)
+    if not dest.exists():
+        os.rename(new, dest)
+    elif exchange(new, dest):
+        shutil.rmtree(new)  # now holds the replaced contents
+    else:
+        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+        os.rename(dest, old)
+        os.rename(new, dest)
+        shutil.rmtree(old)
+    _fsync(dest.parent)
+
+
+def interrupted_swap(dest: str | os.PathLike) -> Optional[Path]:
+    """The previous ``dest`` left beside it by a fallback swap that was killed between its two renames, if any."""
+    dest = Path(dest)
+    found = sorted(dest.parent.glob(f".{dest.name}.old-*")) if dest.parent.is_dir() else []
+    return found[-1] if found and not dest.exists() else None

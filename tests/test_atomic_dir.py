@@ -1,0 +1,75 @@
+"""Directory replacement for checkpoints and exports: a reader never finds the directory missing."""
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import random_stats
+from policies import atomic_dir
+from policies.atomic_dir import replace_dir
+from policies.checkpoint import CheckpointError, load_policy, save_policy
+from policies.factory import build_policy
+from test_policy import tiny_config
+
+
+def make_dir(path: Path, text: str) -> Path:
+    path.mkdir()
+    (path / "f.txt").write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("atomic", [True, False], ids=["exchange", "fallback"])
+def test_replace_dir_leaves_the_new_contents_and_nothing_beside(tmp_path, monkeypatch, atomic):
+    if not atomic:
+        monkeypatch.setattr(atomic_dir, "_RENAMEAT2", None)
+    dest = tmp_path / "ckpt"
+    replace_dir(make_dir(tmp_path / ".new1", "one"), dest)
+    replace_dir(make_dir(tmp_path / ".new2", "two"), dest)
+    assert (dest / "f.txt").read_text() == "two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+@pytest.mark.skipif(atomic_dir._RENAMEAT2 is None, reason="needs Linux renameat2")
+def test_a_reader_in_another_process_never_finds_the_directory_missing(tmp_path):
+    dest = tmp_path / "ckpt"
+    replace_dir(make_dir(tmp_path / ".new", "0"), dest)
+    reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import os, sys
+        missing = reads = 0
+        while not os.path.exists({str(tmp_path / 'stop')!r}):
+            reads += 1
+            missing += not os.path.isdir({str(dest)!r})
+        print(missing, reads)
+    """)], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # the reader is polling
+    for i in range(1, 400):
+        replace_dir(make_dir(tmp_path / ".new", str(i)), dest)
+    (tmp_path / "stop").touch()
+    missing, reads = map(int, reader.communicate(timeout=60)[0].split())
+    assert reads > 1000
+    assert missing == 0, f"the directory was missing on {missing} of {reads} reads"
+    assert (dest / "f.txt").read_text() == "399"
+
+
+def test_a_checkpoint_caught_between_the_fallback_renames_is_named_by_the_error(small_shape_meta, tmp_path):
+    cfg = tiny_config("meanflow")
+    policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta))
+    ckpt = save_policy(policy, cfg, tmp_path / "policy")
+    ckpt.rename(tmp_path / ".policy.old-4242")  # killed after the first of the fallback's two renames
+    with pytest.raises(CheckpointError, match=r"\.policy\.old-4242"):
+        load_policy(ckpt)
+    (tmp_path / ".policy.old-4242").rename(ckpt)  # what the error tells the user to do
+    load_policy(ckpt)
+
+
+def test_save_policy_clears_what_a_killed_writer_left(small_shape_meta, tmp_path):
+    cfg = tiny_config("meanflow")
+    policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta))
+    make_dir(tmp_path / ".policy.tmp-99999", "half-written")
+    save_policy(policy, cfg, tmp_path / "policy")
+    save_policy(policy, cfg, tmp_path / "policy")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
+    load_policy(tmp_path / "policy")
