@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from mfp.cli_args import parse_overrides
-from policies.atomic_dir import replace_dir
+from policies.atomic_write import replace_dir
 
 EXPORT_FORMAT = "mfp-export/1"
 ONNX_FILE, PT2_FILE, META_FILE = "model.onnx", "model.pt2", "export.json"

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Optional
 
 from mfp.cli_args import parse_overrides
+from policies.atomic_write import write_text
 
 EXIT_OK, EXIT_USAGE, EXIT_CONNECTION, EXIT_FAILURE = 0, 2, 3, 4
 
@@ -173,8 +174,7 @@ def main(argv: list[str]) -> int:
             print(f"[deploy] recorded {buffer.episode_lengths[-1]} steps as episode {buffer.n_episodes - 1} of {cfg.record}")
     print(f"[deploy] {stats.format()}")
     if cfg.stats:
-        Path(cfg.stats).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.stats).write_text(json.dumps(summary, indent=2, default=str))
+        write_text(cfg.stats, json.dumps(summary, indent=2, default=str))
     reason = stats.stop_reason
     if reason.startswith("robot connection lost"):
         print(f"mfp deploy: stopped: {reason}", file=sys.stderr)

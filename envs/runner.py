@@ -28,6 +28,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from demos.spec import ShapeMeta
+from policies.atomic_write import write_text
 
 ACTION_DIM = 4
 
@@ -158,9 +159,7 @@ def evaluate(
     results.sort(key=lambda r: r["episode_ix"])
     info = _summarize(results, task, elapsed, label, max_steps, n_workers, env_kwargs)
     if out_dir is not None:
-        out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "eval_info.json").write_text(json.dumps(info, indent=2))
+        write_text(Path(out_dir) / "eval_info.json", json.dumps(info, indent=2))
     return info
 
 

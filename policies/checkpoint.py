@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from demos.spec import ShapeMeta, SpecError
-from policies.atomic_dir import interrupted_swap, replace_dir
+from policies.atomic_write import interrupted_swap, replace_dir
 from policies.config import PolicyConfig
 from policies.normalizer import NormalizerError
 from policies.policy import Policy

@@ -12,6 +12,7 @@ import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 
+from policies.atomic_write import write_text
 from training.config import TrainConfig
 
 ConfigStore.instance().store(name="train_schema", node=TrainConfig)
@@ -42,8 +43,7 @@ def _hydra_main(cfg: DictConfig) -> float:
                       f"(95 % CI {agg['ci95_low'] * 100:.1f}-{agg['ci95_high'] * 100:.1f} %); policy latency per "
                       f"call p50 {agg['latency_ms_p50']:.2f} ms, p99 {agg['latency_ms_p99']:.2f} ms "
                       f"(batch 1, observation history in, action chunk out, inside the eval workers)")
-            with open(trainer.out / "summary.json", "w") as f:
-                json.dump(summary, f, indent=2, default=str)
+            write_text(trainer.out / "summary.json", json.dumps(summary, indent=2, default=str))
         return float(summary.get("eval", {}).get("pc_success", 0.0))
     finally:
         trainer.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 from dataclasses import asdict
@@ -23,6 +22,7 @@ import numpy as np
 import torch
 from ema_pytorch import EMA
 
+from policies.atomic_write import write_text
 from policies.checkpoint import save_policy
 from policies.factory import build_policy
 from training import distributed
@@ -160,7 +160,7 @@ class Trainer:
         distributed.barrier()
         self.out.mkdir(parents=True, exist_ok=True)
         if distributed.is_main():
-            (self.out / "config.json").write_text(json.dumps(asdict(self.cfg), indent=2, default=str))
+            write_text(self.out / "config.json", json.dumps(asdict(self.cfg), indent=2, default=str))
 
     # ------------------------------------------------------------------ loop
     def train_step(self, batch: dict[str, Any], diagnostics: bool = False) -> dict[str, float]:
@@ -317,9 +317,7 @@ def rewind_metrics(path: Path, step: int) -> int:
         else:
             dropped += 1
     if dropped:
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+        write_text(path, "".join(kept))
     return dropped
 
 

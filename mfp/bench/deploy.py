@@ -35,6 +35,7 @@ from typing import Any, Optional
 import numpy as np
 
 from mfp.cli_args import parse_overrides
+from policies.atomic_write import write_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -261,6 +262,6 @@ def main(argv: list[str]) -> int:
     _print(results)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str))
+    write_text(out, json.dumps(results, indent=2, default=str))
     print(f"\nwrote {out}")
     return 0

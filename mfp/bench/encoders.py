@@ -31,6 +31,7 @@ from encoders.fusion import ObservationEncoder
 from encoders.image import ImageEncoder
 from encoders.pointnet import PointNetEncoder
 from mfp.bench.timing import interleaved, percentile
+from policies.atomic_write import write_text
 
 DISPERSIVE_TARGET_PCT = 5.0
 
@@ -230,7 +231,7 @@ def main(argv: list[str]) -> int:
         result["dispersive"] = bench_dispersive(args)
     print_table(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_text(args.out, json.dumps(result, indent=2))
     print(f"\nwrote {args.out}")
     return 0
 

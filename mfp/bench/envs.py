@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from policies.atomic_write import write_text
+
 TARGETS = {"obs_pipeline_ms": 8.0, "collect_10_demos_s": 60.0}
 
 
@@ -161,6 +163,6 @@ def main(argv: list[str]) -> int:
     for name, value, target in rows:
         print(f"  {name:<{width}}  {value:>24}  {target}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_text(args.out, json.dumps(result, indent=2))
     print(f"wrote {args.out}")
     return 0

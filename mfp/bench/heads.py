@@ -21,6 +21,7 @@ from torch import nn
 
 from mfp.bench.timing import interleaved, percentile
 from mfp.bench.toy import ToyProblem, evaluate_sampler, head_sampler, train_head
+from policies.atomic_write import write_text
 from policies.backbones import ConditionalUnet1D, MLPBackbone
 from policies.config import DiffusionConfig, FlowConfig, MeanFlowConfig
 from policies.heads import ActionHead, make_head, n_time_inputs_for
@@ -244,7 +245,7 @@ def main(argv: list[str]) -> int:
     result["targets"] = {n: {"target": t, "value": result["ratios"][n], "met": target_met(n, result["ratios"][n])}
                          for n, t in TARGETS.items() if n in result["ratios"]}
     print_table(result)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_text(args.out, json.dumps(result, indent=2))
     print(f"\nwrote {args.out}")
     return 0
 

@@ -29,6 +29,7 @@ from demos.replay_buffer import ReplayBuffer
 from demos.spec import ACTION, ObsSpec, ShapeMeta
 from mfp.bench.encoders import tabletop_clouds
 from mfp.bench.timing import interleaved, percentile
+from policies.atomic_write import write_text
 from training.config import TrainConfig
 
 # case -> hydra overrides (task + profile). The GPU image case is the DP robomimic window on the GPU profile.
@@ -261,9 +262,9 @@ def main(argv: list[str]) -> int:
         "data": f"synthetic, {args.episodes} episodes x {args.episode_len} steps"}, "cases": {}}
     for case in args.cases:
         result["cases"][case] = run_case(case, args)
-        args.out.write_text(json.dumps(result, indent=2))  # what is measured so far survives a killed run
+        write_text(args.out, json.dumps(result, indent=2))  # what is measured so far survives a killed run
     result["ratios"] = ratios(result)
     print_table(result)
-    args.out.write_text(json.dumps(result, indent=2))
+    write_text(args.out, json.dumps(result, indent=2))
     print(f"\nwrote {args.out}")
     return 0

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from policies.atomic_write import write_text
+
 
 def bench_step(task: str, steps: int, cameras: tuple[str, ...], fast_render: bool) -> dict:
     from envs.robosuite_env import RobosuiteEnv
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         c = result["collect"]
         print(f"collect {c['demos']} {c['task']} demos (2 cams 84x84): {c['seconds_total']:.1f} s total, "
               f"{c['ms_per_step']:.1f} ms/step over {c['steps']} steps, {c['file_mb']:.1f} MB")
-    Path(args.out).write_text(json.dumps(result, indent=2))
+    write_text(args.out, json.dumps(result, indent=2))
     print(f"wrote {args.out}")
     return 0
 

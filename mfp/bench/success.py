@@ -41,6 +41,7 @@ from typing import Any, Optional, Sequence
 import configs
 from envs.metaworld_groups import GROUP_LABELS, GROUPS
 from mfp.bench.success_report import ROBOMIMIC_GROUP
+from policies.atomic_write import write_text
 from training.config import TrainConfig
 
 PRESET_DIR = Path(configs.__file__).parent / "bench" / "success"
@@ -418,7 +419,7 @@ def execute(run: Run, label: str = "", gpu: Optional[str] = None) -> dict[str, A
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     record = {"command": cmd[1:], "returncode": rc, "wall_seconds": time.perf_counter() - t0,
               "resumed": run.state == "resume"}
-    (run.out_dir / RUN_FILE).write_text(json.dumps(record, indent=2))
+    write_text(run.out_dir / RUN_FILE, json.dumps(record, indent=2))
     run.state = run_state(run) if rc == 0 else run.state
     if rc != 0 or run.state != "done":
         tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
@@ -543,12 +544,10 @@ def write_outputs(results: Sequence[dict[str, Any]], out: Path, title: str, meta
 
     out.mkdir(parents=True, exist_ok=True)
     anchors = reported_anchors(results)  # the papers' figures beside a robomimic section (labelled as theirs)
-    tmp = out / "results.json.tmp"
-    tmp.write_text(json.dumps({**meta, **({"reported_anchors": anchors} if anchors else {}), "runs": list(results)},
-                              indent=2))
-    tmp.replace(out / "results.json")
+    write_text(out / "results.json", json.dumps(
+        {**meta, **({"reported_anchors": anchors} if anchors else {}), "runs": list(results)}, indent=2))
     markdown = report_markdown(results, title)
-    (out / "results.md").write_text(markdown)
+    write_text(out / "results.md", markdown)
     if any(r.get("status") == "ok" for r in results):
         plot_success(results, out / "success.png")
     return markdown

@@ -1,4 +1,4 @@
-"""Directory replacement for checkpoints and exports: a reader never finds the directory missing."""
+"""Atomic writes of result files, checkpoints and exports: a reader never finds them torn or missing."""
 import subprocess
 import sys
 import textwrap
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import random_stats
-from policies import atomic_dir
-from policies.atomic_dir import replace_dir
+from policies import atomic_write
+from policies.atomic_write import replace_dir, write_text
 from policies.checkpoint import CheckpointError, load_policy, save_policy
 from policies.factory import build_policy
 from test_policy import tiny_config
@@ -21,10 +21,21 @@ def make_dir(path: Path, text: str) -> Path:
     return path
 
 
+def test_write_text_replaces_whole_or_not_at_all(tmp_path):
+    path = tmp_path / "sub" / "eval_info.json"
+    write_text(path, "old")
+    write_text(path, "new")
+    assert path.read_text() == "new"
+    with pytest.raises(TypeError):
+        write_text(path, b"not text")  # fails inside the write: the file keeps its contents, no temporary is left
+    assert path.read_text() == "new"
+    assert [p.name for p in path.parent.iterdir()] == ["eval_info.json"]
+
+
 @pytest.mark.parametrize("atomic", [True, False], ids=["exchange", "fallback"])
 def test_replace_dir_leaves_the_new_contents_and_nothing_beside(tmp_path, monkeypatch, atomic):
     if not atomic:
-        monkeypatch.setattr(atomic_dir, "_RENAMEAT2", None)
+        monkeypatch.setattr(atomic_write, "_RENAMEAT2", None)
     dest = tmp_path / "ckpt"
     replace_dir(make_dir(tmp_path / ".new1", "one"), dest)
     replace_dir(make_dir(tmp_path / ".new2", "two"), dest)
@@ -32,7 +43,7 @@ def test_replace_dir_leaves_the_new_contents_and_nothing_beside(tmp_path, monkey
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
 
 
-@pytest.mark.skipif(atomic_dir._RENAMEAT2 is None, reason="needs Linux renameat2")
+@pytest.mark.skipif(atomic_write._RENAMEAT2 is None, reason="needs Linux renameat2")
 def test_a_reader_in_another_process_never_finds_the_directory_missing(tmp_path):
     dest = tmp_path / "ckpt"
     replace_dir(make_dir(tmp_path / ".new", "0"), dest)

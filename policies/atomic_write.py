@@ -1,7 +1,9 @@
-"""Replace a directory so that readers, and a process killed half-way, see the old one or the new one, never neither.
+"""Write files and directories so that readers, and a process killed half-way, see the old or the new contents,
+never a torn file or no file at all.
 
-Two renames (old out, new in) leave a moment with no directory at all: a run killed there has no checkpoint, and an
-evaluation started there fails. On Linux the kernel swaps two paths in one step (``renameat2`` with
+A file is written beside its path and renamed over it (:func:`write_text`). For a directory, two renames (old out,
+new in) leave a moment with no directory at all: a run killed there has no checkpoint, and an evaluation started
+there fails. On Linux the kernel swaps two paths in one step (``renameat2`` with
 ``RENAME_EXCHANGE``); elsewhere, or on a file system without it, the two renames are the fallback and a checkpoint
 caught between them is found beside its path as ``.<name>.old-<pid>`` (:func:`interrupted_swap` names it).
 """
@@ -73,6 +75,21 @@ def replace_dir(new: str | os.PathLike, dest: str | os.PathLike) -> None:
         os.rename(new, dest)
         shutil.rmtree(old)
     _fsync(dest.parent)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary sibling renamed over it (the parent is created)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def interrupted_swap(dest: str | os.PathLike) -> Optional[Path]:
