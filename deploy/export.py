@@ -248,6 +248,7 @@ def export_policy(checkpoint: str | Path, out: str | Path, data: Optional[str] =
         meta = {
             "format": EXPORT_FORMAT,
             "checkpoint": str(checkpoint),
+            "trained_by": config.get("metadata", {}).get("code"),  # the commit that trained the checkpoint
             "files": {f: (ONNX_FILE if f == "onnx" else PT2_FILE) for f in formats},
             "inputs": specs,
             "output": {"name": OUTPUT, "shape": [1, policy.n_action_steps, policy.shape_meta.action_dim],

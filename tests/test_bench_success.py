@@ -15,11 +15,13 @@ from envs.metaworld_env import UnknownTaskError, task_names
 from envs.metaworld_groups import GROUPS, difficulty, tasks_by_group
 from envs.runner import wilson_interval
 from mfp.bench import success as bench
+from training.provenance import code_version
 from mfp.bench.success_report import (
     DM1_COLUMN,
     MP1_REPORTED,
     average_stat,
     bootstrap_interval,
+    code_line,
     group_averages,
     paired_differences,
     paired_table,
@@ -130,6 +132,18 @@ def test_paired_comparison_uses_only_runs_both_methods_finished():
     assert "| meanflow − a | Meta-World | 5 | -0.8 |" in paired_table(renamed)  # meanflow is the reference
     assert paired_table([result(TASK, "a", 0, 40)]) is None  # one method: nothing to compare
     assert "Paired comparison" in report_markdown(results, "t")
+
+
+def test_report_says_which_commits_trained_the_runs():
+    clean = {"package": "0.1.0", "git_commit": "0123456789abcdef", "git_dirty": False}
+    runs = [result(TASK, "a", 0, 40, code=clean), result(TASK, "a", 1, 40, code=clean),
+            result(TASK, "b", 0, 40, code={**clean, "git_commit": "fedcba9876543210", "git_dirty": True}),
+            result(TASK, "b", 1, 40), result(TASK, "c", 0, 40, code={**clean, "git_commit": None}),
+            result(TASK, "c", 1, 0, status="failed")]
+    line = code_line(runs)
+    assert line == ("Code that trained the runs: 0123456789 (2 runs), fedcba9876 + uncommitted changes (1 run), "
+                    "no git checkout (1 run), not recorded (1 run).")
+    assert line in report_markdown(runs, "t")
 
 
 @settings(max_examples=60, deadline=None)
@@ -511,6 +525,7 @@ def test_smoke_preset_end_to_end_then_resume_skips(tmp_path, capsys):
         assert 0.0 <= r["ci95"][0] <= r["success"] <= r["ci95"][1] <= 100.0
         info = json.loads((Path(r["run_dir"]) / "eval" / "eval_info.json").read_text())
         assert info["aggregated"]["pc_success"] == r["success"]
+        assert r["code"] == code_version()  # which code trained it, from the run's own summary
     assert "| **Easy average** (1 task) |" in first and (out / "success.png").is_file()
 
     logs = {p: p.stat().st_size for p in out.rglob(bench.LOG_FILE)}

@@ -36,6 +36,9 @@ def _dataset(path, n_steps: int = 30) -> ReplayBuffer:
     return buffer
 
 
+TRAINED_BY = {"package": "0.1.0", "git_commit": "0123456789abcdef0123456789abcdef01234567", "git_dirty": False}
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     torch.set_num_threads(1)
@@ -47,7 +50,7 @@ def exported(tmp_path_factory):
                        backbone=BackboneConfig(type="unet", down_dims=[16, 32], n_groups=4, time_embed_dim=16),
                        encoder=EncoderConfig(point_hidden_dims=[16, 32], point_out_dim=16, state_hidden_dim=16,
                                              state_out_dim=8))
-    ckpt = save_policy(build_policy(cfg, SHAPE_META, stats), cfg, root / "policy")
+    ckpt = save_policy(build_policy(cfg, SHAPE_META, stats), cfg, root / "policy", metadata={"code": TRAINED_BY})
     assert main([f"checkpoint={ckpt}", f"out={root / 'export'}", f"data={root / 'demo.zarr'}", "n_check=6",
                  "hz=50"]) == 0
     return ckpt, root / "export", data
@@ -61,6 +64,7 @@ def test_export_writes_graphs_and_the_metadata_to_run_them(exported):
         ("point_cloud", [1, 2, 64, 3]), ("agent_pos", [1, 2, 4]), ("noise", [1, 4, 4])]
     assert meta["n_obs_steps"] == 2 and meta["n_action_steps"] == 3 and meta["control_hz"] == 50
     assert meta["num_inference_steps"] == 1 and len(meta["normalizer"]["sha256"]) == 64
+    assert meta["trained_by"] == TRAINED_BY  # the deployed graph names the commit that trained it
     parity = meta["parity"]
     assert parity["source"].startswith("recorded") and parity["n_windows"] == 6
     assert all(err <= 1e-4 for err in parity["max_abs_error"].values()), parity

@@ -14,6 +14,7 @@ import torch
 from policies.checkpoint import load_policy
 from policies.config import BackboneConfig, EncoderConfig, MeanFlowConfig, PolicyConfig
 from training.config import EvalConfig, TaskConfig, TrainConfig, WandbConfig
+from training.provenance import code_version
 from training.tasks import TaskDataError, load_task_data
 from training.trainer import Trainer, TrainingError
 
@@ -55,6 +56,7 @@ def test_train_checkpoint_evaluate(tmp_path, demos):
     assert any("embedding_erank" in m and "embedding_mean_cos" in m for m in metrics), "collapse diagnostics are logged"
     policy = load_policy(tmp_path / "run" / "policy")
     assert policy.checkpoint_metadata["step"] == 40
+    assert policy.checkpoint_metadata["code"] == summary["code"] == code_version()
     assert info["aggregated"]["n_episodes"] == 2
     assert (tmp_path / "run" / "eval" / "eval_info.json").is_file()
 
@@ -167,3 +169,12 @@ def test_sigkill_mid_run_then_resume(tmp_path, demos):
     assert load_policy(out / "policy").checkpoint_metadata["step"] == 400
     steps = logged_steps(out)
     assert steps == sorted(steps) and steps[-1] == 400
+
+
+def test_code_version_names_the_checked_out_commit():
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("not a git checkout")
+    version = code_version()
+    assert version["git_commit"] == head.stdout.strip() and isinstance(version["git_dirty"], bool)
+    assert isinstance(version["package"], str) and version["package"]

@@ -27,6 +27,7 @@ from policies.checkpoint import save_policy
 from policies.factory import build_policy
 from training import distributed
 from training.config import TrainConfig
+from training.provenance import code_version
 from training.state import STATE_FILE, TrainStateError, load_train_state, restore_rng_state, rng_state, save_train_state
 from training.tasks import TaskData, load_task_data
 
@@ -140,7 +141,7 @@ class Trainer:
             self.ema.ema_model,
             self.cfg.policy,
             self.out / POLICY_DIR,
-            metadata={"task": asdict(self.cfg.task), "step": self.step, "seed": self.cfg.seed},
+            metadata={"task": asdict(self.cfg.task), "step": self.step, "seed": self.cfg.seed, "code": code_version()},
         )
         save_train_state(self.out / STATE_FILE, self.state_dict())
 
@@ -219,6 +220,7 @@ class Trainer:
             "train_seconds": elapsed,
             "steps_per_s": (self.step - steps0) / elapsed if elapsed > 0 else float("nan"),
             "policy_dir": str(self.out / POLICY_DIR),
+            "code": code_version(),
         }
         self._logger.log(self.step, {"train/steps_per_s": summary["steps_per_s"]})
         return summary

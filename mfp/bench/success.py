@@ -459,6 +459,7 @@ def collect_result(run: Run, best_of_periodic: bool = False) -> dict[str, Any]:
         "device": run.config.device,
         "eval_device": run.config.eval.device or run.config.device,
         "run_dir": str(run.out_dir),
+        "code": summary.get("code"),  # absent in runs made before it was recorded
     }
     if best_of_periodic:
         result.update(best_of_periodic_evals(run.out_dir))

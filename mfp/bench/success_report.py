@@ -377,7 +377,25 @@ def report_markdown(results: Sequence[dict[str, Any]], title: str) -> str:
     periodic = periodic_table(results)
     if periodic is not None:
         parts += ["", periodic]
+    parts += ["", code_line(results)]
     return "\n".join(parts) + "\n"
+
+
+def code_line(results: Sequence[dict[str, Any]]) -> str:
+    """Which commits trained the finished runs (from each run's summary), so figures from different code are not
+    read as one experiment without saying so."""
+    counts: dict[str, int] = {}
+    for r in results:
+        if r.get("status") != "ok":
+            continue
+        code = r.get("code") or {}
+        commit = code.get("git_commit")
+        name = "not recorded" if not code else "no git checkout" if commit is None else commit[:10]
+        if code.get("git_dirty"):
+            name += " + uncommitted changes"
+        counts[name] = counts.get(name, 0) + 1
+    listed = ", ".join(f"{name} ({n} run{'s' if n != 1 else ''})" for name, n in sorted(counts.items()))
+    return f"Code that trained the runs: {listed or 'no finished runs'}."
 
 
 def plot_success(results: Sequence[dict[str, Any]], path: Path) -> Path:
