@@ -61,8 +61,11 @@ class ExportedPolicy:
             self._session = None
             self._program = torch.export.load(str(file)).module()
 
-    def reset(self) -> None:
-        """Nothing to clear: the graph keeps no state."""
+    def reset(self, seed: Optional[int] = None) -> None:
+        """The graph keeps no state; with ``seed`` and random noise, the episode's noise stream restarts from it
+        (the evaluation runner passes each episode's seed, so re-evaluating an export reproduces its episodes)."""
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
 
     def predict_action(self, obs: Mapping[str, Any]) -> np.ndarray:
         """``obs`` {key: (To, ...)} numpy → (n_action_steps, Da) float32."""

@@ -67,6 +67,9 @@ class Policy(nn.Module):
         # does not switch modes between re-plans. Set after loading, e.g. by `mfp eval hold_noise=true`.
         self.hold_noise = False
         self._held_noise: Optional[torch.Tensor] = None
+        # reset(seed=...) makes the episode's sampling noise a function of its seed (reproducible evaluation).
+        self._episode_seed: Optional[int] = None
+        self._episode_generator: Optional[torch.Generator] = None
         self.dispersive_weight = float(dispersive_weight)
         self.dispersive = dispersive if self.dispersive_weight > 0 else None
         self._disperse_embedding = OBS_EMBEDDING in dispersive_layers
@@ -155,6 +158,8 @@ class Policy(nn.Module):
         if steps != self.n_obs_steps:
             raise SpecError(f"got {steps} observation steps; this policy needs {self.n_obs_steps}")
         cond = self.obs_encoder(self._normalize_obs(tensors))
+        if generator is None:
+            generator = self._episode_rng(cond.device)
         n = num_steps if num_steps is not None else self.num_inference_steps
         if noise is None and (self.hold_noise or self.noise_scale != 1.0):
             noise = self.noise_scale * self._starting_noise(cond, generator)
@@ -185,11 +190,25 @@ class Policy(nn.Module):
                 self._action_queue.append(chunk[..., i, :])
         return self._action_queue.popleft()
 
-    def reset(self) -> None:
-        """Clear the observation history, the action queue and any held noise (call at every episode start)."""
+    def reset(self, seed: Optional[int] = None) -> None:
+        """Clear the observation history, the action queue and any held noise (call at every episode start).
+
+        With ``seed``, the episode's sampling noise is drawn from a generator seeded with it instead of torch's global
+        one, so evaluating a checkpoint on fixed episode seeds gives the same actions every time, whatever the number
+        of worker processes or the order of episodes (the evaluation runner passes each episode's seed)."""
         self._obs_history.clear()
         self._action_queue.clear()
         self._held_noise = None
+        self._episode_seed = None if seed is None else int(seed)
+        self._episode_generator = None
+
+    def _episode_rng(self, device: torch.device) -> Optional[torch.Generator]:
+        """The episode's generator (made on first use, on the device the noise is drawn on); None without a seed."""
+        if self._episode_seed is None:
+            return None
+        if self._episode_generator is None or self._episode_generator.device != device:
+            self._episode_generator = torch.Generator(device=device).manual_seed(self._episode_seed)
+        return self._episode_generator
 
     def _starting_noise(self, cond: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
         """A standard normal draw for the sampler; with ``hold_noise`` the episode's first draw, kept until reset()."""

@@ -84,6 +84,13 @@ def test_exported_graph_acts_like_the_eager_policy(exported, backend):
         np.testing.assert_allclose(got, want, atol=1e-4)
     with pytest.raises(Exception, match="agent_pos"):
         runner.predict_action({"point_cloud": data["point_cloud"][:2], "agent_pos": data["agent_pos"][:2, :3]})
+    sampling = ExportedPolicy(out, backend=backend, noise="random")
+    obs = {k: data[k][:2] for k in ("point_cloud", "agent_pos")}
+    sampling.reset(seed=3)
+    first = [sampling.predict_action(obs) for _ in range(2)]
+    assert not np.array_equal(*first)
+    sampling.reset(seed=3)  # an episode's seed restarts its noise stream
+    assert all(np.array_equal(a, sampling.predict_action(obs)) for a in first)
 
 
 def test_parity_failure_is_loud_and_writes_nothing(exported, tmp_path):

@@ -139,19 +139,7 @@ def test_env_kwargs_follow_the_policy_observations():
 
 def test_saved_policy_is_evaluated_from_its_checkpoint(tmp_path):
     """A real (untrained) policy saved by policies.checkpoint: task, observations and step limit come from it."""
-    from envs.metaworld_env import metaworld_shape_meta
-    from policies.checkpoint import save_policy
-    from policies.config import BackboneConfig, PolicyConfig
-    from policies.factory import build_policy
-
-    full = metaworld_shape_meta("reach-v3", num_points=64)
-    sm = ShapeMeta(obs={k: full.obs[k] for k in ("point_cloud", "agent_pos")}, action_dim=4)
-    cfg = PolicyConfig(backbone=BackboneConfig(type="mlp", hidden_dim=32, n_layers=2))
-    box = {"min": -np.ones(3), "max": np.ones(3)}
-    stats = {"point_cloud": box, "agent_pos": {"min": -np.ones(4), "max": np.ones(4)},
-             "action": {"min": -np.ones(4), "max": np.ones(4)}}
-    save_policy(build_policy(cfg, sm, stats), cfg, tmp_path / "policy",
-                metadata={"task": {"env": "reach-v3", "max_episode_steps": 6}})
+    cfg = _untrained_checkpoint(tmp_path / "policy")
     info = evaluate_checkpoint(tmp_path / "policy", episodes=2, n_workers=0, out_dir=tmp_path / "eval")
     assert info["task"] == "reach-v3" and info["aggregated"]["n_agent_failures"] == 0
     assert [e["steps"] for e in info["per_episode"]] == [6, 6]  # the checkpoint's step limit
@@ -181,6 +169,44 @@ def test_saved_policy_is_evaluated_from_its_checkpoint(tmp_path):
         with pytest.raises(ValueError, match="noise_scale must be >= 0"):
             evaluate_checkpoint(tmp_path / "policy", episodes=1, n_workers=0, noise_scale=bad, out_dir=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+def _untrained_checkpoint(path, task: str = "reach-v3", steps: int = 6):
+    """A real policy with random weights saved by policies.checkpoint (its task and step limit in the metadata)."""
+    from envs.metaworld_env import metaworld_shape_meta
+    from policies.checkpoint import save_policy
+    from policies.config import BackboneConfig, PolicyConfig
+    from policies.factory import build_policy
+
+    full = metaworld_shape_meta(task, num_points=64)
+    sm = ShapeMeta(obs={k: full.obs[k] for k in ("point_cloud", "agent_pos")}, action_dim=4)
+    cfg = PolicyConfig(backbone=BackboneConfig(type="mlp", hidden_dim=32, n_layers=2))
+    stats = {"point_cloud": {"min": -np.ones(3), "max": np.ones(3)}, "agent_pos": {"min": -np.ones(4), "max": np.ones(4)},
+             "action": {"min": -np.ones(4), "max": np.ones(4)}}
+    save_policy(build_policy(cfg, sm, stats), cfg, path, metadata={"task": {"env": task, "max_episode_steps": steps}})
+    return cfg
+
+
+def test_evaluating_a_checkpoint_twice_gives_the_same_episodes_whatever_the_workers(tmp_path):
+    """The sampler's noise is seeded by each episode's seed: fixed eval seeds fix the whole evaluation."""
+    _untrained_checkpoint(tmp_path / "policy", steps=12)
+    runs = [evaluate_checkpoint(tmp_path / "policy", episodes=3, n_workers=w)["per_episode"] for w in (0, 0, 2)]
+    rewards = [[e["sum_reward"] for e in run] for run in runs]
+    assert rewards[0] == rewards[1]
+    assert np.allclose(rewards[0], rewards[2], rtol=1e-5)  # other processes, other episode order
+    assert len(set(rewards[0])) == 3  # the episodes themselves differ
+
+    policy = load_agent(str(tmp_path / "policy"))
+    obs = {"point_cloud": np.zeros((2, 64, 3), np.float32), "agent_pos": np.zeros((2, 4), np.float32)}
+    policy.reset(seed=7)
+    first = [policy.predict_action(obs) for _ in range(2)]
+    assert not np.array_equal(*first)  # a fresh draw per chunk, from the episode's stream
+    policy.reset(seed=7)
+    assert all(np.array_equal(a, policy.predict_action(obs)) for a in first)
+    policy.reset(seed=8)
+    assert not np.array_equal(first[0], policy.predict_action(obs))
+    policy.reset()  # no seed: torch's global generator, as before
+    assert not np.array_equal(policy.predict_action(obs), policy.predict_action(obs))
 
 
 def test_eval_cli_runs_the_expert(tmp_path, capsys):
