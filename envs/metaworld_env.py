@@ -24,6 +24,7 @@ from envs import pointcloud as pc
 from envs.render import OffscreenRenderer  # sets MUJOCO_GL before metaworld imports mujoco
 
 import metaworld  # noqa: E402  (after envs.render)
+import mujoco  # noqa: E402
 import metaworld.env_dict as _mw_envs  # noqa: E402
 
 ACTION_DIM = 4
@@ -199,6 +200,9 @@ class MetaWorldEnv(gym.Env):
         env.seeded_rand_vec = True
         env.seed(seed)
         state, info = env.reset()
+        # Metaworld's reset leaves some derived positions (sites) from before it, which the cameras render: recompute
+        # them from the new state, or the first observation depends on the episodes this env ran earlier.
+        mujoco.mj_kinematics(self.model, self.data)
         env._freeze_rand_vec = True
         self.episode_seed = seed
         self._steps = 0

@@ -106,13 +106,13 @@ def crop_points(points: np.ndarray, box: np.ndarray) -> np.ndarray:
 def farthest_point_indices(xyz: np.ndarray, n: int, start_idx: int = 0) -> np.ndarray:
     """Indices (n,) of a farthest point sample of ``xyz`` (M, 3), M >= n, starting from ``start_idx``.
 
-    Uses ``fpsample`` (bucket-based FPS on a KD-tree); a numpy O(M·n) loop only when it is not installed.
+    Uses ``fpsample`` (bucket-based FPS on a KD-tree); a numpy O(M·n) loop when it is not installed or M < 8.
     """
     m = len(xyz)
     if n > m:
         raise PointCloudError(f"cannot sample {n} distinct points from {m}")
     xyz = np.ascontiguousarray(xyz[:, :3], dtype=np.float32)
-    if _fpsample is not None:
+    if _fpsample is not None and m >= 8:  # its KD-tree needs 2**h <= M points
         h = 5 if m > 4096 else 3
         return np.asarray(_fpsample.bucket_fps_kdline_sampling(xyz, n, h=h, start_idx=start_idx), dtype=np.int64)
     return _numpy_fps(xyz, n, start_idx)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import mujoco
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from demos.spec import AGENT_POS, FULL_STATE, GOAL_POS, IMAGE, POINT_CLOUD
@@ -76,7 +76,21 @@ def test_seed_fixes_the_variation_and_the_episode(env):
         not np.allclose(a0[FULL_STATE][-3:], c0[FULL_STATE][-3:])
 
 
-def test_goal_pos_is_the_episode_goal_that_the_point_cloud_does_not_show():
+def test_the_first_observation_does_not_depend_on_earlier_episodes():
+    """Evaluation workers run different episodes before a given seed; what the seed shows must not change with that."""
+    fresh, used = MetaWorldEnv("push-v3"), MetaWorldEnv("push-v3")
+    used.reset(seed=100001)
+    for _ in range(30):
+        used.step(np.full(4, 0.5, np.float32))
+    a, _ = fresh.reset(seed=100005)
+    b, _ = used.reset(seed=100005)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    fresh.close()
+    used.close()
+
+
+def test_goal_pos_is_the_episode_goal_that_the_point_cloud_barely_shows():
     e = MetaWorldEnv("coffee-pull-v3", num_points=512)
     try:
         goals = []
@@ -85,9 +99,11 @@ def test_goal_pos_is_the_episode_goal_that_the_point_cloud_does_not_show():
             goal = np.asarray(e.unwrapped_metaworld._target_pos, dtype=np.float32)
             np.testing.assert_allclose(obs[GOAL_POS], goal, atol=1e-6)
             np.testing.assert_array_equal(obs[GOAL_POS], obs[FULL_STATE][-3:])
-            # The mug's target is a site, not geometry: no point of the cloud lies near it.
-            assert np.linalg.norm(obs[POINT_CLOUD] - goal, axis=1).min() > 0.05
+            # The mug's target is a small site sphere at table height, not geometry: the crop leaves at most one of
+            # the 512 points on it (one in 29 of the first 50 eval episodes), before and after a step.
+            assert (np.linalg.norm(obs[POINT_CLOUD] - goal, axis=1) < 0.03).sum() <= 1
             obs, *_ = e.step(np.zeros(4, dtype=np.float32))
+            assert (np.linalg.norm(obs[POINT_CLOUD] - goal, axis=1) < 0.03).sum() <= 1
             np.testing.assert_array_equal(obs[GOAL_POS], goal)  # fixed within the episode
             goals.append(goal)
         assert not np.allclose(goals[0], goals[1])  # drawn per episode
@@ -204,6 +220,7 @@ def test_step_rejects_bad_actions(env):
 # ---------------------------------------------------------------------------------------------- pure numpy
 @settings(max_examples=30, deadline=None)
 @given(m=st.integers(1, 700), n=st.integers(1, 600))
+@example(m=2, n=1)  # fewer points than fpsample's KD-tree accepts
 def test_sample_points_returns_n_real_points(m, n):
     rng = np.random.default_rng(m * 1000 + n)
     points = rng.normal(size=(m, 3)).astype(np.float32)
