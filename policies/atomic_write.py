@@ -14,8 +14,9 @@ import errno
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import IO, Callable, Iterator, Optional
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -77,19 +78,27 @@ def replace_dir(new: str | os.PathLike, dest: str | os.PathLike) -> None:
     _fsync(dest.parent)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary sibling renamed over it (the parent is created)."""
+@contextmanager
+def open_atomic(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """A file to write that replaces ``path`` (temporary sibling, fsync, rename) only when the block ends without an
+    error; otherwise ``path`` keeps its contents and the temporary is removed. The parent is created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, mode) as f:
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically (:func:`open_atomic`)."""
+    with open_atomic(path) as f:
+        f.write(text)
 
 
 def interrupted_swap(dest: str | os.PathLike) -> Optional[Path]:

@@ -32,6 +32,19 @@ def test_write_text_replaces_whole_or_not_at_all(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["eval_info.json"]
 
 
+def test_a_training_state_that_fails_to_save_leaves_the_last_one(tmp_path):
+    import torch
+
+    from training.state import load_train_state, save_train_state
+
+    path = tmp_path / "train_state.pt"
+    save_train_state(path, {"step": 250, "w": torch.ones(3)})
+    with pytest.raises(Exception):
+        save_train_state(path, {"step": 500, "bad": lambda: None})  # torch.save cannot pickle it, half-way through
+    assert load_train_state(path)["step"] == 250
+    assert [p.name for p in tmp_path.iterdir()] == ["train_state.pt"]
+
+
 @pytest.mark.parametrize("atomic", [True, False], ids=["exchange", "fallback"])
 def test_replace_dir_leaves_the_new_contents_and_nothing_beside(tmp_path, monkeypatch, atomic):
     if not atomic:

@@ -14,6 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from policies.atomic_write import open_atomic
+
 STATE_FILE = "train_state.pt"
 
 
@@ -37,14 +39,8 @@ def restore_rng_state(state: dict[str, Any], np_rng: np.random.Generator) -> Non
 
 def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Atomically write ``state`` to ``path`` (tmp file in the same directory + fsync + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with open_atomic(path, "wb") as f:
         torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:

@@ -261,7 +261,6 @@ def main(argv: list[str]) -> int:
                                          cfg.realtime_priority)
     _print(results)
     out = Path(cfg.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out, json.dumps(results, indent=2, default=str))
     print(f"\nwrote {out}")
     return 0

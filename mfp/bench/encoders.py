@@ -230,7 +230,6 @@ def main(argv: list[str]) -> int:
     if "dispersive" in parts:
         result["dispersive"] = bench_dispersive(args)
     print_table(result)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text(args.out, json.dumps(result, indent=2))
     print(f"\nwrote {args.out}")
     return 0

@@ -162,7 +162,6 @@ def main(argv: list[str]) -> int:
           f"{os.cpu_count()} CPUs)")
     for name, value, target in rows:
         print(f"  {name:<{width}}  {value:>24}  {target}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text(args.out, json.dumps(result, indent=2))
     print(f"wrote {args.out}")
     return 0
