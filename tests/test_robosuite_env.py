@@ -92,6 +92,34 @@ def test_same_seed_same_initial_state(lift_env):
     assert not np.allclose(a[OBJECT][:3], b[OBJECT][:3])
 
 
+def _episode(env: RobosuiteEnv, seed: int, n_steps: int = 8) -> list[dict[str, np.ndarray]]:
+    """Every observation of a short episode driven by actions drawn from ``seed``."""
+    rng = np.random.default_rng(seed)
+    obs, _ = env.reset(seed=seed)
+    frames = [obs]
+    for _ in range(n_steps):
+        obs, *_ = env.step(rng.uniform(-1, 1, 7))
+        frames.append(obs)
+    return frames
+
+
+def test_an_episode_does_not_depend_on_the_episodes_before_it(lift_env):
+    """What makes an evaluation reproducible whatever the worker count: a seeded episode in an env that already ran
+    others (the eval workers' case) matches the same episode in a fresh env, every key and every pixel."""
+    _episode(lift_env, seed=21)
+    after_history = _episode(lift_env, seed=22)
+    fresh_env = RobosuiteEnv("lift", image_size=IMAGE_SIZE)
+    try:
+        fresh = _episode(fresh_env, seed=22)
+    finally:
+        fresh_env.close()
+    assert len(fresh) == len(after_history)
+    for t, (a, b) in enumerate(zip(after_history, fresh)):
+        assert a.keys() == b.keys()
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=f"step {t}, {key}")
+
+
 def test_get_state_reset_to_restores_observations(lift_env):
     lift_env.reset(seed=3)
     rng = np.random.default_rng(0)
