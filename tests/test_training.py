@@ -142,6 +142,29 @@ def test_resume_cuts_the_metrics_log_back_to_the_checkpoint(tmp_path, demos):
     assert 17 not in steps and steps.count(15) == 1, "rows past the checkpoint are logged once, by the resumed run"
 
 
+def test_offline_wandb_records_the_run_its_video_and_its_resume_under_one_id(tmp_path, demos, monkeypatch):
+    """The default logger (wandb offline) on a real run: the run lives under the output dir, the eval video is in its
+    media, and a resumed run continues the same run id (what `wandb sync` and an online resume key on)."""
+    pytest.importorskip("wandb")
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # conftest disables wandb for every other test
+    run = tmp_path / "run"
+    cfg = tiny_cfg(run, demos, steps=10, wandb=WandbConfig(mode="offline"), eval=EvalConfig(episodes=1, workers=0, videos=1))
+    trainer = Trainer(cfg)
+    trainer.fit()
+    trainer.evaluate(1, "eval")
+    trainer.close()
+    resumed = Trainer(replace(cfg, num_steps=20, resume=True))
+    resumed.fit()
+    resumed.close()
+    segments = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(segments) == 2, segments
+    ids = {p.name.rsplit("-", 1)[1] for p in segments}
+    assert len(ids) == 1, f"a resumed run must keep its wandb id, got {ids}"
+    assert all(next(p.glob("run-*.wandb")).stat().st_size > 0 for p in segments)
+    videos = list((segments[0] / "files" / "media" / "videos").rglob("*.mp4"))
+    assert videos and videos[0].stat().st_size > 0
+
+
 @pytest.mark.slow
 def test_sigkill_mid_run_then_resume(tmp_path, demos):
     """A real `mfp train` process killed with SIGKILL resumes from its last training state."""
