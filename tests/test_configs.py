@@ -68,3 +68,18 @@ def test_presets_exist():
 def test_typos_and_bad_values_fail(override, message):
     with pytest.raises(Exception, match=message):
         make([override])
+
+
+@pytest.mark.parametrize("launcher, target", [
+    ("joblib_local", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+])
+def test_sweep_launchers_compose_and_their_plugins_import(launcher, target):
+    """The documented sweep launchers resolve to an installed plugin class (SLURM itself is not reachable here)."""
+    import importlib
+
+    with initialize_config_module(config_module="configs", version_base=None):
+        cfg = compose("train", overrides=[f"hydra/launcher={launcher}"], return_hydra_config=True)
+    assert cfg.hydra.launcher._target_ == target
+    module, _, name = target.rpartition(".")
+    assert hasattr(importlib.import_module(module), name)

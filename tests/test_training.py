@@ -194,6 +194,25 @@ def test_sigkill_mid_run_then_resume(tmp_path, demos):
     assert steps == sorted(steps) and steps[-1] == 400
 
 
+@pytest.mark.slow
+def test_a_multirun_sweep_trains_each_seed_in_parallel_local_jobs(tmp_path, demos):
+    """`mfp train -m seed=0,1 hydra/launcher=joblib_local`: two jobs in their own processes, one run dir each."""
+    args = [sys.executable, "-m", "mfp.cli", "train", "-m", "seed=0,1", "hydra/launcher=joblib_local",
+            f"task.dataset={demos}", "task.n_demos=2", "task.num_points=128", "policy.backbone.type=mlp",
+            "policy.backbone.hidden_dim=64", "policy.backbone.n_layers=2", "num_steps=10", "batch_size=16",
+            "warmup_steps=2", "eval.episodes=0", "wandb.mode=disabled", "torch_threads=1", "progress=false",
+            f"output_dir={tmp_path}/seed" + "${seed}", f"hydra.sweep.dir={tmp_path}/multirun"]
+    done = subprocess.run(args, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in done.stdout, done.stdout[-2000:]
+    policies = [load_policy(tmp_path / f"seed{s}" / "policy") for s in (0, 1)]
+    assert [p.checkpoint_metadata["step"] for p in policies] == [10, 10]
+    assert [json.loads((tmp_path / f"seed{s}" / "config.json").read_text())["seed"] for s in (0, 1)] == [0, 1]
+    first, second = (next(iter(p.state_dict().values())) for p in policies)
+    assert not torch.equal(first, second), "each job trains its own seed"
+
+
 def test_code_version_names_the_checked_out_commit():
     head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
     if head.returncode != 0:
