@@ -1,7 +1,9 @@
 """Collapse diagnostics of an embedding batch (B, D): cheap, no grad, plain floats for logging.
 
 A collapsed representation (all observations mapped near one point) shows a mean pairwise cosine near 1 and an
-effective rank near 1.
+effective rank near 1. Both are uncentred, so a large offset shared by the whole batch reads the same way even when
+the spread around it is wide; the centred effective rank tells the two apart (an offset is only a bias to the
+layers that read the embedding, a spread in few directions is a real loss of information).
 """
 from __future__ import annotations
 
@@ -51,9 +53,11 @@ def effective_rank(z: torch.Tensor, center: bool = False) -> float:
 
 
 def collapse_metrics(z: torch.Tensor, prefix: str = "embed") -> dict[str, float]:
-    """{prefix_mean_cos, prefix_erank, prefix_mean_dist} of an embedding batch, for the training log."""
+    """{prefix_mean_cos, prefix_erank, prefix_erank_centered, prefix_mean_dist} of an embedding batch, for the
+    training log."""
     return {
         f"{prefix}_mean_cos": mean_pairwise_cosine(z),
         f"{prefix}_erank": effective_rank(z),
+        f"{prefix}_erank_centered": effective_rank(z, center=True),
         f"{prefix}_mean_dist": mean_pairwise_distance(z),
     }

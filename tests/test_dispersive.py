@@ -251,6 +251,18 @@ def test_feature_tap_unknown_names_fail_loudly(name: str) -> None:
             FeatureTap(net, [name])
 
 
+def test_centred_rank_separates_a_shared_offset_from_a_folded_spread() -> None:
+    g = torch.Generator().manual_seed(0)
+    offset = torch.full((16,), 10.0)
+    wide = offset + torch.randn(256, 16, generator=g)  # isotropic spread around a far-away mean
+    folded = offset + torch.randn(256, 1, generator=g) * torch.randn(1, 16, generator=g)  # spread along one line
+    for z in (wide, folded):  # uncentred, both read as collapsed
+        m = collapse_metrics(z)
+        assert m["embed_mean_cos"] > 0.98 and m["embed_erank"] < 4  # of 16
+    assert collapse_metrics(wide)["embed_erank_centered"] > 12
+    assert collapse_metrics(folded)["embed_erank_centered"] < 1.5
+
+
 def test_diagnostics_on_known_geometry() -> None:
     eye = torch.eye(8)
     assert mean_pairwise_cosine(eye) == pytest.approx(0.0, abs=1e-12)
@@ -267,5 +279,5 @@ def test_diagnostics_on_known_geometry() -> None:
     assert mean_pairwise_distance(pts) == pytest.approx((5 + 4 + 3) / 3)
     z = torch.randn(16, 8, requires_grad=True)
     metrics = collapse_metrics(z, prefix="obs")
-    assert set(metrics) == {"obs_mean_cos", "obs_erank", "obs_mean_dist"}
+    assert set(metrics) == {"obs_mean_cos", "obs_erank", "obs_erank_centered", "obs_mean_dist"}
     assert all(isinstance(v, float) for v in metrics.values()) and z.grad is None
