@@ -129,6 +129,13 @@ class Policy(nn.Module):
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
+    def embed(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Condition embedding ``(B, To * D)`` the head sees for raw observations ``{key: (B, To, ...)}``: what the
+        collapse diagnostics and the dispersive term look at."""
+        self.shape_meta.check_obs(obs, leading_dims=2)
+        return self.obs_encoder(self._normalize_obs(obs))
+
+    @torch.no_grad()
     def predict_action(
         self,
         obs: Mapping[str, Any],

@@ -280,3 +280,18 @@ def test_aux_regression_adds_its_weighted_loss_reaches_the_encoder_and_leaves_in
     loaded = load_policy(tmp_path / "ckpt")
     assert loaded.aux_regression_weight == 0.5
     assert torch.equal(loaded.predict_action(obs, noise=noise), a)
+
+
+def test_embed_is_the_condition_the_head_samples_from(small_shape_meta, monkeypatch):
+    cfg = tiny_config("meanflow")
+    policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta)).eval()
+    obs = random_batch(small_shape_meta, 5, cfg.n_obs_steps, cfg.horizon)["obs"]
+    seen = []
+    sample = policy.head.sample
+    monkeypatch.setattr(policy.head, "sample", lambda cond, **kw: seen.append(cond) or sample(cond, **kw))
+    policy.predict_action(obs)
+    z = policy.embed(obs)
+    assert z.shape == (5, cfg.n_obs_steps * 2 * 16)  # two observation steps of point (16) + state (16) features
+    assert torch.equal(z, seen[0])
+    with pytest.raises(SpecError, match="point_cloud"):
+        policy.embed({"agent_pos": obs["agent_pos"]})
