@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demos.dataset import SequenceDataset  # noqa: E402
-from encoders.diagnostics import effective_rank, mean_pairwise_cosine, mean_pairwise_distance  # noqa: E402
+from encoders.diagnostics import collapse_metrics  # noqa: E402
 from policies.checkpoint import load_policy  # noqa: E402
 
 COLUMNS = ("run", "D", "mean cos", "erank", "erank centred", "mean |z|", "|batch mean|", "mean distance")
@@ -40,13 +40,12 @@ def embedding_row(run_dir: Path, windows: int, seed: int) -> list[str]:
     data = SequenceDataset(dataset, policy.shape_meta, horizon=policy.horizon, n_obs_steps=policy.n_obs_steps,
                            n_action_steps=policy.n_action_steps)
     idx = np.random.default_rng(seed).choice(len(data), size=min(windows, len(data)), replace=False)
-    samples = [data[int(i)]["obs"] for i in idx]
-    obs = {k: torch.stack([torch.as_tensor(s[k]) for s in samples]) for k in samples[0]}
+    obs = torch.utils.data.default_collate([data[int(i)]["obs"] for i in idx])  # {key: (B, To, ...)}
     z = policy.embed(obs).double()
-    figures = (mean_pairwise_cosine(z), effective_rank(z), effective_rank(z, center=True),
-               float(z.norm(dim=1).mean()), float(z.mean(dim=0).norm()), mean_pairwise_distance(z))
-    return [str(run_dir), str(z.shape[1])] + [f"{x:.3f}" if i == 0 else f"{x:.1f}" if i < 3 else f"{x:.2f}"
-                                              for i, x in enumerate(figures)]
+    m = collapse_metrics(z, prefix="z")
+    return [str(run_dir), str(z.shape[1]), f"{m['z_mean_cos']:.3f}", f"{m['z_erank']:.1f}",
+            f"{m['z_erank_centered']:.1f}", f"{float(z.norm(dim=1).mean()):.2f}", f"{float(z.mean(dim=0).norm()):.2f}",
+            f"{m['z_mean_dist']:.2f}"]
 
 
 def main() -> int:
