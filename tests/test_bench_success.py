@@ -335,6 +335,18 @@ def test_dry_run_estimate_counts_workers_sharing_cpu_cores(tmp_path, capsys, mon
     assert wall_minutes(1, "torch_threads=0") > 0  # was a ZeroDivisionError
 
 
+def test_dry_run_warns_when_overrides_change_the_model_the_estimate_was_measured_on(tmp_path, capsys):
+    """A U-Net override made the cpu preset's MLP-based estimate say 1.0 h for runs that took 1.9 h."""
+    argv = ["--preset", "cpu", "--tasks", "push-v3", "--methods", "meanflow", "--out", str(tmp_path), "--dry-run"]
+    assert bench.main([*argv, "torch_threads=1", "wandb.mode=offline", "lr=3e-4"]) == 0
+    assert "caution" not in capsys.readouterr().out  # bookkeeping and optimizer settings keep the step cost
+    assert bench.main([*argv, "policy.backbone.type=unet", "batch_size=32", "torch_threads=1"]) == 0
+    caution = capsys.readouterr().out.split("caution: ")[1]
+    assert caution.startswith("policy.backbone.type, batch_size change the model")
+    assert bench.cost_overrides(["+task.num_points=1024", "profile=gpu", "eval.workers=2"]) == \
+        ["task.num_points", "profile"]
+
+
 @pytest.mark.parametrize("name", bench.known_presets())
 def test_every_preset_composes_with_one_backbone(name, tmp_path):
     """Each preset's first task of each suite plans with every method (one backbone: plan_runs checks it)."""

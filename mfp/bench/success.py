@@ -55,6 +55,9 @@ BOOKKEEPING_KEYS = {"output_dir", "resume", "progress", "torch_threads", "log_ev
 # Policy keys allowed to differ between methods: the head, its sampler settings, the regularizer, and the draws
 # per observation (regression records 1).
 HEAD_KEYS = {"head", "meanflow", "flow", "diffusion", "dispersive", "num_inference_steps", "samples_per_obs"}
+# Override keys (or their prefixes) that change what a training step or an episode costs: a preset's time estimate
+# was measured on its own model and does not hold for runs with these changed.
+COST_KEYS = ("profile", "policy.", "task.", "batch_size", "mixed_precision")
 ROBOMIMIC_PREFIX = f"{ROBOMIMIC_GROUP}/"  # robomimic tasks are named as their config: robomimic/lift
 LOG_FILE = "bench_train.log"
 RUN_FILE = "bench_run.json"
@@ -496,6 +499,12 @@ def rate_key(group: str, method: str) -> tuple[str, str]:
     return (ROBOMIMIC_GROUP if group == ROBOMIMIC_GROUP else "metaworld", method)
 
 
+def cost_overrides(overrides: Sequence[str]) -> list[str]:
+    """The keys among ``overrides`` that change the model or data a preset's time estimate was measured on."""
+    keys = (item.split("=", 1)[0].lstrip("+~") for item in overrides)
+    return list(dict.fromkeys(k for k in keys if k.startswith(COST_KEYS)))
+
+
 def measured_rates(results: Sequence[dict[str, Any]]) -> dict[tuple[str, str], Estimate]:
     """Per :func:`rate_key` (suite, method), the rates its finished (not resumed) runs measured."""
     rates: dict[tuple[str, str], Estimate] = {}
@@ -566,8 +575,9 @@ def _observation_text(cfg: TrainConfig) -> str:
 
 
 def describe_plan(runs: Sequence[Run], rates: dict[tuple[str, str], Estimate], fallback: Optional[Estimate],
-                  workers: int) -> str:
-    """The plan as text: shared settings, one line per run with its state, and the estimated time."""
+                  workers: int, changed: Sequence[str] = ()) -> str:
+    """The plan as text: shared settings, one line per run with its state, and the estimated time. ``changed``:
+    the overrides (keys) that change the model the preset's estimate was measured on."""
     cfg = runs[0].config
     p = cfg.policy
     size = p.backbone.down_dims if p.backbone.type == "unet" else p.backbone.hidden_dim
@@ -584,10 +594,11 @@ def describe_plan(runs: Sequence[Run], rates: dict[tuple[str, str], Estimate], f
         "",
         f"{'task':<28} {'group':<10} {'method':<20} {'NFE':>4} {'seed':>4}  {'state':<7} {'est. min':>8}",
     ]
-    total, unknown, shared = 0.0, False, 1.0
+    total, unknown, shared, assumed = 0.0, False, 1.0, False
     cores = os.cpu_count() or 1
     for run in runs:
         rate = rates.get(rate_key(run.group, run.method))
+        assumed |= rate is None and fallback is not None and run.state != "done"
         if rate is None and fallback is not None and run.config.device == "cpu":
             factor = cpu_share_factor(fallback, run.config.torch_threads, workers, cores)
             shared = max(shared, factor)
@@ -611,6 +622,10 @@ def describe_plan(runs: Sequence[Run], rates: dict[tuple[str, str], Estimate], f
     else:
         lines.append(f"estimated time: {total / 60:.0f} min ({total / 3600:.1f} h) of runs; with {workers} "
                      f"worker(s) about {total / workers / 3600:.1f} h wall; from {basis}")
+        if assumed and changed:
+            lines.append(f"  caution: {', '.join(changed)} change the model or data the preset's step and episode "
+                         "times were measured on; runs may take much longer (or shorter) than this until a finished "
+                         "run in --out gives measured rates")
     return "\n".join(lines)
 
 
@@ -669,7 +684,7 @@ def main(argv: Sequence[str]) -> int:
     best = args.best_of_periodic
     done = [collect_result(r, best) for r in runs if r.state == "done"]
     print(f"mfp bench success --preset {args.preset}: {preset.description}\nout: {out}")
-    print(describe_plan(runs, measured_rates(done), preset.estimate, args.workers))
+    print(describe_plan(runs, measured_rates(done), preset.estimate, args.workers, cost_overrides(extra)))
     if args.dry_run:
         return 0
 
