@@ -61,6 +61,19 @@ def test_train_checkpoint_evaluate(tmp_path, demos):
     assert (tmp_path / "run" / "eval" / "eval_info.json").is_file()
 
 
+def test_the_code_recorded_is_the_code_at_the_start_of_the_run(tmp_path, demos, monkeypatch):
+    """A commit made while a run trains must not be named as the code that trained it (it was, because the first
+    lookup happened at the first checkpoint)."""
+    import training.trainer as trainer_module
+
+    commits = iter(["0" * 40, "1" * 40])  # the tree at the start, then after a commit made mid-run
+    monkeypatch.setattr(trainer_module, "code_version",
+                        lambda: {"package": "0.1.0", "git_commit": next(commits), "git_dirty": False})
+    summary = Trainer(tiny_cfg(tmp_path / "run", demos, steps=10)).fit()
+    assert summary["code"]["git_commit"] == "0" * 40
+    assert load_policy(tmp_path / "run" / "policy").checkpoint_metadata["code"]["git_commit"] == "0" * 40
+
+
 @pytest.mark.parametrize("curriculum", [{}, {"fm_warmup_frac": 0.75}, {"alpha_anneal_frac": 0.75}], ids=["none", "fm", "alpha"])
 def test_resume_reproduces_an_uninterrupted_run(tmp_path, demos, curriculum):
     def cfg(out: Path, **kw) -> TrainConfig:

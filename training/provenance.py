@@ -22,7 +22,8 @@ def _git(*args: str) -> Optional[str]:
 @lru_cache(maxsize=1)
 def code_version() -> dict[str, Optional[str] | bool]:
     """``{"package": version, "git_commit": sha or None, "git_dirty": bool or None}``; the git fields are None
-    outside a git checkout (an installed wheel). Dirty: files differ from the commit, or new files not ignored."""
+    outside a git checkout (an installed wheel). Dirty: files differ from the commit, or new files not ignored.
+    Cached: the first call names the code this process imported, so call it when a run starts, not when it ends."""
     try:
         package = metadata.version("meanflow-policy")
     except metadata.PackageNotFoundError:

@@ -69,6 +69,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, data: Optional[TaskData] = None) -> None:
         self.cfg = cfg
+        self.code = code_version()  # now: the tree can change while a long run trains with the code it imported
         self.out = Path(cfg.output_dir)
         self.device = distributed.resolve_device(cfg.device)
         self.eval_device = (distributed.resolve_device(cfg.eval.device, "eval.device") if cfg.eval.device
@@ -141,7 +142,7 @@ class Trainer:
             self.ema.ema_model,
             self.cfg.policy,
             self.out / POLICY_DIR,
-            metadata={"task": asdict(self.cfg.task), "step": self.step, "seed": self.cfg.seed, "code": code_version()},
+            metadata={"task": asdict(self.cfg.task), "step": self.step, "seed": self.cfg.seed, "code": self.code},
         )
         save_train_state(self.out / STATE_FILE, self.state_dict())
 
@@ -220,7 +221,7 @@ class Trainer:
             "train_seconds": elapsed,
             "steps_per_s": (self.step - steps0) / elapsed if elapsed > 0 else float("nan"),
             "policy_dir": str(self.out / POLICY_DIR),
-            "code": code_version(),
+            "code": self.code,
         }
         self._logger.log(self.step, {"train/steps_per_s": summary["steps_per_s"]})
         return summary
