@@ -64,7 +64,10 @@ class SimArmProcess:
         self.address = line.strip().split(" on ")[1].split(" at ")[0]
 
     def records(self, since: float = 0.0) -> list[dict]:
-        return [r for r in map(json.loads, self.log.read_text().splitlines()) if r["t"] >= since]
+        """The log's complete lines: the arm process may be halfway through writing the last one."""
+        text = self.log.read_text()
+        complete = text[: text.rfind("\n") + 1]
+        return [r for r in map(json.loads, complete.splitlines()) if r["t"] >= since]
 
     def stop(self) -> None:
         if self.proc.poll() is None:
