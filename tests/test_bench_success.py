@@ -336,7 +336,7 @@ def test_dry_run_estimate_counts_workers_sharing_cpu_cores(tmp_path, capsys, mon
 
 
 def test_dry_run_warns_when_overrides_change_the_model_the_estimate_was_measured_on(tmp_path, capsys):
-    """A U-Net override made the cpu preset's MLP-based estimate say 1.0 h for runs that took 1.9 h."""
+    """A U-Net override made the cpu preset's MLP-based estimate say 1.0 h for queues that took 1.7 h."""
     argv = ["--preset", "cpu", "--tasks", "push-v3", "--methods", "meanflow", "--out", str(tmp_path), "--dry-run"]
     assert bench.main([*argv, "torch_threads=1", "wandb.mode=offline", "lr=3e-4"]) == 0
     assert "caution" not in capsys.readouterr().out  # bookkeeping and optimizer settings keep the step cost

@@ -623,7 +623,8 @@ def describe_plan(runs: Sequence[Run], rates: dict[tuple[str, str], Estimate], f
         lines.append(f"estimated time: {total / 60:.0f} min ({total / 3600:.1f} h) of runs; with {workers} "
                      f"worker(s) about {total / workers / 3600:.1f} h wall; from {basis}")
         if assumed and changed:
-            lines.append(f"  caution: {', '.join(changed)} change{'s' if len(changed) == 1 else ''} the model or data the preset's step and episode "
+            verb = "changes" if len(changed) == 1 else "change"
+            lines.append(f"  caution: {', '.join(changed)} {verb} the model or data the preset's step and episode "
                          "times were measured on; runs may take much longer (or shorter) than this until a finished "
                          "run in --out gives measured rates")
     return "\n".join(lines)
