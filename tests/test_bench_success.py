@@ -6,6 +6,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 from hypothesis import given, settings
@@ -190,10 +191,34 @@ def test_combine_results_renames_variants_into_one_paired_table(tmp_path):
 def test_report_and_plot_files(tmp_path):
     results = two_seed_results() + [result("push-v3", "a", 2, 30, best5_periodic=70.0, n_periodic=9)]
     md = report_markdown(results, "title")
-    assert md.startswith("# title") and "latency p50 (ms)" in md and "best 5 of 9 periodic" in md
+    assert md.startswith("# title") and "latency p50 (ms)" in md and "best 5 of 9 evaluations" in md
     assert "best 5" not in report_markdown(two_seed_results(), "t")  # only when periodic evals exist
     png = plot_success(results, tmp_path / "success.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _write_eval(path: Path, successes: Sequence[bool], seed0: int = 100000) -> None:
+    path.mkdir(parents=True)
+    episodes = [{"seed": seed0 + i, "success": s} for i, s in enumerate(successes)]
+    (path / "eval_info.json").write_text(json.dumps(
+        {"per_episode": episodes, "aggregated": {"pc_success": 100.0 * sum(successes) / len(successes)}}))
+
+
+def test_best_of_periodic_pools_the_final_eval_on_the_periodic_seeds(tmp_path):
+    assert bench.best_of_periodic_evals(tmp_path) == {}  # no periodic evaluation: nothing to report
+    # Six periodic evals of 4 episodes (0, 25, ..., 100 %), out of order on disk as steps sort as strings.
+    for i, step in enumerate([100, 200, 300, 400, 500, 1000]):
+        _write_eval(tmp_path / f"eval_step{step}", [j < min(i, 4) for j in range(4)])
+    (tmp_path / "summary.json").write_text(json.dumps({"steps": 1200}))
+    # The final eval ran 8 episodes; only its first 4 seeds (the periodic ones: 1 of 4 succeeded) enter the pool.
+    _write_eval(tmp_path / "eval", [True, False, False, False] + [True] * 4)
+    got = bench.best_of_periodic_evals(tmp_path)
+    assert got["n_periodic"] == 7
+    assert [s for s, _ in got["periodic_curve"]] == [100, 200, 300, 400, 500, 1000, 1200]
+    assert got["periodic_curve"][-1] == [1200, 25.0]
+    assert got["best5_periodic"] == pytest.approx((100 + 100 + 75 + 50 + 25) / 5)  # a tie at 25 %: either counts
+    md = report_markdown([result("push-v3", "a", 0, 10, **got)], "t")
+    assert "best 5 of 7 evaluations" in md and "| step 1200 |" in md and "| 0 | 25 | 50 | 75 | 100 | 100 | 25 |" in md
 
 
 # ------------------------------------------------------------------------------------------ plan and resume
