@@ -26,6 +26,7 @@ from mfp.bench.success_report import (
     group_averages,
     paired_differences,
     paired_table,
+    plot_curves,
     plot_success,
     report_markdown,
     reported_anchors,
@@ -219,6 +220,9 @@ def test_best_of_periodic_pools_the_final_eval_on_the_periodic_seeds(tmp_path):
     assert got["best5_periodic"] == pytest.approx((100 + 100 + 75 + 50 + 25) / 5)  # a tie at 25 %: either counts
     md = report_markdown([result("push-v3", "a", 0, 10, **got)], "t")
     assert "best 5 of 7 evaluations" in md and "| step 1200 |" in md and "| 0 | 25 | 50 | 75 | 100 | 100 | 25 |" in md
+    png = plot_curves([result("push-v3", "a", 0, 10, **got)], tmp_path / "curves.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plot_curves(two_seed_results(), tmp_path / "none.png") is None
 
 
 # ------------------------------------------------------------------------------------------ plan and resume

@@ -563,8 +563,9 @@ def _saved_step(run: Run) -> int:
 
 # ---------------------------------------------------------------------------------------------------- outputs
 def write_outputs(results: Sequence[dict[str, Any]], out: Path, title: str, meta: dict[str, Any]) -> str:
-    """results.json, results.md and success.png under ``out``; returns the markdown."""
-    from mfp.bench.success_report import plot_success, report_markdown, reported_anchors
+    """results.json, results.md, success.png and (with periodic evaluations) curves.png under ``out``; returns the
+    markdown."""
+    from mfp.bench.success_report import plot_curves, plot_success, report_markdown, reported_anchors
 
     out.mkdir(parents=True, exist_ok=True)
     anchors = reported_anchors(results)  # the papers' figures beside a robomimic section (labelled as theirs)
@@ -574,6 +575,7 @@ def write_outputs(results: Sequence[dict[str, Any]], out: Path, title: str, meta
     write_text(out / "results.md", markdown)
     if any(r.get("status") == "ok" for r in results):
         plot_success(results, out / "success.png")
+        plot_curves(results, out / "curves.png")
     return markdown
 
 

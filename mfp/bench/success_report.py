@@ -464,6 +464,42 @@ def plot_success(results: Sequence[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def plot_curves(results: Sequence[dict[str, Any]], path: Path) -> Optional[Path]:
+    """Success against training step, one panel per task, one line per method (mean over the seeds that have a
+    value at that step); None when no run has periodic evaluations."""
+    runs = [r for r in ok_results(results) if r.get("periodic_curve")]
+    if not runs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = ordered_tasks(runs)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs) + 0.8, 3.2), squeeze=False, sharey=True)
+    for ax, (_, task) in zip(axes[0], pairs):
+        for m in ordered_methods(runs):
+            at: dict[int, list[float]] = {}
+            for r in runs:
+                if r["task"] == task and r["method"] == m:
+                    for step, value in r["periodic_curve"]:
+                        at.setdefault(step, []).append(value)
+            if at:
+                steps = sorted(at)
+                ax.plot(steps, [statistics.fmean(at[s]) for s in steps], marker="o", ms=3,
+                        label=method_label(runs, m))
+        ax.set_title(task.removesuffix("-v3"), fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylim(-3, 103)
+    axes[0][0].set_ylabel("success (%), eval seeds of the periodic evals")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def _error_bar(stat: Optional[Stat]) -> tuple[float, float]:
     if stat is None:
         return (0.0, 0.0)
