@@ -223,6 +223,10 @@ def test_best_of_periodic_pools_the_final_eval_on_the_periodic_seeds(tmp_path):
     png = plot_curves([result("push-v3", "a", 0, 10, **got)], tmp_path / "curves.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert plot_curves(two_seed_results(), tmp_path / "none.png") is None
+    (tmp_path / "eval_step1300").mkdir()
+    (tmp_path / "eval_step1300" / "eval_info.json").write_text('{"per_episode": [')  # cut off mid-write
+    with pytest.raises(ValueError, match="eval_step1300.*not a periodic evaluation"):
+        bench.best_of_periodic_evals(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ plan and resume

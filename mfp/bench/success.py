@@ -479,8 +479,12 @@ def best_of_periodic_evals(run_dir: Path, k: int = 5) -> dict[str, Any]:
     The pool is every periodic evaluation (``eval_step<N>/``) plus the final one scored on the periodic evaluations'
     seeds only, so each value comes from the same episodes. Also returns the curve (step, success) it was chosen
     from. Empty when the run has no periodic evaluation."""
-    periodic = {int(p.parent.name.removeprefix("eval_step")): json.loads(p.read_text())
-                for p in run_dir.glob("eval_step*/eval_info.json")}
+    periodic = {}
+    for p in run_dir.glob("eval_step*/eval_info.json"):
+        try:
+            periodic[int(p.parent.name.removeprefix("eval_step"))] = json.loads(p.read_text())
+        except ValueError as e:  # a hand-made folder name or a truncated file: name it, never guess
+            raise ValueError(f"{p}: not a periodic evaluation of `mfp train` ({e}); move it out of {run_dir}") from e
     if not periodic:
         return {}
     curve = {step: float(info["aggregated"]["pc_success"]) for step, info in periodic.items()}
