@@ -40,14 +40,20 @@ def make_cfg(out: str, head: str = "meanflow") -> TrainConfig:
                        torch_threads=1, lr=1e-2)
 
 
+SHAPE_META = ShapeMeta.from_dict({"obs": {"point_cloud": {"type": "point_cloud", "shape": [32, 3]},
+                                          "agent_pos": {"type": "low_dim", "shape": [4]}}, "action": {"shape": [4]}})
+
+
+def _synthetic_data() -> TaskData:
+    return TaskData(SHAPE_META, SyntheticSequences(SHAPE_META, 4, 2), None)
+
+
 def _worker(rank: int, world: int, port: int, out: str, sync: bool, result_dir: str) -> None:
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from training import distributed
     from training.trainer import Trainer
 
-    shape_meta = ShapeMeta.from_dict({"obs": {"point_cloud": {"type": "point_cloud", "shape": [32, 3]},
-                                              "agent_pos": {"type": "low_dim", "shape": [4]}}, "action": {"shape": [4]}})
-    data = TaskData(shape_meta, SyntheticSequences(shape_meta, 4, 2), None)
+    data = _synthetic_data()
     if not sync:
         distributed.all_reduce_gradients = lambda model: None  # what a jvp-through-model.module bug would do
     trainer = Trainer(make_cfg(out), data=data)
@@ -55,6 +61,37 @@ def _worker(rank: int, world: int, port: int, out: str, sync: bool, result_dir: 
     flat = torch.cat([p.detach().reshape(-1) for p in trainer.policy.parameters()])
     torch.save(flat, os.path.join(result_dir, f"rank{rank}.pt"))
     trainer.close()
+
+
+def _resume_worker(rank: int, world: int, port: int, run_dir: str, result_dir: str) -> None:
+    """Train 4 steps straight, and 2 steps + checkpoint + resume to 4, in one process group."""
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from dataclasses import replace
+
+    from training.trainer import Trainer
+
+    straight = Trainer(make_cfg(os.path.join(run_dir, "straight")), data=_synthetic_data())
+    straight.fit()
+    first = Trainer(make_cfg(os.path.join(run_dir, "resumed")), data=_synthetic_data())
+    first._prepare_output()
+    while first.step < 2:
+        first.train_step(first.data.train.sample_batch(first.np_rng, 8))
+    first.save_checkpoint()
+    resumed = Trainer(replace(make_cfg(os.path.join(run_dir, "resumed")), resume=True), data=_synthetic_data())
+    resumed.fit()
+    for name, trainer in (("straight", straight), ("resumed", resumed)):
+        flat = torch.cat([p.detach().reshape(-1) for p in trainer.policy.parameters()])
+        torch.save(flat, os.path.join(result_dir, f"{name}{rank}.pt"))
+    resumed.close()
+
+
+def test_a_resumed_data_parallel_run_matches_an_uninterrupted_one(tmp_path):
+    """Each rank resumes its own sampling streams; restoring rank 0's on every rank (as a single saved state did)
+    makes both ranks draw the same batches and noise after the resume, and the averaged gradients change."""
+    mp.spawn(_resume_worker, args=(2, _free_port(), str(tmp_path / "runs"), str(tmp_path)), nprocs=2, join=True)
+    straight, resumed = torch.load(tmp_path / "straight0.pt"), torch.load(tmp_path / "resumed0.pt")
+    assert torch.equal(resumed, torch.load(tmp_path / "resumed1.pt"))
+    assert torch.equal(straight, resumed), "the resumed two-rank run differs from the uninterrupted one"
 
 
 def _free_port() -> int:

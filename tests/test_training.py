@@ -98,6 +98,32 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, demos, curriculum):
         assert torch.equal(a, b), f"EMA differs at '{name}'"
 
 
+def test_periodic_evaluation_does_not_change_the_trained_weights(tmp_path, demos):
+    """Evaluating mid-run (in this process: building the policy draws from torch's global RNG) must leave the run
+    it measures alone; it did not, so best-of-periodic runs trained other weights than the final-only runs."""
+    plain = Trainer(tiny_cfg(tmp_path / "plain", demos, steps=20))
+    plain.fit()
+    cfg = tiny_cfg(tmp_path / "periodic", demos, steps=20)
+    periodic = Trainer(replace(cfg, eval=replace(cfg.eval, every_steps=10, periodic_episodes=1)))
+    periodic.fit()
+    assert (tmp_path / "periodic" / "eval_step10" / "eval_info.json").is_file()
+    for (name, a), (_, b) in zip(plain.policy.state_dict().items(), periodic.policy.state_dict().items()):
+        assert torch.equal(a, b), f"a periodic evaluation changed the trained weights at '{name}'"
+
+
+def test_resuming_on_another_number_of_processes_says_so_and_trains_on(tmp_path, demos, capsys):
+    from training.state import STATE_FILE, load_train_state, save_train_state
+
+    first = Trainer(tiny_cfg(tmp_path / "run", demos, steps=10))
+    first.fit()
+    state = load_train_state(tmp_path / "run" / STATE_FILE)
+    assert len(state["rng"]) == 1  # one entry per process of the run
+    save_train_state(tmp_path / "run" / STATE_FILE, {**state, "rng": state["rng"] * 2})  # as a two-rank run saves it
+    resumed = Trainer(tiny_cfg(tmp_path / "run", demos, steps=20, resume=True))
+    assert resumed.fit()["steps"] == 20
+    assert "resuming a run saved by 2 process(es) on 1" in capsys.readouterr().out
+
+
 def test_existing_run_needs_resume_flag_and_resume_needs_same_config(tmp_path, demos):
     Trainer(tiny_cfg(tmp_path / "run", demos, steps=10)).fit()
     with pytest.raises(TrainingError, match="resume=true"):

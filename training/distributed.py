@@ -8,6 +8,7 @@ for every head, and tested by checking that parameters stay bit-identical across
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -64,6 +65,15 @@ def barrier() -> None:
     """Wait for every rank (no-op outside a process group)."""
     if dist.is_initialized():
         dist.barrier()
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order (``[obj]`` outside a process group). A collective: call it on every rank."""
+    if not dist.is_initialized():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
 
 
 def broadcast_parameters(model: nn.Module) -> None:

@@ -6,10 +6,11 @@ complete file or the new complete file, never a torn one. Loaded with ``weights_
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -23,18 +24,43 @@ class TrainStateError(RuntimeError):
     pass
 
 
-def rng_state(np_rng: np.random.Generator) -> dict[str, Any]:
-    return {
+def rng_state(np_rng: np.random.Generator, device: torch.device = torch.device("cpu")) -> dict[str, Any]:
+    """One process's RNG states: python, the batch sampler's numpy generator, torch CPU, and ``device``'s CUDA
+    generator (where training draws its noise on a GPU)."""
+    state = {
         "python": list(_tuple_to_list(random.getstate())),
         "numpy": np_rng.bit_generator.state,
         "torch": torch.get_rng_state(),
     }
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
 
 
-def restore_rng_state(state: dict[str, Any], np_rng: np.random.Generator) -> None:
+def restore_rng_state(state: dict[str, Any], np_rng: np.random.Generator,
+                      device: torch.device = torch.device("cpu")) -> None:
     random.setstate(_list_to_tuple(state["python"]))
     np_rng.bit_generator.state = state["numpy"]
     torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@contextlib.contextmanager
+def untouched_global_rng(device: torch.device) -> Iterator[None]:
+    """Run the body without moving the global RNGs (python, numpy, torch CPU and ``device``'s CUDA generator).
+
+    Training draws its noise from torch's global generator; building a policy to evaluate it (module init) and running
+    episodes draw from it too, so without this a periodic evaluation would change the run it measures.
+    """
+    py, np_global = random.getstate(), np.random.get_state()
+    cuda = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(np_global)
 
 
 def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> None:

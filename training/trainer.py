@@ -28,7 +28,15 @@ from policies.factory import build_policy
 from training import distributed
 from training.config import TrainConfig
 from training.provenance import code_version
-from training.state import STATE_FILE, TrainStateError, load_train_state, restore_rng_state, rng_state, save_train_state
+from training.state import (
+    STATE_FILE,
+    TrainStateError,
+    load_train_state,
+    restore_rng_state,
+    rng_state,
+    save_train_state,
+    untouched_global_rng,
+)
 from training.tasks import TaskData, load_task_data
 
 POLICY_DIR = "policy"
@@ -115,7 +123,7 @@ class Trainer:
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": rng_state(self.np_rng),
+            "rng": [rng_state(self.np_rng, self.device)],
             "config": json.dumps(asdict(self.cfg), default=str),
         }
 
@@ -131,10 +139,20 @@ class Trainer:
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"], self.np_rng)
+        rngs = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]  # a dict: saved before 2026-12-04
+        if len(rngs) == distributed.world_size():
+            restore_rng_state(rngs[distributed.rank()], self.np_rng, self.device)
+        else:
+            # Another number of processes than the run was saved with: its sampling cannot continue exactly, so each
+            # rank draws fresh streams (distinct per rank and per resume step) instead of all copying rank 0's.
+            self.np_rng = seed_everything(self.cfg.seed + distributed.rank() + 7919 * int(state["step"]))
+            print(f"[train] resuming a run saved by {len(rngs)} process(es) on {distributed.world_size()}: batch and "
+                  "noise sampling restart from fresh seeds (the run is not bit-identical to an uninterrupted one)")
         self.step = int(state["step"])
 
     def save_checkpoint(self) -> None:
+        # Every rank's RNG states, so that a resumed data-parallel run draws what each rank would have drawn.
+        rngs = distributed.all_gather_object(rng_state(self.np_rng, self.device))
         if not distributed.is_main():
             return
         # Policy first: wherever a kill lands, a training state on disk has its policy beside it.
@@ -144,7 +162,7 @@ class Trainer:
             self.out / POLICY_DIR,
             metadata={"task": asdict(self.cfg.task), "step": self.step, "seed": self.cfg.seed, "code": self.code},
         )
-        save_train_state(self.out / STATE_FILE, self.state_dict())
+        save_train_state(self.out / STATE_FILE, {**self.state_dict(), "rng": rngs})
 
     def _prepare_output(self) -> None:
         state_file = self.out / STATE_FILE
@@ -227,20 +245,25 @@ class Trainer:
         return summary
 
     def evaluate(self, episodes: int, name: str = "eval", videos: Optional[int] = None) -> Optional[dict[str, Any]]:
-        """Evaluate the saved EMA policy on fixed eval seeds; returns the runner's summary (main rank only)."""
+        """Evaluate the saved EMA policy on fixed eval seeds; returns the runner's summary (main rank only).
+
+        Leaves the global RNGs as it found them, so a run with periodic evaluations trains the same weights as one
+        without.
+        """
         if not distributed.is_main() or episodes <= 0:
             return None
         from training.tasks import evaluate_policy_dir
 
-        info = evaluate_policy_dir(
-            self.out / POLICY_DIR,
-            self.cfg.task,
-            episodes=episodes,
-            workers=self.cfg.eval.workers,
-            out_dir=self.out / name,
-            videos=self.cfg.eval.videos if videos is None else videos,
-            device=str(self.eval_device),
-        )
+        with untouched_global_rng(self.device):
+            info = evaluate_policy_dir(
+                self.out / POLICY_DIR,
+                self.cfg.task,
+                episodes=episodes,
+                workers=self.cfg.eval.workers,
+                out_dir=self.out / name,
+                videos=self.cfg.eval.videos if videos is None else videos,
+                device=str(self.eval_device),
+            )
         self._logger.log(self.step, {f"{name}/success_rate": info["aggregated"]["pc_success"] / 100.0})
         for i, video in enumerate(info.get("video_paths", [])):
             self._logger.log_video(f"{name}/video_{i}", Path(video), self.step)
