@@ -116,14 +116,15 @@ class Trainer:
         self._logger = None
 
     # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, rngs: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+        """Everything a resume needs; ``rngs`` is every rank's RNG states (default: this process's alone)."""
         return {
             "step": self.step,
             "model": self.policy.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "rng": [rng_state(self.np_rng, self.device)],
+            "rng": rngs if rngs is not None else [rng_state(self.np_rng, self.device)],
             "config": json.dumps(asdict(self.cfg), default=str),
         }
 
@@ -162,7 +163,7 @@ class Trainer:
             self.out / POLICY_DIR,
             metadata={"task": asdict(self.cfg.task), "step": self.step, "seed": self.cfg.seed, "code": self.code},
         )
-        save_train_state(self.out / STATE_FILE, {**self.state_dict(), "rng": rngs})
+        save_train_state(self.out / STATE_FILE, self.state_dict(rngs))
 
     def _prepare_output(self) -> None:
         state_file = self.out / STATE_FILE
