@@ -124,6 +124,18 @@ def test_resuming_on_another_number_of_processes_says_so_and_trains_on(tmp_path,
     assert "resuming a run saved by 2 process(es) on 1" in capsys.readouterr().out
 
 
+def test_resuming_from_a_truncated_training_state_names_the_file_and_keeps_it(tmp_path, demos):
+    from training.state import STATE_FILE
+
+    Trainer(tiny_cfg(tmp_path / "run", demos, steps=10)).fit()
+    state_file = tmp_path / "run" / STATE_FILE
+    state_file.write_bytes(state_file.read_bytes()[:1000])  # what a copy cut off half-way leaves
+    cut = state_file.read_bytes()
+    with pytest.raises(TrainingError, match=f"training state '{state_file}' cannot be read .* corrupt"):
+        Trainer(tiny_cfg(tmp_path / "run", demos, steps=20, resume=True)).fit()
+    assert state_file.read_bytes() == cut and (tmp_path / "run" / "policy").is_dir()
+
+
 def test_existing_run_needs_resume_flag_and_resume_needs_same_config(tmp_path, demos):
     Trainer(tiny_cfg(tmp_path / "run", demos, steps=10)).fit()
     with pytest.raises(TrainingError, match="resume=true"):
