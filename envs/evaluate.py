@@ -10,9 +10,11 @@ Seeds are ``envs.seeds.eval_seeds(n_episodes, seed0)``, disjoint from every demo
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
+
+from envs.seeds import EVAL_SEED_BASE
 
 DEFAULT_MAX_STEPS = 200
 
@@ -21,32 +23,24 @@ DEFAULT_MAX_STEPS = 200
 class EvalCliConfig:
     """Arguments of `mfp eval` (``key=value``; unknown keys fail)."""
 
-    # Meta-World task or robosuite task (robomimic/lift, can, square); a checkpoint supplies its own (this overrides it).
-    task: str = ""
-    # "expert" = the scripted expert; ignored when checkpoint is set.
-    policy: str = "expert"
-    # A policy directory written by training (config.json + safetensors).
-    checkpoint: str = ""
+    task: str = field(default="", metadata={"help": "Meta-World task or robomimic/lift|can|square (a checkpoint "
+                                                    "supplies its own; this overrides it)"})
+    policy: str = field(default="expert", metadata={"help": "expert = the scripted expert; ignored with checkpoint"})
+    checkpoint: str = field(default="", metadata={"help": "a policy directory written by training"})
     n_episodes: int = 50
-    # Offset into the evaluation seed range.
-    seed0: int = 0
+    seed0: int = field(default=0, metadata={"help": f"offset into the eval seeds: episode i gets seed "
+                                                    f"{EVAL_SEED_BASE} + seed0 + i (training's evaluations: 0)"})
     n_workers: int = 2
-    # Step limit per episode; 0 -> the checkpoint's task.max_episode_steps, else 200.
-    max_steps: int = 0
-    # Output directory; empty -> outputs/eval/<task>-<policy>
-    out: str = ""
+    max_steps: int = field(default=0, metadata={"help": "per episode; 0 = the checkpoint's task limit, else 200"})
+    out: str = field(default="", metadata={"help": "output directory; empty = outputs/eval/<task>-<policy>"})
     n_videos: int = 2
-    # Scripted expert only: Gaussian action noise, and whether to render point clouds/images it does not need.
-    action_noise: float = 0.0
-    render_obs: bool = False
-    # Checkpoint only: sampling steps (NFE) at inference; 0 = the policy's default.
-    num_steps: int = 0
-    # Checkpoint only: actions executed per predicted chunk before re-planning; 0 = the policy's own.
-    n_action_steps: int = 0
-    # Checkpoint only: scale of the sampler's starting noise; 1 = as trained, 0 = deterministic chunks.
-    noise_scale: float = 1.0
-    # Checkpoint only: one starting noise per episode (reused by every chunk) instead of a fresh draw per chunk.
-    hold_noise: bool = False
+    action_noise: float = field(default=0.0, metadata={"help": "expert only: Gaussian action noise"})
+    render_obs: bool = field(default=False, metadata={"help": "expert only: render the clouds/images it does not need"})
+    num_steps: int = field(default=0, metadata={"help": "checkpoint only: sampling steps (NFE); 0 = the policy's"})
+    n_action_steps: int = field(default=0, metadata={"help": "checkpoint only: actions run per chunk; 0 = the policy's"})
+    noise_scale: float = field(default=1.0, metadata={"help": "checkpoint only: starting-noise scale; 1 = as trained, "
+                                                               "0 = deterministic chunks"})
+    hold_noise: bool = field(default=False, metadata={"help": "checkpoint only: one starting noise per episode"})
     device: str = "cpu"
     progress: bool = True
 

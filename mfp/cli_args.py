@@ -20,7 +20,7 @@ def usage(schema: type, command: str) -> str:
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
         type_name = getattr(f.type, "__name__", str(f.type))
-        lines.append(f"  {f.name}={default!s:<24} {type_name:<14} {f.metadata.get('help', '')}")
+        lines.append(f"  {f'{f.name}={default}':<28} {type_name:<6} {f.metadata.get('help', '')}".rstrip())
     return "\n".join(lines)
 
 

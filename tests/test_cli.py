@@ -1,4 +1,7 @@
 """The `mfp` dispatcher: help, close-match suggestions, and clean one-line errors for the package's own errors."""
+import pytest
+
+from envs.seeds import EVAL_SEED_BASE, eval_seeds
 from mfp.cli import main
 
 
@@ -7,6 +10,16 @@ def test_help_lists_every_command(capsys):
     out = capsys.readouterr().out
     for command in ("collect", "train", "eval", "export", "deploy", "sim-arm", "bench"):
         assert command in out
+
+
+def test_eval_help_says_which_seeds_seed0_selects(capsys):
+    """seed0 is an offset into the evaluation seeds, not a seed: the help names the base it is added to."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--help"])
+    assert exit_info.value.code == 0
+    seed0_line = next(line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("seed0="))
+    assert f"{EVAL_SEED_BASE} + seed0 + i" in seed0_line
+    assert eval_seeds(2, 5)[0] == EVAL_SEED_BASE + 5  # what the line says
 
 
 def test_unknown_command_suggests_close_matches(capsys):
