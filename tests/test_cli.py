@@ -22,6 +22,14 @@ def test_eval_help_says_which_seeds_seed0_selects(capsys):
     assert eval_seeds(2, 5)[0] == EVAL_SEED_BASE + 5  # what the line says
 
 
+def test_eval_with_a_negative_seed0_is_one_clear_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", "task=push-v3", "seed0=-5", "n_episodes=1", f"out={out}"]) == 2
+    err = capsys.readouterr().err
+    assert "start must be >= 0" in err and "start=-5" in err and "Traceback" not in err
+    assert not out.exists()
+
+
 def test_unknown_command_suggests_close_matches(capsys):
     assert main(["colect"]) == 2
     assert "did you mean collect" in capsys.readouterr().err
