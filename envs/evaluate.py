@@ -41,6 +41,8 @@ class EvalCliConfig:
     noise_scale: float = field(default=1.0, metadata={"help": "checkpoint only: starting-noise scale; 1 = as trained, "
                                                                "0 = deterministic chunks"})
     hold_noise: bool = field(default=False, metadata={"help": "checkpoint only: one starting noise per episode"})
+    average_draws: int = field(default=1, metadata={"help": "checkpoint only: run the mean of this many draws per "
+                                                           "chunk (unimodal demos; it mixes a multimodal policy's modes)"})
     device: str = "cpu"
     progress: bool = True
 
@@ -55,7 +57,7 @@ def run(cfg: EvalCliConfig) -> dict[str, Any]:
             cfg.checkpoint, episodes=cfg.n_episodes, n_workers=cfg.n_workers, out_dir=out, n_videos=cfg.n_videos,
             seed0=cfg.seed0, max_steps=cfg.max_steps or None, task=cfg.task or None, num_steps=cfg.num_steps,
             device=cfg.device, progress=cfg.progress, n_action_steps=cfg.n_action_steps,
-            noise_scale=cfg.noise_scale, hold_noise=cfg.hold_noise,
+            noise_scale=cfg.noise_scale, hold_noise=cfg.hold_noise, average_draws=cfg.average_draws,
         )
         return info | {"out_dir": out}
     if cfg.policy != "expert":

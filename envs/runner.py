@@ -164,34 +164,40 @@ def evaluate(
 
 
 def load_agent(path: str, num_steps: int = 0, device: str = "cpu", n_action_steps: int = 0,
-               noise_scale: float = 1.0, hold_noise: bool = False):
+               noise_scale: float = 1.0, hold_noise: bool = False, average_draws: int = 1):
     """The policy saved at ``path`` (module-level so worker processes can build it from a ``partial``).
 
     ``num_steps`` > 0 overrides the NFE; ``n_action_steps`` > 0 the number of actions executed per predicted chunk
     (fewer = more often re-planned), at most ``horizon - n_obs_steps + 1``; ``noise_scale`` scales the sampler's
-    starting noise (0 = deterministic chunks); ``hold_noise`` keeps one starting noise per episode.
+    starting noise (0 = deterministic chunks); ``hold_noise`` keeps one starting noise per episode;
+    ``average_draws`` > 1 executes the mean of that many draws per chunk (see ``Policy.average_draws``).
     """
     from policies.checkpoint import load_policy
 
     policy = load_policy(path, device=device)
-    check_inference_overrides(policy.horizon, policy.n_obs_steps, n_action_steps, noise_scale)
+    check_inference_overrides(policy.horizon, policy.n_obs_steps, n_action_steps, noise_scale, average_draws)
     if num_steps > 0:
         policy.num_inference_steps = num_steps
     if n_action_steps > 0:
         policy.n_action_steps = n_action_steps
     policy.noise_scale = float(noise_scale)
     policy.hold_noise = bool(hold_noise)
+    policy.average_draws = int(average_draws)
     return policy
 
 
-def check_inference_overrides(horizon: int, n_obs_steps: int, n_action_steps: int, noise_scale: float) -> None:
-    """Raise ValueError unless ``n_action_steps`` (0 = keep) fits the chunk and ``noise_scale`` is >= 0."""
+def check_inference_overrides(horizon: int, n_obs_steps: int, n_action_steps: int, noise_scale: float,
+                              average_draws: int = 1) -> None:
+    """Raise ValueError unless ``n_action_steps`` (0 = keep) fits the chunk, ``noise_scale`` is >= 0 and
+    ``average_draws`` >= 1."""
     most = horizon - n_obs_steps + 1
     if n_action_steps > most:
         raise ValueError(f"n_action_steps={n_action_steps} exceeds what this policy predicts: horizon {horizon} with "
                          f"{n_obs_steps} observation steps leaves at most {most}")
     if not noise_scale >= 0.0:  # also refuses NaN
         raise ValueError(f"noise_scale must be >= 0 (1 = as trained, 0 = deterministic), got {noise_scale}")
+    if average_draws < 1:
+        raise ValueError(f"average_draws must be >= 1 (1 = one draw per chunk, as trained), got {average_draws}")
 
 
 def evaluate_checkpoint(
@@ -209,6 +215,7 @@ def evaluate_checkpoint(
     n_action_steps: int = 0,
     noise_scale: float = 1.0,
     hold_noise: bool = False,
+    average_draws: int = 1,
 ) -> dict[str, Any]:
     """Evaluate the policy saved in ``policy_dir`` on ``eval_seeds(episodes, seed0)``.
 
@@ -216,7 +223,7 @@ def evaluate_checkpoint(
     given; the env's observations are derived from the checkpoint's shape_meta (plus any ``crop_box``,
     ``point_cloud_cameras`` or ``depth_size`` the task metadata records). ``num_steps`` > 0 overrides the NFE and
     ``n_action_steps`` > 0 the executed actions per chunk, ``noise_scale`` the starting noise, ``hold_noise`` one
-    starting noise per episode (:func:`load_agent`).
+    starting noise per episode, ``average_draws`` the mean of that many draws per chunk (:func:`load_agent`).
     """
     import functools
 
@@ -241,13 +248,16 @@ def evaluate_checkpoint(
         if saved_task.get(key) is not None:
             env_kwargs[key] = saved_task[key]
     max_steps = max_steps or int(saved_task.get("max_episode_steps", 200))
-    agent = functools.partial(load_agent, str(policy_dir), num_steps, device, n_action_steps, noise_scale,
-                              hold_noise)
+    agent = functools.partial(load_agent, str(policy_dir), num_steps=num_steps, device=device,
+                              n_action_steps=n_action_steps, noise_scale=noise_scale, hold_noise=hold_noise,
+                              average_draws=average_draws)
     policy_cfg = config["policy"]  # a bad override fails here, before any worker starts
-    check_inference_overrides(policy_cfg["horizon"], policy_cfg["n_obs_steps"], n_action_steps, noise_scale)
+    check_inference_overrides(policy_cfg["horizon"], policy_cfg["n_obs_steps"], n_action_steps, noise_scale,
+                              average_draws)
     overrides = [f"{k}={v}" for k, v in (("num_steps", num_steps), ("n_action_steps", n_action_steps)) if v]
     overrides += [f"noise_scale={noise_scale:g}"] if noise_scale != 1.0 else []
     overrides += ["hold_noise=true"] if hold_noise else []
+    overrides += [f"average_draws={average_draws}"] if average_draws != 1 else []
     label = f"checkpoint:{policy_dir}" + (f" ({', '.join(overrides)})" if overrides else "")
     return evaluate(agent, task, eval_seeds(episodes, seed0), n_workers=n_workers, out_dir=out_dir,
                     n_videos=n_videos, max_steps=max_steps, env_kwargs=env_kwargs, progress=progress, label=label)

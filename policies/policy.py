@@ -67,6 +67,10 @@ class Policy(nn.Module):
         # does not switch modes between re-plans. Set after loading, e.g. by `mfp eval hold_noise=true`.
         self.hold_noise = False
         self._held_noise: Optional[torch.Tensor] = None
+        # Inference only: the executed chunk is the mean of this many sampler draws (normalized action space), an
+        # estimate of the learned policy's conditional mean, which is what regression predicts. It suits unimodal
+        # demonstrations (scripted experts); averaging draws of a multimodal policy mixes its modes. 1 = one draw.
+        self.average_draws = 1
         # reset(seed=...) makes the episode's sampling noise a function of its seed (reproducible evaluation).
         self._episode_seed: Optional[int] = None
         self._episode_generator: Optional[torch.Generator] = None
@@ -147,7 +151,7 @@ class Policy(nn.Module):
 
         ``obs``: ``{key: (B, To, ...)}`` or unbatched ``{key: (To, ...)}``, torch tensors or numpy arrays; a longer
         history is cut to the last ``n_obs_steps``. Returns ``(B, n_action_steps, Da)`` (or ``(n_action_steps, Da)``
-        when unbatched), numpy when the input was numpy.
+        when unbatched), numpy when the input was numpy. An explicit ``noise`` is ``(B * average_draws, H, Da)``.
         """
         missing = [k for k in self.shape_meta.obs if k not in obs]
         if missing:
@@ -168,9 +172,16 @@ class Policy(nn.Module):
         if generator is None:
             generator = self._episode_rng(cond.device)
         n = num_steps if num_steps is not None else self.num_inference_steps
+        draws = int(self.average_draws)
+        if draws < 1:
+            raise ValueError(f"average_draws must be >= 1, got {draws}")
+        if draws > 1:  # the encoder ran once; only the head sees the repeated condition
+            cond = cond.repeat_interleave(draws, dim=0)
         if noise is None and (self.hold_noise or self.noise_scale != 1.0):
             noise = self.noise_scale * self._starting_noise(cond, generator)
-        naction = self.head.sample(cond, num_steps=n, noise=noise, generator=generator)  # (B, H, Da)
+        naction = self.head.sample(cond, num_steps=n, noise=noise, generator=generator)  # (B * draws, H, Da)
+        if draws > 1:
+            naction = naction.unflatten(0, (-1, draws)).mean(dim=1)
         action = self.normalizer.unnormalize("action", naction)
         start = self.n_obs_steps - 1
         action = action[:, start : start + self.n_action_steps]

@@ -168,7 +168,26 @@ def test_saved_policy_is_evaluated_from_its_checkpoint(tmp_path):
     for bad in (-1.0, float("nan")):
         with pytest.raises(ValueError, match="noise_scale must be >= 0"):
             evaluate_checkpoint(tmp_path / "policy", episodes=1, n_workers=0, noise_scale=bad, out_dir=tmp_path / "bad")
+    with pytest.raises(ValueError, match="average_draws must be >= 1"):
+        evaluate_checkpoint(tmp_path / "policy", episodes=1, n_workers=0, average_draws=0, out_dir=tmp_path / "bad")
     assert not (tmp_path / "bad").exists()  # refused before anything was written
+
+
+def test_average_draws_runs_the_mean_of_that_many_single_draws(tmp_path):
+    """average_draws=K: the executed chunk is the mean of the K chunks its K starting noises give one by one."""
+    import torch
+
+    cfg = _untrained_checkpoint(tmp_path / "policy")
+    obs = {"point_cloud": np.random.default_rng(0).normal(size=(2, 64, 3)).astype(np.float32),
+           "agent_pos": np.zeros((2, 4), np.float32)}
+    single = load_agent(str(tmp_path / "policy"))
+    averaged = load_agent(str(tmp_path / "policy"), average_draws=3)
+    noise = torch.randn(3, cfg.horizon, 4, generator=torch.Generator().manual_seed(1))
+    one_by_one = [single.predict_action(obs, noise=noise[i : i + 1]) for i in range(3)]
+    np.testing.assert_allclose(averaged.predict_action(obs, noise=noise), np.mean(one_by_one, axis=0), atol=1e-5)
+    assert averaged.predict_action(obs).shape == single.predict_action(obs).shape
+    with pytest.raises(ValueError, match="noise must have shape"):
+        averaged.predict_action(obs, noise=noise[:1])  # one noise per draw
 
 
 def _untrained_checkpoint(path, task: str = "reach-v3", steps: int = 6):
