@@ -84,8 +84,13 @@ class MeanFlowConfig:
     # alpha-Flow curriculum (AlphaFlow): over this fraction of training the r != t target anneals from trajectory
     # flow matching (alpha = 1, no JVP) to MeanFlow's (alpha -> 0) along a sigmoid; 0 = MeanFlow's target throughout.
     alpha_anneal_frac: float = 0.0
+    # Which samples' loss trains the observation encoder: "all", or "r_eq_t": only the r = t (flow-matching) ones,
+    # the r != t samples' condition detached, so the encoder never learns from the JVP target (the head still does).
+    cond_grad: str = "all"
 
     def __post_init__(self) -> None:
+        if self.cond_grad not in ("all", "r_eq_t"):
+            raise ValueError(f"unknown cond_grad '{self.cond_grad}'; known: all, r_eq_t")
         if self.prediction not in ("u", "x"):
             raise ValueError(f"unknown prediction '{self.prediction}'; known: u, x")
         if not 0.0 < self.x_t_floor <= 1.0:

@@ -137,6 +137,7 @@ def make_head(name: str, backbone: nn.Module, cfg: Any, horizon: int | None = No
             x_t_floor=cfg.x_t_floor,
             fm_warmup_frac=cfg.fm_warmup_frac,
             alpha_anneal_frac=cfg.alpha_anneal_frac,
+            cond_grad=cfg.cond_grad,
         )
     if name == "flow":
         from policies.flow import FlowHead

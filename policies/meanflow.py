@@ -29,6 +29,7 @@ JVP_MODES = ("primal", "separate")
 JVP_TANGENTS = ("conditional", "predicted")
 PREDICTIONS = ("u", "x")
 T_DISTS = ("logit_normal", "uniform")
+COND_GRADS = ("all", "r_eq_t")
 ALPHA_MIN = 5e-3  # below this the alpha-Flow target is MeanFlow's to within the JVP's own error: switch to the JVP
 ALPHA_SHARPNESS = 10.0  # slope of the sigmoid that takes alpha from 1 to 0 over the anneal
 
@@ -66,6 +67,7 @@ class MeanFlowHead(ActionHead):
         x_t_floor: float = 0.05,
         fm_warmup_frac: float = 0.0,
         alpha_anneal_frac: float = 0.0,
+        cond_grad: str = "all",
     ) -> None:
         super().__init__(backbone, horizon)
         if backbone.n_time_inputs != 2:
@@ -78,6 +80,8 @@ class MeanFlowHead(ActionHead):
             raise ValueError(f"unknown prediction '{prediction}'; known: {', '.join(PREDICTIONS)}")
         if not 0.0 < x_t_floor <= 1.0:
             raise ValueError(f"x_t_floor must be in (0, 1], got {x_t_floor}")
+        if cond_grad not in COND_GRADS:
+            raise ValueError(f"unknown cond_grad '{cond_grad}'; known: {', '.join(COND_GRADS)}")
         if t_dist not in T_DISTS:
             raise ValueError(f"unknown t_dist '{t_dist}'; known: {', '.join(T_DISTS)}")
         if not 0.0 <= ratio_r_eq_t <= 1.0:
@@ -114,6 +118,7 @@ class MeanFlowHead(ActionHead):
         self.prediction, self.x_t_floor = prediction, float(x_t_floor)
         self.fm_warmup_frac = float(fm_warmup_frac)
         self.alpha_anneal_frac = float(alpha_anneal_frac)
+        self.cond_grad = cond_grad
         # Learned "no condition" embedding, used for dropped samples and the unconditional guidance term.
         self.null_cond = nn.Parameter(0.02 * torch.randn(self.cond_dim)) if cond_drop_prob > 0 else None
 
@@ -215,6 +220,8 @@ class MeanFlowHead(ActionHead):
             order = torch.cat([needs_jvp.nonzero().squeeze(1), (~needs_jvp).nonzero().squeeze(1)])
             n_jvp = int(needs_jvp.sum())
             z, t, r, v, v_tilde, cond_in = z[order], t[order], r[order], v[order], v_tilde[order], cond_in[order]
+            if self.cond_grad == "r_eq_t" and n_jvp:  # the encoder learns from the flow-matching samples only
+                cond_in = torch.cat([cond_in[:n_jvp].detach(), cond_in[n_jvp:]])
             if alpha > 0.0:
                 u_pred, u_tgt = self._alpha_flow_target(z, t, r, v, v_tilde, cond_in, n_jvp, alpha)
             else:

@@ -450,3 +450,27 @@ def test_bad_alpha_settings_are_refused() -> None:
     x, cond, noise, t, r = draws(4)
     with pytest.raises(ValueError, match="alpha must be in"):
         head.loss_from(x, cond, noise, t, r, torch.zeros(4, dtype=torch.bool), alpha=1.5)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "unet"])
+def test_cond_grad_r_eq_t_trains_the_encoder_from_the_flow_matching_samples_only(kind):
+    """cond_grad="r_eq_t": the loss's gradient reaches the condition only through r = t samples; the head's
+    parameters get the same gradient as with "all" (only the condition is detached)."""
+    x, cond, noise, t, r = draws(8)
+    r[::2] = t[::2]  # samples 0, 2, 4, 6 are flow-matching samples
+    grads = {}
+    for mode in ("all", "r_eq_t"):
+        head = make_head(kind, cond_grad=mode)
+        c = cond.clone().requires_grad_(True)
+        loss, _ = head.loss_from(x, c, noise, t, r, torch.zeros(8, dtype=torch.bool))
+        loss.backward()
+        grads[mode] = (c.grad.abs().sum(dim=1), [p.grad.clone() for p in head.parameters()])
+    per_sample_all, head_all = grads["all"]
+    per_sample_fm, head_fm = grads["r_eq_t"]
+    assert (per_sample_all > 0).all()
+    assert (per_sample_fm[1::2] == 0).all() and (per_sample_fm[::2] > 0).all()
+    torch.testing.assert_close(per_sample_fm[::2], per_sample_all[::2])
+    for a, b in zip(head_all, head_fm):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="cond_grad"):
+        make_head(kind, cond_grad="encoder")
