@@ -8,14 +8,7 @@
 # Rehearsed on the CPU box first: LOCAL=1 DEV=cpu SMALL=1 PY=.venv/bin/python OUT=/tmp/out bash device_groups.sh
 set -o pipefail
 DEV=${DEV:-cuda}; OUT=${OUT:-/tmp/out}; PY=${PY:-python3}; mkdir -p $OUT
-if [ -z "$LOCAL" ]; then
-  for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-  export PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl
-  vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-  [ -f $vendor ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$vendor
-fi
-export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
+. docs/results/device_env.sh  # carried loaders and wheels, EGL, shared env
 TASKS=${TASKS:-coffee-pull-v3,hammer-v3,peg-insert-side-v3,soccer-v3,assembly-v3,hand-insert-v3,pick-place-v3,push-v3,disassemble-v3,pick-place-wall-v3,shelf-place-v3,stick-pull-v3,stick-push-v3}
 STEPS=${STEPS:-1500}; EPISODES=${EPISODES:-}; WORKERS=${WORKERS:-13}
 { nvidia-smi -L; nproc; $PY -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))"; } > $OUT/gpu.txt 2>&1

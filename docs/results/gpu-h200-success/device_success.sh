@@ -4,11 +4,7 @@
 # with MuJoCo rendering through the GPU's EGL. Carried: .whl (the wheels the image lacks), .gl (glvnd loaders).
 set -o pipefail
 STEPS=${STEPS:-3000}
-for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE MUJOCO_GL=egl
-vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-[ -f $vendor ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$vendor
+. docs/results/device_env.sh  # carried loaders and wheels, EGL, shared env
 { nvidia-smi -L; nproc; python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))"; } > $OUT/gpu.txt 2>&1
 python3 - >> $OUT/gpu.txt 2>&1 <<'PY' || { cat $OUT/gpu.txt; exit 4; }
 import time

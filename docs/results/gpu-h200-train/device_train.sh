@@ -10,14 +10,7 @@
 # Rehearsed on the CPU box first: LOCAL=1 DEV=cpu SMALL=1 PY=.venv/bin/python OUT=/tmp/out bash device_train.sh
 set -o pipefail
 DEV=${DEV:-cuda}; STEPS=${STEPS:-3000}; TRAIN_STEPS=${TRAIN_STEPS:-300}; OUT=${OUT:-/tmp/out}; mkdir -p $OUT/logs
-if [ -z "$LOCAL" ]; then
-  for f in .gl/*.deb; do dpkg -x $f /; done; ldconfig
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
-  export PYTHONPATH=/tmp/site:$PWD MUJOCO_GL=egl
-  vendor=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-  [ -f $vendor ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$vendor
-fi
-export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
+. docs/results/device_env.sh  # carried loaders and wheels, EGL, shared env
 PY=${PY:-python3}
 { nvidia-smi -L; nproc; $PY -c "import torch; print(torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0))"; } > $OUT/gpu.txt 2>&1
 $PY - >> $OUT/gpu.txt 2>&1 <<'PY' || { cat $OUT/gpu.txt; exit 4; }
