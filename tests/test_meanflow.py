@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 from torch.func import jvp
 
 from policies.backbones import ConditionalUnet1D, MLPBackbone
+from policies.config import MeanFlowConfig
 from policies.meanflow import MeanFlowHead
 
 torch.set_num_threads(1)
@@ -474,3 +475,5 @@ def test_cond_grad_r_eq_t_trains_the_encoder_from_the_flow_matching_samples_only
         torch.testing.assert_close(a, b)
     with pytest.raises(ValueError, match="cond_grad"):
         make_head(kind, cond_grad="encoder")
+    with pytest.raises(ValueError, match="unknown cond_grad 'encoder'"):
+        MeanFlowConfig(cond_grad="encoder")  # a bad hydra override fails when the config is built, before training
