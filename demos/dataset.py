@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from demos.replay_buffer import ReplayBuffer
-from demos.spec import ACTION, ShapeMeta, SpecError
+from core.spec import ACTION, ShapeMeta, SpecError
 
 
 class SequenceDataset(torch.utils.data.Dataset):

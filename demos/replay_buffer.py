@@ -23,7 +23,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import zarr
 
-from demos.spec import ObsSpec, ShapeMeta, SpecError
+from core.spec import ObsSpec, ShapeMeta, SpecError
 
 FORMAT = "mfp-replay-buffer/1"
 _ZARR3 = int(zarr.__version__.split(".")[0]) >= 3

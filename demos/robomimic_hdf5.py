@@ -25,7 +25,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from demos.spec import ACTION
+from core.spec import ACTION
 
 DEMO_PREFIX = "demo_"
 PER_STEP_KEYS = ("actions", "states", "rewards", "dones")
@@ -351,7 +351,7 @@ def load_replay_buffer(path: str | os.PathLike, obs_keys: Sequence[str] | None =
             raise RobomimicFormatError(f"{p}: obs '{k}' changes shape between demos: {sorted(shapes)}")
     data = {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
     env_args = read_env_args(p)
-    attrs = {"task": _task_of(env_args), "env_args": env_args, "obs_types": obs_types, "demo_names": names,
+    attrs = {"task": env_args.get("env_name"), "env_args": env_args, "obs_types": obs_types, "demo_names": names,
              "source": "robomimic_hdf5"}
     return ReplayBuffer(data, np.asarray(ends, dtype=np.int64), np.asarray(seeds, dtype=np.int64), attrs, path=None)
 
@@ -377,18 +377,6 @@ def convert_to_zarr(hdf5_path: str | os.PathLike, zarr_path: str | os.PathLike, 
     for i, seed in enumerate(rb.episode_seeds):
         out.add_episode(rb.get_episode(i), seed=int(seed))
     return out.n_episodes
-
-
-def _task_of(env_args: Mapping[str, Any]) -> str | None:
-    name = env_args.get("env_name")
-    try:
-        from envs.robosuite_env import task_name
-    except ImportError:  # pragma: no cover - robosuite missing: keep robosuite's name
-        return name
-    try:
-        return task_name(name)
-    except ValueError:
-        return name
 
 
 # ---------------------------------------------------------------------------------------------------- internals

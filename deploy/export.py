@@ -1,4 +1,4 @@
-"""`mfp export`: a policy checkpoint → one graph (ONNX for onnxruntime, and ``torch.export`` .pt2), parity-checked.
+"""A policy checkpoint → one graph (ONNX for onnxruntime, and ``torch.export`` .pt2), parity-checked.
 
 The graph is normalization + observation encoders + the action head's sampler + unnormalization, with flat named
 inputs: one tensor per observation key, shape ``(1, n_obs_steps, *spec.shape)``, then ``noise`` ``(1, horizon, Da)``
@@ -20,9 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -30,32 +28,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from mfp.cli_args import parse_overrides
-from policies.atomic_write import replace_dir
-
-EXPORT_FORMAT = "mfp-export/1"
-ONNX_FILE, PT2_FILE, META_FILE = "model.onnx", "model.pt2", "export.json"
-NOISE = "noise"
-OUTPUT = "action"
-
-
-class ExportError(RuntimeError):
-    """The export failed or does not reproduce the eager policy."""
-
-
-@dataclass
-class ExportConfig:
-    checkpoint: str = field(default="???", metadata={"help": "policy checkpoint directory (required)"})
-    out: str = field(default="???", metadata={"help": "output directory (required)"})
-    data: Optional[str] = field(default=None, metadata={"help": "zarr dataset with recorded observations for parity"})
-    n_check: int = field(default=16, metadata={"help": "observation windows checked for parity"})
-    tolerance: float = field(default=1e-4, metadata={"help": "max abs error allowed against eager"})
-    hz: float = field(default=10.0, metadata={"help": "control rate recorded in the metadata"})
-    num_inference_steps: Optional[int] = field(default=None, metadata={"help": "NFE baked into the graph"})
-    seed: int = field(default=0, metadata={"help": "seed of the fixed noise stored with the export"})
-    opset: int = field(default=18, metadata={"help": "ONNX opset"})
-    formats: list = field(default_factory=lambda: ["onnx", "pt2"], metadata={"help": "onnx and/or pt2"})
-
+from core.atomic_write import replace_dir
+from demos.replay_buffer import ReplayBuffer
+from deploy.export_format import EXPORT_FORMAT, META_FILE, NOISE, ONNX_FILE, OUTPUT, PT2_FILE, ExportError
+from deploy.onnx_session import onnx_session
+from policies.checkpoint import load_policy, read_config
 
 class ExportablePolicy(nn.Module):
     """``forward(*obs tensors in key order, noise) -> action (B, n_action_steps, Da)``: the whole policy, one graph."""
@@ -91,8 +68,6 @@ def input_specs(policy: nn.Module) -> list[dict[str, Any]]:
 
 
 def _recorded_windows(path: str, keys: list[str], To: int, n: int, rng: np.random.Generator) -> list[dict]:
-    from demos.replay_buffer import ReplayBuffer
-
     buffer = ReplayBuffer.open(path, mode="r")
     missing = [k for k in keys if k not in buffer]
     if missing:
@@ -160,18 +135,6 @@ def export_pt2(module: ExportablePolicy, example: tuple, path: Path) -> None:
         raise ExportError(f"torch.export failed: {type(e).__name__}: {e}") from e
 
 
-def onnx_session(path: str | Path, threads: int = 1):
-    """An onnxruntime CPU session pinned to ``threads`` threads."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3  # errors only: ORT warns about ops it cannot constant-fold (harmless)
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
 def check_parity(policy: nn.Module, module: ExportablePolicy, windows: list[dict], noise: torch.Tensor,
                  onnx_path: Optional[Path], pt2_path: Optional[Path], seed: int) -> dict[str, float]:
     """Max abs error of each exported artefact against eager on ``windows`` (fixed noise and fresh noise)."""
@@ -204,8 +167,6 @@ def export_policy(checkpoint: str | Path, out: str | Path, data: Optional[str] =
                   tolerance: float = 1e-4, hz: float = 10.0, num_inference_steps: Optional[int] = None, seed: int = 0,
                   opset: int = 18, formats: tuple[str, ...] = ("onnx", "pt2")) -> dict[str, Any]:
     """Export ``checkpoint`` into directory ``out`` and return the metadata written to ``export.json``."""
-    from policies.checkpoint import load_policy, read_config
-
     formats = tuple(formats)
     unknown = [f for f in formats if f not in ("onnx", "pt2")]
     if unknown or not formats:
@@ -273,20 +234,3 @@ def export_policy(checkpoint: str | Path, out: str | Path, data: Optional[str] =
         if tmp.exists():
             shutil.rmtree(tmp)
     return meta
-
-
-def main(argv: list[str]) -> int:
-    cfg = parse_overrides(ExportConfig, argv, "mfp export")
-    from policies.checkpoint import CheckpointError
-
-    torch.set_num_threads(1)
-    try:
-        meta = export_policy(cfg.checkpoint, cfg.out, cfg.data, cfg.n_check, cfg.tolerance, cfg.hz,
-                             cfg.num_inference_steps, cfg.seed, cfg.opset, tuple(cfg.formats))
-    except (ExportError, CheckpointError) as e:
-        print(f"mfp export: FAILED: {e}", file=sys.stderr)
-        return 1
-    errs = ", ".join(f"{k} {v:.2e}" for k, v in meta["parity"]["max_abs_error"].items())
-    print(f"[export] {', '.join(meta['files'].values())} -> {cfg.out}; parity max abs error vs eager: {errs} "
-          f"(tolerance {cfg.tolerance:g}, {meta['parity']['n_windows']} windows, {meta['parity']['source']})")
-    return 0

@@ -8,7 +8,7 @@ inference thread while it holds the lock, the control thread waits for it (measu
 15-20 ms on a loaded 2-core machine, with or without real-time priority). A process has its own interpreter, so the
 control thread only ever waits for the OS; chunks come back over a ZeroMQ PAIR socket on loopback, encoded with the
 bridge codec (:mod:`deploy.protocol`, no pickle), and the loop collects them with :meth:`InferenceWorker.poll` at
-each tick. The worker is ``python -m deploy.inference address=... path=...``; it exits when its parent does.
+each tick. The worker is ``python -m deploy.inference_worker address=... path=...``; it exits when its parent does.
 """
 from __future__ import annotations
 
@@ -143,7 +143,7 @@ class InferenceProcess(InferenceWorker):
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind("tcp://127.0.0.1:*")
         address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        cmd = [sys.executable, "-m", "deploy.inference", f"address={address}", f"path={path}", f"backend={backend}",
+        cmd = [sys.executable, "-m", "deploy.inference_worker", f"address={address}", f"path={path}", f"backend={backend}",
                f"threads={threads}", f"realtime_priority={int(realtime_priority)}"]
         if num_inference_steps is not None:
             cmd.append(f"num_inference_steps={num_inference_steps}")
@@ -234,69 +234,3 @@ def set_realtime_priority(priority: int, who: str) -> bool:
     except (OSError, AttributeError) as e:
         _log.warning("%s: could not switch to SCHED_FIFO priority %d (%s); continuing without", who, priority, e)
         return False
-
-
-def _load_agent(path: str, backend: str, threads: int, num_inference_steps: Optional[int]):
-    if not ((Path(path) / "config.json").is_file() or (Path(path) / "export.json").is_file()):
-        raise InferenceError(f"'{path}' is neither a policy checkpoint (config.json) nor an `mfp export` directory "
-                             "(export.json)")
-    import torch
-
-    from deploy.export import META_FILE
-    from deploy.exported import ExportedPolicy
-    from policies.checkpoint import load_policy
-
-    torch.set_num_threads(threads)
-    if (Path(path) / META_FILE).is_file():
-        if backend not in ("auto", "onnx", "pt2") or num_inference_steps is not None:
-            raise InferenceError("an export directory runs its graph (backend onnx or pt2) with its NFE baked in")
-        agent = ExportedPolicy(path, "onnx" if backend == "auto" else backend, threads)
-        return agent, agent.n_action_steps, agent.shape_meta.action_dim
-    if backend not in ("auto", "eager"):
-        raise InferenceError(f"backend={backend} needs an `mfp export` directory; '{path}' is a checkpoint")
-    policy = load_policy(path).eval()
-    if num_inference_steps is not None:
-        policy.num_inference_steps = num_inference_steps
-    return policy, policy.n_action_steps, policy.shape_meta.action_dim
-
-
-def main(argv: list[str]) -> int:
-    """Worker: connect to ``address``, load the agent, answer ``infer`` with ``chunk`` until the parent is gone."""
-    args = dict(a.split("=", 1) for a in argv)
-    parent = os.getppid()
-    sock = zmq.Context.instance().socket(zmq.PAIR)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(args["address"])
-    steps = int(args["num_inference_steps"]) if "num_inference_steps" in args else None
-    set_realtime_priority(int(args.get("realtime_priority", 0)), "inference worker")
-    try:
-        agent, n_action, action_dim = _load_agent(args["path"], args.get("backend", "auto"),
-                                                  int(args.get("threads", 1)), steps)
-    # Report any load failure to the parent, which shows it; then exit.
-    except Exception as e:
-        sock.send(encode("error", code="internal", message=f"{type(e).__name__}: {e}"))
-        time.sleep(0.5)
-        return 1
-    sock.send(encode("ready", n_obs_steps=int(agent.n_obs_steps), n_action_steps=int(n_action),
-                     action_dim=int(action_dim)))
-    while os.getppid() == parent:
-        if not sock.poll(200, zmq.POLLIN):
-            continue
-        data = sock.recv()
-        while sock.poll(0, zmq.POLLIN):  # only the newest request matters; the older ones are answered as skipped
-            data = sock.recv()
-        try:
-            msg = decode(data)
-            t0 = time.monotonic()
-            chunk = np.asarray(agent.predict_action(msg["obs"]), dtype=np.float32)
-            latency = time.monotonic() - t0
-            sock.send(encode("chunk", seq=msg["seq"], action=chunk.reshape(-1, chunk.shape[-1]), latency=latency))
-        # The loop must learn why inference failed; it stops and reports it.
-        except Exception as e:
-            sock.send(encode("error", code="internal", message=f"{type(e).__name__}: {e}"))
-            return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

@@ -100,3 +100,23 @@ class BridgeRobot(Robot):
         except (BridgeTimeout, RemoteError, ProtocolError):
             pass  # closing a connection to a robot that is already gone is not an error
         self._client.close()
+
+
+def check_compatible(policy, robot_info, limits) -> None:
+    """Raise ValueError naming every mismatch between policy, robot and limits."""
+    problems = []
+    for key, spec in policy.shape_meta.obs.items():
+        have = robot_info.obs.get(key)
+        if have is None:
+            problems.append(f"the robot sends no '{key}' (it sends {sorted(robot_info.obs)})")
+        elif tuple(have["shape"]) != tuple(spec.shape):
+            problems.append(f"'{key}' has shape {tuple(have['shape'])} on the robot, {tuple(spec.shape)} in the policy")
+    da = policy.shape_meta.action_dim
+    if robot_info.action_dim != da:
+        problems.append(f"the robot takes {robot_info.action_dim} action dims, the policy outputs {da}")
+    if limits.action_dim != da:
+        problems.append(f"limits '{limits.name}' describe {limits.action_dim} action dims, the policy outputs {da}")
+    if limits.position_key not in robot_info.obs:
+        problems.append(f"limits '{limits.name}' read the position from '{limits.position_key}', which the robot does not send")
+    if problems:
+        raise ValueError("policy, robot and limits do not match: " + "; ".join(problems))

@@ -22,6 +22,7 @@ requested command. It is a limiter, not a planner: smooth commands pass unchange
 from __future__ import annotations
 
 import math
+from importlib import resources
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
@@ -278,3 +279,16 @@ class SafetyLayer:
             if done.all():
                 break
         return ok & done
+
+
+def resolve_limits(name_or_path: str) -> Path:
+    """A limits file: an existing path, or ``configs/robot/<name>.yaml`` shipped with the package."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    shipped = resources.files("configs") / "robot"
+    candidate = shipped / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return Path(str(candidate))
+    names = sorted(p.name[:-5] for p in shipped.iterdir() if p.name.endswith(".yaml"))
+    raise FileNotFoundError(f"robot limits '{name_or_path}' not found; pass a YAML path or one of: {', '.join(names)}")

@@ -23,8 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoders.config import DISPERSIVE_VARIANTS
-
+DISPERSIVE_VARIANTS = ("infonce_l2", "infonce_cosine", "hinge", "covariance")
 OBS_EMBEDDING = "obs_embedding"  # reserved layer name: the encoder output, passed in by the policy
 
 

@@ -37,18 +37,18 @@ _reuse_freed_memory()
 
 # command -> (module, function, one-line help). Each function takes the remaining argv.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "collect": ("demos.collect", "main", "generate scripted-expert demonstrations into a zarr dataset"),
-    "merge": ("demos.merge_robomimic", "main", "concatenate robomimic HDF5 files of one task into one"),
-    "train": ("training.train", "main", "collect demos if missing, train, evaluate (hydra overrides: task.env=... policy=...)"),
-    "eval": ("envs.evaluate", "main", "evaluate a checkpoint or the scripted expert on fixed seeds"),
-    "export": ("deploy.export", "main", "export a checkpoint to ONNX and torch.export with parity checks"),
-    "deploy": ("deploy.run", "main", "run the real-time control loop against a robot bridge"),
-    "sim-arm": ("deploy.sim_arm", "main", "serve a simulated Meta-World arm over the robot bridge"),
+    "collect": ("mfp.commands.collect", "main", "generate scripted-expert demonstrations into a zarr dataset"),
+    "merge": ("mfp.commands.merge", "main", "concatenate robomimic HDF5 files of one task into one"),
+    "train": ("mfp.commands.train", "main", "collect demos if missing, train, evaluate (hydra overrides: task.env=... policy=...)"),
+    "eval": ("mfp.commands.eval", "main", "evaluate a checkpoint or the scripted expert on fixed seeds"),
+    "export": ("mfp.commands.export", "main", "export a checkpoint to ONNX and torch.export with parity checks"),
+    "deploy": ("mfp.commands.deploy", "main", "run the real-time control loop against a robot bridge"),
+    "sim-arm": ("mfp.commands.sim_arm", "main", "serve a simulated Meta-World arm over the robot bridge"),
     "bench": ("mfp.bench", "main", "benchmarks: heads, encoders, policy, envs, success, deploy, robomimic"),
 }
 
 
-_OWN_PACKAGES = {"policies", "encoders", "envs", "deploy", "demos", "training", "mfp"}
+_OWN_PACKAGES = {"core", "policies", "encoders", "envs", "deploy", "demos", "training", "mfp"}
 
 
 def _usage() -> str:

@@ -16,7 +16,7 @@ def usage(schema: type, command: str) -> str:
     lines = [f"usage: {command} [key=value ...]", ""]
     if schema.__doc__ and not schema.__doc__.startswith(schema.__name__ + "("):
         lines += [schema.__doc__.strip(), ""]
-    for f in dataclasses.fields(schema):
+    for f in dataclasses.fields(schema):  # ClassVar attributes (e.g. REMOVED) are not fields
         default = f.default if f.default is not dataclasses.MISSING else (
             f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
         type_name = getattr(f.type, "__name__", str(f.type))
@@ -34,6 +34,11 @@ def parse_overrides(schema: type[T], argv: Sequence[str], command: str) -> T:
     if any(a in ("-h", "--help") for a in argv):
         print(usage(schema, command))
         raise SystemExit(0)
+    removed = getattr(schema, "REMOVED", {})
+    gone = [a.split("=", 1)[0] for a in argv if a.split("=", 1)[0] in removed]
+    if gone:
+        print(f"{command}: '{gone[0]}' was removed: {removed[gone[0]]}", file=sys.stderr)
+        raise SystemExit(2)
     bad = [a for a in argv if "=" not in a or a.startswith("=")]
     if bad:
         print(f"{command}: arguments must be key=value, got {bad}\n\n{usage(schema, command)}", file=sys.stderr)

@@ -23,8 +23,8 @@ from omegaconf import OmegaConf
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from demos.spec import ShapeMeta, SpecError
-from policies.atomic_write import interrupted_swap, replace_dir
+from core.spec import ShapeMeta, SpecError
+from core.atomic_write import interrupted_swap, replace_dir
 from policies.config import PolicyConfig
 from policies.normalizer import NormalizerError
 from policies.policy import Policy
@@ -85,10 +85,39 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
+# Settings that earlier versions saved and this one dropped (tried and not kept; their runs are in docs/RESULTS.md).
+# All but one shaped training only, so a checkpoint that used them still runs as it was evaluated: the keys are
+# dropped on load, with the weights only training used. x-prediction changes what the network outputs: refused.
+_REMOVED_TRAINING_ONLY = {
+    "meanflow": ("ratio_one_step", "cfg_omega", "cfg_kappa", "cond_drop_prob", "cfg_t_min", "cfg_t_max", "jvp_tangent",
+                 "fm_warmup_frac", "alpha_anneal_frac", "cond_grad", "x_t_floor"),
+    "": ("aux_regression_weight",),
+}
+_REMOVED_WEIGHTS = ("head.null_cond", "aux_regression.")
+
+
+def _drop_removed_settings(d: Mapping[str, Any]) -> dict[str, Any]:
+    d = dict(d)
+    meanflow = dict(d.get("meanflow") or {})
+    if meanflow.get("prediction", "u") != "u":
+        raise CheckpointError("this checkpoint's MeanFlow head predicts x (policy.meanflow.prediction=x), which this "
+                              "version no longer builds (it did not help: docs/results/ablation-x-prediction/)")
+    meanflow.pop("prediction", None)
+    for section, keys in _REMOVED_TRAINING_ONLY.items():
+        target = meanflow if section == "meanflow" else d
+        for key in keys:
+            target.pop(key, None)
+    if "meanflow" in d:
+        d["meanflow"] = meanflow
+    return d
+
+
 def policy_config_from_dict(d: Mapping[str, Any]) -> PolicyConfig:
-    """Rebuild a typed :class:`PolicyConfig`; unknown keys or wrong types raise."""
+    """Rebuild a typed :class:`PolicyConfig`; unknown keys or wrong types raise (settings this version removed are
+    dropped, see ``_REMOVED_TRAINING_ONLY``)."""
+    current = _drop_removed_settings(d)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(PolicyConfig), OmegaConf.create(dict(d)))
+        merged = OmegaConf.merge(OmegaConf.structured(PolicyConfig), OmegaConf.create(current))
         return OmegaConf.to_object(merged)
     except Exception as e:  # omegaconf raises several error types; all mean "config does not fit the schema"
         raise CheckpointError(f"policy config does not match this package's PolicyConfig: {e}") from e
@@ -113,6 +142,7 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     except NormalizerError as e:
         raise CheckpointError(f"{path / NORMALIZER_FILE}: {e}") from e
     _check_normalizer_keys(policy, path)
+    weights = {k: v for k, v in weights.items() if not k.startswith(_REMOVED_WEIGHTS)}
     _load_strict(policy, weights, path / MODEL_FILE)
     policy.to(device).eval()
     policy.checkpoint_metadata = config.get("metadata", {})

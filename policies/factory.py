@@ -6,9 +6,13 @@ from typing import Mapping, Optional
 
 import numpy as np
 
-from demos.spec import ShapeMeta
+from core.spec import ShapeMeta
+from encoders.dispersive import DispersiveLoss
+from policies.backbones import ConditionalUnet1D, MLPBackbone
 from policies.config import PolicyConfig
+from policies.heads import make_head, n_time_inputs_for
 from policies.normalizer import LinearNormalizer
+from policies.obs_encoder import ObservationEncoder
 from policies.policy import Policy
 
 
@@ -22,10 +26,6 @@ def build_policy(
     ``stats`` maps every low_dim/point_cloud key and ``"action"`` to ``{"min", "max"}`` arrays (from the
     training set). Without stats (e.g. when loading a checkpoint) the normalizer is filled by the loader.
     """
-    from encoders.fusion import ObservationEncoder
-    from policies.backbones import ConditionalUnet1D, MLPBackbone
-    from policies.heads import make_head, n_time_inputs_for
-
     obs_encoder = ObservationEncoder(shape_meta, cfg.n_obs_steps, **asdict(cfg.encoder))
     cond_dim = obs_encoder.output_dim
     b = cfg.backbone
@@ -52,8 +52,7 @@ def build_policy(
             time_embed_dim=b.time_embed_dim,
             time_scale=b.time_scale,
         )
-    head_cfg = {"meanflow": cfg.meanflow, "flow": cfg.flow, "ddpm": cfg.diffusion, "ddim": cfg.diffusion}.get(cfg.head)
-    head = make_head(cfg.head, backbone, head_cfg, horizon=cfg.horizon)
+    head = make_head(cfg.head, backbone, cfg.head_config(), horizon=cfg.horizon)
 
     normalizer = LinearNormalizer()
     if stats is not None:
@@ -61,14 +60,7 @@ def build_policy(
 
     dispersive = None
     if cfg.dispersive.weight > 0:
-        from encoders.dispersive import DispersiveLoss
-
         dispersive = DispersiveLoss(cfg.dispersive.variant, cfg.dispersive.temperature, cfg.dispersive.margin)
-    aux_regression = None
-    if cfg.aux_regression_weight > 0:
-        from policies.regression import AuxiliaryRegression
-
-        aux_regression = AuxiliaryRegression(cond_dim, cfg.horizon, shape_meta.action_dim)
     return Policy(
         shape_meta=shape_meta,
         obs_encoder=obs_encoder,
@@ -82,8 +74,6 @@ def build_policy(
         dispersive_layers=list(cfg.dispersive.layers),
         num_inference_steps=cfg.num_inference_steps,
         samples_per_obs=cfg.samples_per_obs,  # PolicyConfig already records 1 for heads that draw nothing
-        aux_regression=aux_regression,
-        aux_regression_weight=cfg.aux_regression_weight,
     )
 
 

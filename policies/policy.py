@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from demos.spec import ShapeMeta, SpecError
+from core.spec import ShapeMeta, SpecError
 from encoders.dispersive import OBS_EMBEDDING, FeatureTap, regularized_loss
 from policies.normalizer import LinearNormalizer
 
@@ -40,8 +40,6 @@ class Policy(nn.Module):
         dispersive_layers: Sequence[str] = (OBS_EMBEDDING,),
         num_inference_steps: Optional[int] = None,
         samples_per_obs: int = 1,
-        aux_regression: Optional[nn.Module] = None,
-        aux_regression_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if n_obs_steps - 1 + n_action_steps > horizon:
@@ -59,18 +57,6 @@ class Policy(nn.Module):
         # Training only: each encoded observation is repeated this many times in the head's loss, each copy with
         # its own noise and time draws (the encoder's gradient sums over the copies).
         self.samples_per_obs = int(samples_per_obs)
-        # Scale of the sampler's starting noise at inference: 1 = the trained distribution, 0 = one deterministic
-        # chunk per observation (the head's map of the noise origin). Set after loading, e.g. by `mfp eval`.
-        self.noise_scale = 1.0
-        # One starting noise per episode instead of a fresh draw per chunk: drawn at the first chunk after reset()
-        # and reused until the next, so successive chunks are the same draw of the policy and a multimodal policy
-        # does not switch modes between re-plans. Set after loading, e.g. by `mfp eval hold_noise=true`.
-        self.hold_noise = False
-        self._held_noise: Optional[torch.Tensor] = None
-        # Inference only: the executed chunk is the mean of this many sampler draws (normalized action space), an
-        # estimate of the learned policy's conditional mean, which is what regression predicts. It suits unimodal
-        # demonstrations (scripted experts); averaging draws of a multimodal policy mixes its modes. 1 = one draw.
-        self.average_draws = 1
         # reset(seed=...) makes the episode's sampling noise a function of its seed (reproducible evaluation).
         self._episode_seed: Optional[int] = None
         self._episode_generator: Optional[torch.Generator] = None
@@ -81,9 +67,6 @@ class Policy(nn.Module):
         if self.dispersive is not None and not (block_layers or self._disperse_embedding):
             raise ValueError("dispersive weight > 0 but no layer to regularize; set dispersive.layers")
         self._tap = FeatureTap(self, block_layers) if self.dispersive is not None and block_layers else None
-        # Training only: an auxiliary regression of the chunk from the embedding, added to the loss with this weight.
-        self.aux_regression_weight = float(aux_regression_weight)
-        self.aux_regression = aux_regression if self.aux_regression_weight > 0 else None
         self._obs_history: deque = deque(maxlen=n_obs_steps)
         self._action_queue: deque = deque()
 
@@ -102,10 +85,6 @@ class Policy(nn.Module):
             k = self.samples_per_obs
             loss, metrics = self.head.compute_loss(nactions.repeat_interleave(k, 0), cond.repeat_interleave(k, 0))
         metrics = dict(metrics)
-        if self.aux_regression is not None:
-            aux = self.aux_regression.loss(cond, nactions)
-            loss = loss + self.aux_regression_weight * aux
-            metrics["aux_regression"] = float(aux.detach())
         if self.dispersive is not None:
             features = ([cond] if self._disperse_embedding else []) + block_features
             loss, disp_metrics = regularized_loss(loss, features, self.dispersive, self.dispersive_weight)
@@ -151,7 +130,8 @@ class Policy(nn.Module):
 
         ``obs``: ``{key: (B, To, ...)}`` or unbatched ``{key: (To, ...)}``, torch tensors or numpy arrays; a longer
         history is cut to the last ``n_obs_steps``. Returns ``(B, n_action_steps, Da)`` (or ``(n_action_steps, Da)``
-        when unbatched), numpy when the input was numpy. An explicit ``noise`` is ``(B * average_draws, H, Da)``.
+        when unbatched), numpy when the input was numpy. An explicit ``noise`` is the sampler's starting noise
+        ``(B, H, Da)``; without it the noise comes from ``generator``, else the episode's (see :meth:`reset`).
         """
         missing = [k for k in self.shape_meta.obs if k not in obs]
         if missing:
@@ -172,16 +152,10 @@ class Policy(nn.Module):
         if generator is None:
             generator = self._episode_rng(cond.device)
         n = num_steps if num_steps is not None else self.num_inference_steps
-        draws = int(self.average_draws)
-        if draws < 1:
-            raise ValueError(f"average_draws must be >= 1, got {draws}")
-        if draws > 1:  # the encoder ran once; only the head sees the repeated condition
-            cond = cond.repeat_interleave(draws, dim=0)
-        if noise is None and (self.hold_noise or self.noise_scale != 1.0):
-            noise = self.noise_scale * self._starting_noise(cond, generator)
-        naction = self.head.sample(cond, num_steps=n, noise=noise, generator=generator)  # (B * draws, H, Da)
-        if draws > 1:
-            naction = naction.unflatten(0, (-1, draws)).mean(dim=1)
+        if noise is not None:
+            noise = torch.as_tensor(noise, device=cond.device)
+            noise = noise.unsqueeze(0) if unbatched and noise.dim() == 2 else noise
+        naction = self.head.sample(cond, num_steps=n, noise=noise, generator=generator)  # (B, H, Da)
         action = self.normalizer.unnormalize("action", naction)
         start = self.n_obs_steps - 1
         action = action[:, start : start + self.n_action_steps]
@@ -209,14 +183,13 @@ class Policy(nn.Module):
         return self._action_queue.popleft()
 
     def reset(self, seed: Optional[int] = None) -> None:
-        """Clear the observation history, the action queue and any held noise (call at every episode start).
+        """Clear the observation history and the action queue (call at every episode start).
 
         With ``seed``, the episode's sampling noise is drawn from a generator seeded with it instead of torch's global
         one, so evaluating a checkpoint on fixed episode seeds gives the same actions every time, whatever the number
         of worker processes or the order of episodes (the evaluation runner passes each episode's seed)."""
         self._obs_history.clear()
         self._action_queue.clear()
-        self._held_noise = None
         self._episode_seed = None if seed is None else int(seed)
         self._episode_generator = None
 
@@ -228,14 +201,12 @@ class Policy(nn.Module):
             self._episode_generator = torch.Generator(device=device).manual_seed(self._episode_seed)
         return self._episode_generator
 
-    def _starting_noise(self, cond: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-        """A standard normal draw for the sampler; with ``hold_noise`` the episode's first draw, kept until reset()."""
-        held = self._held_noise
-        if not self.hold_noise or held is None or held.shape[0] != cond.shape[0] or held.device != cond.device:
-            held = self.head.initial_noise(cond, None, generator)
-        if self.hold_noise:
-            self._held_noise = held
-        return held
+    def starting_noise(self, batch: int = 1) -> torch.Tensor:
+        """A draw of the sampler's starting noise ``(batch, H, Da)`` from the episode's generator (see :meth:`reset`),
+        e.g. to hold one draw for a whole episode."""
+        device = self._device()
+        shape = (batch, self.horizon, self.shape_meta.action_dim)
+        return torch.randn(shape, generator=self._episode_rng(device), device=device)
 
     def _device(self) -> torch.device:
         for p in self.parameters():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from demos.spec import ShapeMeta
+from core.spec import ShapeMeta
 
 
 @pytest.fixture

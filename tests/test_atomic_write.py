@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from conftest import random_stats
-from policies import atomic_write
-from policies.atomic_write import replace_dir, write_text
+from core import atomic_write
+from core.atomic_write import replace_dir, write_text
 from policies.checkpoint import CheckpointError, load_policy, save_policy
 from policies.factory import build_policy
 from test_policy import tiny_config

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mfp.bench import policy as bench
+from training.config import compose_train_config
 from training.tasks import task_shape_meta
 
 
@@ -29,7 +30,7 @@ def test_bench_policy_tiny_run_writes_train_and_latency(tmp_path, capsys) -> Non
 
 @pytest.mark.parametrize("case", list(bench.CASES))
 def test_every_case_composes_and_its_synthetic_demos_match_the_task_spec(case: str) -> None:
-    cfg = bench.compose([*bench.CASES[case], "output_dir=unused"])
+    cfg = compose_train_config([*bench.CASES[case], "output_dir=unused"])
     meta = bench.shape_meta_of(cfg)
     assert meta == task_shape_meta(cfg.task)  # the Meta-World fallback constants agree with the environment
     buffer = bench.synthetic_buffer(meta, episodes=2, length=5, seed=0)
@@ -40,7 +41,7 @@ def test_every_case_composes_and_its_synthetic_demos_match_the_task_spec(case: s
 
 
 def test_metaworld_fallback_spec_equals_the_environment_spec(monkeypatch) -> None:
-    cfg = bench.compose(["task=metaworld", "output_dir=unused"])
+    cfg = compose_train_config(["task=metaworld", "output_dir=unused"])
 
     def no_metaworld(task):
         raise ImportError("metaworld not installed")

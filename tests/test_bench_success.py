@@ -2,6 +2,7 @@
 composition, robomimic tasks next to Meta-World ones (names, plans, their own report section), and (slow) the smoke
 preset end to end on a real task."""
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -12,12 +13,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs.metaworld_env import UnknownTaskError, task_names
-from envs.metaworld_groups import GROUPS, difficulty, tasks_by_group
+from envs.metaworld.env import UnknownTaskError, task_names
+from envs.metaworld.groups import GROUPS, difficulty, tasks_by_group
 from envs.runner import wilson_interval
-from mfp.bench import success as bench
+from benchmarks import success as bench
 from training.provenance import code_version
-from mfp.bench.success_report import (
+from benchmarks.success_report import (
     DM1_COLUMN,
     MP1_REPORTED,
     average_stat,
@@ -159,9 +160,10 @@ def test_bootstrap_interval_of_a_mean_lies_within_the_values(values):
 
 
 def combine(tmp_path: Path, *sources: str) -> subprocess.CompletedProcess:
-    script = Path(__file__).resolve().parents[1] / "scripts" / "combine_results.py"
-    return subprocess.run([sys.executable, str(script), str(tmp_path / "out"), *sources], capture_output=True,
-                          text=True, cwd=tmp_path)
+    root = Path(__file__).resolve().parents[1]  # the checkout: the harness is not installed
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run([sys.executable, "-m", "benchmarks.combine_results", str(tmp_path / "out"), *sources],
+                          capture_output=True, text=True, cwd=tmp_path, env=env)
 
 
 def test_combine_results_renames_variants_into_one_paired_table(tmp_path):

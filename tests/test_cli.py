@@ -1,7 +1,7 @@
 """The `mfp` dispatcher: help, close-match suggestions, and clean one-line errors for the package's own errors."""
 import pytest
 
-from envs.seeds import EVAL_SEED_BASE, eval_seeds
+from core.seeds import EVAL_SEED_BASE, eval_seeds
 from mfp.cli import main
 
 

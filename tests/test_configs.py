@@ -5,7 +5,6 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-import training.train  # noqa: F401  (registers the train_schema node)
 from training.config import TrainConfig
 
 

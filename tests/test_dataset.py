@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from demos.dataset import SequenceDataset
 from demos.replay_buffer import ReplayBuffer
-from demos.spec import ShapeMeta, SpecError
+from core.spec import ShapeMeta, SpecError
 
 N_POINTS = 6
 

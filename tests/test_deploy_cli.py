@@ -4,8 +4,9 @@ from __future__ import annotations
 import pytest
 
 from mfp.cli_args import parse_overrides
-from deploy.run import DeployConfig, main as deploy_main, resolve_limits
-from deploy.sim_arm import SimArmConfig
+from deploy.safety import resolve_limits
+from mfp.commands.deploy import DeployConfig, main as deploy_main
+from mfp.commands.sim_arm import SimArmConfig
 
 
 def test_overrides_are_typed_and_unknown_keys_fail(capsys):

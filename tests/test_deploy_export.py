@@ -8,10 +8,13 @@ import pytest
 import torch
 
 from demos.replay_buffer import ReplayBuffer
-from demos.spec import ShapeMeta
-from deploy.export import META_FILE, ExportError, export_policy, main
+from core.spec import ShapeMeta
+from deploy.export import export_policy
+from deploy.export_format import META_FILE, ExportError
+from mfp.commands.export import main
 from deploy.exported import ExportedPolicy
-from encoders.config import EncoderConfig
+from deploy.exported_pt2 import ExportedProgram
+from policies.config import EncoderConfig
 from policies.checkpoint import load_policy, save_policy
 from policies.config import BackboneConfig, PolicyConfig
 from policies.factory import build_policy
@@ -70,11 +73,14 @@ def test_export_writes_graphs_and_the_metadata_to_run_them(exported):
     assert all(err <= 1e-4 for err in parity["max_abs_error"].values()), parity
 
 
+RUNTIMES = {"onnx": ExportedPolicy, "pt2": ExportedProgram}
+
+
 @pytest.mark.parametrize("backend", ["onnx", "pt2"])
 def test_exported_graph_acts_like_the_eager_policy(exported, backend):
     ckpt, out, data = exported
     policy = load_policy(ckpt)
-    runner = ExportedPolicy(out, backend=backend)
+    runner = RUNTIMES[backend](out)
     noise = torch.tensor(runner.meta["noise"]["values"])[None]
     for t in (0, 11, 27):
         obs = {k: data[k][t : t + 2] for k in ("point_cloud", "agent_pos")}  # (To, ...) recorded windows
@@ -84,7 +90,7 @@ def test_exported_graph_acts_like_the_eager_policy(exported, backend):
         np.testing.assert_allclose(got, want, atol=1e-4)
     with pytest.raises(Exception, match="agent_pos"):
         runner.predict_action({"point_cloud": data["point_cloud"][:2], "agent_pos": data["agent_pos"][:2, :3]})
-    sampling = ExportedPolicy(out, backend=backend, noise="random")
+    sampling = RUNTIMES[backend](out, noise="random")
     obs = {k: data[k][:2] for k in ("point_cloud", "agent_pos")}
     sampling.reset(seed=3)
     first = [sampling.predict_action(obs) for _ in range(2)]

@@ -81,8 +81,8 @@ class SimArmProcess:
 
 def _tiny_policy(robot: Robot):
     """build_policy with a small config and a normalizer fitted on real observations of the arm."""
-    from demos.spec import ShapeMeta
-    from encoders.config import EncoderConfig
+    from core.spec import ShapeMeta
+    from policies.config import EncoderConfig
     from policies.config import BackboneConfig, PolicyConfig
     from policies.factory import build_policy
 

@@ -16,11 +16,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_trained_policy_exports_and_drives_the_sim_arm(tmp_path):
-    from demos.collect import collect
+    from envs.metaworld.collect import collect
     from demos.dataset import SequenceDataset
     from demos.replay_buffer import ReplayBuffer
     from deploy.export import export_policy
-    from encoders.config import EncoderConfig
+    from policies.config import EncoderConfig
     from policies.checkpoint import save_policy
     from policies.config import BackboneConfig, PolicyConfig
     from policies.factory import build_policy

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from encoders.config import DISPERSIVE_VARIANTS
+from policies.config import DISPERSIVE_VARIANTS
 from encoders.diagnostics import collapse_metrics, effective_rank, mean_pairwise_cosine, mean_pairwise_distance
 from encoders.dispersive import (
     OBS_EMBEDDING,

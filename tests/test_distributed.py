@@ -9,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import random_stats
-from demos.spec import ShapeMeta
+from core.spec import ShapeMeta
 from policies.config import BackboneConfig, EncoderConfig, PolicyConfig
 from training.config import EvalConfig, TrainConfig, WandbConfig
 from training.tasks import TaskData

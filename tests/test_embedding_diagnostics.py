@@ -1,23 +1,19 @@
-"""scripts/embedding_diagnostics.py on a saved policy and a real zarr dataset made here, and its errors."""
+"""benchmarks/embedding_diagnostics.py on a saved policy and a real zarr dataset made here, and its errors."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from benchmarks import embedding_diagnostics
 from conftest import random_stats
 from demos.replay_buffer import ReplayBuffer
 from policies.checkpoint import save_policy
 from policies.factory import build_policy
 from test_policy import tiny_config
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "embedding_diagnostics.py"
-spec = importlib.util.spec_from_file_location("embedding_diagnostics", SCRIPT)
-embedding_diagnostics = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(embedding_diagnostics)
 
 
 def make_run(tmp_path: Path, shape_meta) -> Path:

@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from demos.spec import AGENT_POS, IMAGE, POINT_CLOUD, ShapeMeta, SpecError
-from encoders.config import EncoderConfig
-from encoders.fusion import ObservationEncoder
+from core.spec import AGENT_POS, IMAGE, POINT_CLOUD, ShapeMeta, SpecError
+from policies.config import EncoderConfig
+from policies.obs_encoder import ObservationEncoder
 from encoders.image import ImageEncoder, load_imagenet_weights
 from encoders.pointnet import PointNetEncoder
 from encoders.state import StateEncoder
@@ -280,7 +280,7 @@ def test_image_weights_save_after_contiguous(image_encoder: ImageEncoder, tmp_pa
 def test_bench_encoders_runs_and_writes_json(tmp_path) -> None:
     import json
 
-    from mfp.bench.encoders import main
+    from benchmarks.encoders import main
 
     out = tmp_path / "encoders.json"
     args = ["--out", str(out), "--calls", "3", "--warmup", "1", "--train-reps", "1", "--batch", "4",

@@ -9,14 +9,16 @@ from torch import nn
 
 from policies.backbones import ConditionalUnet1D, MLPBackbone
 from policies.config import DiffusionConfig, FlowConfig, MeanFlowConfig
-from policies.diffusion import DiffusionHead, make_betas
-from policies.heads import HEAD_NAMES, make_head, n_time_inputs_for
+from policies.heads.diffusion import DiffusionHead, make_betas
+from policies.heads import head_names, make_head, n_time_inputs_for
+
+HEAD_NAMES = head_names()
 
 torch.set_num_threads(1)
 
 ACTION_DIM, COND_DIM = 3, 6
 CONFIGS = {
-    "meanflow": MeanFlowConfig(cond_drop_prob=0.1, cfg_omega=1.5),
+    "meanflow": MeanFlowConfig(),
     "flow": FlowConfig(num_inference_steps=3),
     "ddpm": DiffusionConfig(),
     "ddim": DiffusionConfig(num_inference_steps=4, prediction_type="epsilon"),
@@ -101,13 +103,13 @@ def test_regression_ignores_noise_and_fits_the_mean() -> None:
 
 
 def test_registry_errors_name_what_is_known() -> None:
-    with pytest.raises(ValueError, match="known: meanflow, flow, ddpm, ddim, regression"):
+    with pytest.raises(ValueError, match="known: .*meanflow.*regression"):
         make_head("meanflw", build_backbone("mlp", 4, 2), MeanFlowConfig(), 4)
     with pytest.raises(ValueError, match="n_time_inputs=2"):
         make_head("meanflow", build_backbone("mlp", 4, 1), MeanFlowConfig(), 4)
     with pytest.raises(TypeError, match="FlowConfig"):
         make_head("flow", build_backbone("mlp", 4, 1), MeanFlowConfig(), 4)
-    assert [n_time_inputs_for(n) for n in HEAD_NAMES] == [2, 1, 1, 1, 1]
+    assert {n: n_time_inputs_for(n) for n in HEAD_NAMES} == {"meanflow": 2, "flow": 1, "ddpm": 1, "ddim": 1, "regression": 1}
 
 
 def test_shape_errors_name_the_tensor() -> None:
@@ -181,7 +183,7 @@ def test_samplers_match_the_variance_recursion_with_the_optimal_denoiser(sampler
     """With the exact denoiser of N(0, 0.3^2) data the sampled std must match the update equations' prediction
     (DDPM's fixed_small variance lands slightly below 0.3, DP3's 10-step DDIM from t = 90 at ~0.25)."""
     acp = torch.cumprod(1 - make_betas(100, "squaredcos_cap_v2"), 0)
-    head = DiffusionHead(GaussianDenoiser(acp.float(), 0.3, 4), 4, sampler=sampler, clip_sample=False)
+    head = DiffusionHead(GaussianDenoiser(acp.float(), 0.3, 4), 4, DiffusionConfig(clip_sample=False), sampler=sampler)
     out = head.sample(torch.zeros(4000, COND_DIM), num_steps=steps, generator=torch.Generator().manual_seed(0))
     expected = expected_std(sampler, steps, acp.tolist(), 0.3)
     assert 0.2 < expected < 0.31

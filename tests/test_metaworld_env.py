@@ -7,10 +7,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from demos.spec import AGENT_POS, FULL_STATE, GOAL_POS, IMAGE, POINT_CLOUD
+from core.spec import AGENT_POS, FULL_STATE, GOAL_POS, IMAGE, POINT_CLOUD
 from envs import pointcloud as pc
-from envs.experts import ScriptedExpert
-from envs.metaworld_env import MetaWorldEnv, UnknownTaskError, check_task, metaworld_shape_meta, task_names
+from envs.metaworld.expert import ScriptedExpert
+from envs.metaworld.env import MetaWorldEnv, UnknownTaskError, check_task, metaworld_shape_meta, task_names
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from demos.execution_noise import ExecutionNoise
+from envs.execution_noise import ExecutionNoise
 
 
 @settings(max_examples=40, deadline=None)
@@ -39,8 +39,9 @@ def test_noise_is_seeded_correlated_and_has_the_asked_std():
 
 @pytest.mark.parametrize("bad", [-0.1, float("nan")])
 def test_negative_or_nan_execution_noise_is_refused_before_any_env_is_built(bad, tmp_path):
-    from demos.collect import collect, main
-    from demos.collect_robomimic import collect_robomimic
+    from envs.metaworld.collect import collect
+    from mfp.commands.collect import main
+    from envs.robosuite.collect import collect_robomimic
 
     with pytest.raises(ValueError, match="execution_noise must be >= 0"):
         collect_robomimic("lift", 1, str(tmp_path / "x.hdf5"), execution_noise=bad, verbose=False)
@@ -55,9 +56,9 @@ def test_recovery_demo_records_the_command_and_the_env_executed_command_plus_noi
     """Open-loop playback of the recorded labels leaves the recorded path; labels plus the same noise stream
     reproduce it exactly, so the file holds the expert's corrections of perturbed states."""
     pytest.importorskip("robosuite")
-    from demos.collect_robomimic import record_episode
-    from envs.robosuite_env import RobosuiteEnv
-    from envs.robosuite_experts import make_expert
+    from envs.robosuite.collect import record_episode
+    from envs.robosuite.env import RobosuiteEnv
+    from envs.robosuite.experts import make_expert
 
     env = RobosuiteEnv("lift", image_size=32, cameras=("agentview",))
     try:
@@ -82,9 +83,9 @@ def test_metaworld_recovery_dataset_holds_the_commands_and_refuses_mixing_with_c
     """`mfp collect task=<Meta-World task> execution_noise=S`: the zarr records the expert's commands and its
     setting; replaying the labels plus the episode's noise stream reproduces the recorded states, the labels alone
     do not; appending clean demos to it is refused."""
-    from demos.collect import collect
+    from envs.metaworld.collect import collect
     from demos.replay_buffer import ReplayBuffer, ReplayBufferError
-    from envs.metaworld_env import MetaWorldEnv
+    from envs.metaworld.env import MetaWorldEnv
 
     path = tmp_path / "reach-dart.zarr"
     args = dict(num_points=64, image_cameras=(), depth_size=64, max_steps=100, progress=False)

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from demos.collect import collect
+from envs.metaworld.collect import collect
 from demos.dataset import SequenceDataset
 from demos.replay_buffer import ReplayBuffer, ReplayBufferError
-from demos.spec import ShapeMeta, SpecError
+from core.spec import ShapeMeta, SpecError
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {"point_cloud": ((8, 3), np.float32), "agent_pos": ((4,), np.float32), "action": ((4,), np.float32)}
@@ -186,7 +186,7 @@ def test_two_episode_collection_reads_back(tmp_path):
 
 _KILL_SCRIPT = """
 import sys
-from demos.collect import collect
+from envs.metaworld.collect import collect
 collect("reach-v3", 4, sys.argv[1], num_points=64, image_cameras=(), depth_size=64, max_steps=100, progress=False)
 """
 

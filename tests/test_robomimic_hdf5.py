@@ -272,7 +272,7 @@ def test_merge_of_a_truncated_demo_names_it_and_leaves_no_output(demo_file, tmp_
 def collected_lift(tmp_path_factory):
     """Two real scripted Lift demos (one 32x32 camera), collected once for this module."""
     pytest.importorskip("robosuite")
-    from demos.collect_robomimic import collect_robomimic
+    from envs.robosuite.collect import collect_robomimic
 
     out = tmp_path_factory.mktemp("collect") / "lift.hdf5"
     summary = collect_robomimic("robomimic/lift", 2, str(out), image_size=32, cameras=("agentview",), verbose=False)
@@ -292,7 +292,7 @@ def test_mfp_collect_writes_robomimic_hdf5_for_robosuite_tasks(tmp_path, monkeyp
 
 def test_collect_lift_then_replay_states_and_actions(collected_lift):
     """Real collection; then robomimic's two uses of a file: observations from ``states`` and action playback."""
-    from envs.robosuite_env import RobosuiteEnv
+    from envs.robosuite.env import RobosuiteEnv
 
     out, summary = collected_lift
     assert summary["demos"] == 2 and summary["seeds"] == [0, 1]
@@ -355,7 +355,7 @@ def test_sequence_dataset_trains_from_the_hdf5_file(collected_lift):
     import torch
 
     from demos.dataset import SequenceDataset
-    from envs.robosuite_env import robosuite_shape_meta
+    from envs.robosuite.env import robosuite_shape_meta
 
     out, summary = collected_lift
     meta = robosuite_shape_meta("lift", image_size=32, cameras=("agentview",))

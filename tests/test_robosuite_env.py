@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("robosuite")
 
-from envs.robosuite_env import (  # noqa: E402
+from envs.robosuite.env import (  # noqa: E402
     AGENTVIEW_IMAGE,
     EYE_IN_HAND_IMAGE,
     OBJECT,
@@ -18,7 +18,7 @@ from envs.robosuite_env import (  # noqa: E402
     robosuite_shape_meta,
     task_info,
 )
-from envs.robosuite_experts import make_expert  # noqa: E402
+from envs.robosuite.experts import make_expert  # noqa: E402
 
 IMAGE_SIZE = 64
 
@@ -215,7 +215,7 @@ def test_scripted_experts_succeed_over_seeds(task):
 
 def test_mfp_eval_runs_the_robosuite_expert_with_a_video(tmp_path):
     """`mfp eval policy=expert task=robomimic/lift`: workers bind the expert to their own env; a video needs a camera."""
-    from envs.evaluate import EvalCliConfig, run
+    from mfp.commands.eval import EvalCliConfig, run
 
     info = run(EvalCliConfig(task="robomimic/lift", policy="expert", n_episodes=2, n_workers=1, n_videos=1,
                              out=str(tmp_path), progress=False))
@@ -231,7 +231,7 @@ def test_mfp_eval_runs_the_robosuite_expert_with_a_video(tmp_path):
 
 
 def test_expert_agent_refuses_unknown_tasks_and_acting_before_bind():
-    from envs.robosuite_experts import RobosuiteExpertAgent
+    from envs.robosuite.experts import RobosuiteExpertAgent
 
     with pytest.raises(RobosuiteEnvError, match="unknown robosuite task 'stack'"):
         RobosuiteExpertAgent("stack")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from demos.collect import collect
+from envs.metaworld.collect import collect
 from demos.replay_buffer import ReplayBuffer, ReplayBufferError
 from training.config import TaskConfig
 from training.tasks import TaskDataError, ensure_demos

@@ -4,9 +4,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from policies.config import PolicyConfig
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
 
-TASK_SUITES = ("metaworld", "robomimic")
+from core.errors import check_choice
+from envs.suites import suite_names
+from policies.config import PolicyConfig
 
 
 @dataclass
@@ -26,13 +29,12 @@ class TaskConfig:
     control_hz: float = 80.0
 
     def __post_init__(self) -> None:
-        if self.suite not in TASK_SUITES:
-            raise ValueError(f"unknown task suite '{self.suite}'; known: {', '.join(TASK_SUITES)}")
+        check_choice("task.suite", self.suite, suite_names())
 
 
 @dataclass
 class EvalConfig:
-    """Simulator evaluation on fixed seeds disjoint from the demo seeds (see envs/seeds.py)."""
+    """Simulator evaluation on fixed seeds disjoint from the demo seeds (see core/seeds.py)."""
 
     episodes: int = 50
     every_steps: int = 0  # periodic evaluation during training (0 = only at the end)
@@ -92,3 +94,21 @@ class TrainConfig:
             raise ValueError("checkpoint_every must be >= 1")
         if not self.grad_clip > 0:  # also refuses NaN; inf turns clipping off
             raise ValueError(f"grad_clip must be > 0 (inf turns clipping off), got {self.grad_clip}")
+
+
+# configs/train.yaml composes onto this schema by the name "train_schema" (its first default).
+ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+
+
+def config_from_hydra(cfg: DictConfig) -> TrainConfig:
+    """Resolve interpolations and convert to the typed dataclass (runs every __post_init__ validation)."""
+    return OmegaConf.to_object(cfg)
+
+
+def compose_train_config(overrides: list[str]) -> TrainConfig:
+    """The TrainConfig `mfp train <overrides>` would run with (same configs, same schema, same validation)."""
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="configs", version_base=None):
+        cfg = compose(config_name="train", overrides=overrides)
+    return config_from_hydra(cfg)

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from policies.atomic_write import open_atomic
+from core.atomic_write import open_atomic
 
 STATE_FILE = "train_state.pt"
 

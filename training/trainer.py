@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from ema_pytorch import EMA
 
-from policies.atomic_write import write_text
+from core.atomic_write import write_text
 from policies.checkpoint import save_policy
 from policies.factory import build_policy
 from training import distributed
@@ -37,6 +37,7 @@ from training.state import (
     save_train_state,
     untouched_global_rng,
 )
+from training.evaluation import evaluate_checkpoint
 from training.tasks import TaskData, load_task_data
 
 POLICY_DIR = "policy"
@@ -186,7 +187,6 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train_step(self, batch: dict[str, Any], diagnostics: bool = False) -> dict[str, float]:
         self.policy.train()
-        self.policy.head.training_progress = self.step / self.cfg.num_steps
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.mixed_precision):
             loss, metrics = self.policy.compute_loss(to_device(batch, self.device), diagnostics=diagnostics)
         if not torch.isfinite(loss):
@@ -253,17 +253,11 @@ class Trainer:
         """
         if not distributed.is_main() or episodes <= 0:
             return None
-        from training.tasks import evaluate_policy_dir
-
         with untouched_global_rng(self.device):
-            info = evaluate_policy_dir(
-                self.out / POLICY_DIR,
-                self.cfg.task,
-                episodes=episodes,
-                workers=self.cfg.eval.workers,
-                out_dir=self.out / name,
-                videos=self.cfg.eval.videos if videos is None else videos,
-                device=str(self.eval_device),
+            info = evaluate_checkpoint(
+                self.out / POLICY_DIR, episodes=episodes, n_workers=self.cfg.eval.workers, out_dir=self.out / name,
+                n_videos=self.cfg.eval.videos if videos is None else videos, max_steps=self.cfg.task.max_episode_steps,
+                task=self.cfg.task.env, device=str(self.eval_device),
             )
         self._logger.log(self.step, {f"{name}/success_rate": info["aggregated"]["pc_success"] / 100.0})
         for i, video in enumerate(info.get("video_paths", [])):

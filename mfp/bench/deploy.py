@@ -35,7 +35,7 @@ from typing import Any, Optional
 import numpy as np
 
 from mfp.cli_args import parse_overrides
-from policies.atomic_write import write_text
+from core.atomic_write import write_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -74,7 +74,7 @@ def _time(fn, calls: int, warmup: int) -> dict[str, float]:
 
 
 def _default_checkpoint(num_points: int, backbone: str, directory: Path) -> Path:
-    from demos.spec import ShapeMeta
+    from core.spec import ShapeMeta
     from policies.checkpoint import save_policy
     from policies.config import BackboneConfig, PolicyConfig
     from policies.factory import build_policy
@@ -157,8 +157,7 @@ def bench_loop(checkpoint: Path, task: str, hz: float, duration_s: float, num_po
     from deploy.inference import InferenceProcess
     from deploy.loop import ControlLoop
     from deploy.robot import BridgeRobot
-    from deploy.run import resolve_limits
-    from deploy.safety import SafetyLayer, SafetyLimits
+    from deploy.safety import SafetyLayer, SafetyLimits, resolve_limits
     from policies.checkpoint import load_policy
 
     policy = load_policy(checkpoint).eval()

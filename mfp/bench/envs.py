@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from policies.atomic_write import write_text
+from core.atomic_write import write_text
 
 TARGETS = {"obs_pipeline_ms": 8.0, "collect_10_demos_s": 60.0}
 
@@ -32,8 +32,8 @@ def _median_ms(samples: list[float]) -> float:
 
 def bench_obs_pipeline(task: str, steps: int, num_points: int) -> dict:
     from envs import pointcloud as pc
-    from envs.experts import ScriptedExpert
-    from envs.metaworld_env import MetaWorldEnv
+    from envs.metaworld.expert import ScriptedExpert
+    from envs.metaworld.env import MetaWorldEnv
 
     env = MetaWorldEnv(task, num_points=num_points, max_episode_steps=500)
     expert = ScriptedExpert(task)
@@ -88,7 +88,7 @@ def bench_obs_pipeline(task: str, steps: int, num_points: int) -> dict:
 
 
 def bench_collect(task: str, demos: int) -> dict:
-    from demos.collect import collect
+    from envs.metaworld.collect import collect
 
     with tempfile.TemporaryDirectory() as tmp:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -100,9 +100,9 @@ def bench_collect(task: str, demos: int) -> dict:
 
 
 def bench_eval(task: str, episodes: int, workers: int, render: bool) -> dict:
-    from envs.experts import ScriptedExpert
+    from envs.metaworld.expert import ScriptedExpert
     from envs.runner import evaluate
-    from envs.seeds import eval_seeds
+    from core.seeds import eval_seeds
 
     env_kwargs = {"image_cameras": ()} if render else {"point_cloud_cameras": (), "image_cameras": ()}
     info = evaluate(ScriptedExpert(task), task, eval_seeds(episodes), n_workers=workers, max_steps=200,

@@ -21,7 +21,7 @@ from torch import nn
 
 from mfp.bench.timing import interleaved, percentile
 from mfp.bench.toy import ToyProblem, evaluate_sampler, head_sampler, train_head
-from policies.atomic_write import write_text
+from core.atomic_write import write_text
 from policies.backbones import ConditionalUnet1D, MLPBackbone
 from policies.config import DiffusionConfig, FlowConfig, MeanFlowConfig
 from policies.heads import ActionHead, make_head, n_time_inputs_for

@@ -26,11 +26,10 @@ import numpy as np
 import torch
 
 from demos.replay_buffer import ReplayBuffer
-from demos.spec import ACTION, ObsSpec, ShapeMeta
-from mfp.bench.encoders import tabletop_clouds
+from core.spec import ACTION, ObsSpec, ShapeMeta
 from mfp.bench.timing import interleaved, percentile
-from policies.atomic_write import write_text
-from training.config import TrainConfig
+from core.atomic_write import write_text
+from training.config import TrainConfig, compose_train_config
 
 # case -> hydra overrides (task + profile). The GPU image case is the DP robomimic window on the GPU profile.
 CASES: dict[str, list[str]] = {
@@ -42,10 +41,19 @@ CASES: dict[str, list[str]] = {
 # head preset -> NFE used at inference (the presets' own num_inference_steps)
 METHODS = ("meanflow", "ddim", "regression")
 
-# Meta-World's observation spec (envs/metaworld_env.py), for machines without metaworld installed; a test checks
+# Meta-World's observation spec (envs/metaworld/env.py), for machines without metaworld installed; a test checks
 # it against the environment's own spec.
 METAWORLD_AGENT_POS_DIM = 4
 METAWORLD_ACTION_DIM = 4
+
+
+def tabletop_clouds(n: int, points: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, points, 3) in [-1, 1]: half the points on a table plane, half on a randomly placed box."""
+    pts = torch.rand(n, points, 3, generator=generator) * 2 - 1
+    half = points // 2
+    pts[:, :half, 2] = -0.9
+    pts[:, half:] = pts[:, half:] * 0.2 + (torch.rand(n, 1, 3, generator=generator) - 0.5)
+    return pts
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -78,20 +86,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda asked for, but torch sees no CUDA device")
     return args
-
-
-def compose(overrides: list[str]) -> TrainConfig:
-    """The TrainConfig `mfp train <overrides>` would run with (same configs, same schema, same validation)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import training.train  # registers the schema  # noqa: F401
-    from training.train import config_from_hydra
-
-    config_dir = Path(__file__).resolve().parents[2] / "configs"
-    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-        cfg = hydra_compose(config_name="train", overrides=overrides)
-    return config_from_hydra(cfg)
 
 
 def shape_meta_of(cfg: TrainConfig) -> ShapeMeta:
@@ -143,7 +137,7 @@ def build_trainer(case: str, method: str, args: argparse.Namespace, out_dir: Pat
         overrides.append(f"batch_size={args.batch}")
     if args.amp != "profile":
         overrides.append(f"mixed_precision={args.amp == 'on'}")
-    cfg = compose(overrides)
+    cfg = compose_train_config(overrides)
     shape_meta = shape_meta_of(cfg)
     buffer = synthetic_buffer(shape_meta, args.episodes, args.episode_len, args.seed)
     pc = cfg.policy
