@@ -9,6 +9,7 @@ results.md and success.png under OUT.
     python -m benchmarks.combine_results OUT [--skip-tasks t1,t2] [--title T] SOURCE [SOURCE ...]
     python -m benchmarks.combine_results OUT bench/lr6e4/results.json old/results.json:meanflow=meanflow@3e-4
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,11 +47,14 @@ def main() -> int:
             recorded = json.loads(Path(path).read_text())["runs"]
             keys = [(run["task"], run["method"], run["seed"]) for run in recorded]  # a run lacking one: KeyError
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise SystemExit(f"{path}: not a readable `mfp bench success` results.json ({type(e).__name__}: {e})")
+            raise SystemExit(
+                f"{path}: not a readable `mfp bench success` results.json ({type(e).__name__}: {e})"
+            ) from None
         methods = {method for _, method, _ in keys}
         if missing := sorted(set(names) - methods):
-            raise SystemExit(f"{source}: {path} has no runs of {', '.join(missing)}; "
-                             f"it has {', '.join(sorted(methods))}")
+            raise SystemExit(
+                f"{source}: {path} has no runs of {', '.join(missing)}; it has {', '.join(sorted(methods))}"
+            )
         for run in recorded:
             if run["task"] in skip or (names and run["method"] not in names):
                 continue

@@ -8,11 +8,11 @@ distance. A high cosine with a high centred rank is a shared offset, not a colla
 
     python -m benchmarks.embedding_diagnostics RUN_DIR [RUN_DIR ...] [--windows 256] [--seed 0]
 """
+
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -32,18 +32,32 @@ def embedding_row(run_dir: Path, windows: int, seed: int) -> list[str]:
         raise SystemExit(f"{run_dir}: no config.json; pass the folder `mfp train` wrote (output_dir)")
     dataset = Path(json.loads(config_file.read_text())["task"]["dataset"])
     if not dataset.exists():
-        raise SystemExit(f"{run_dir}: its dataset {dataset} is missing; run from the folder it was trained in, "
-                         "or collect the demos again (`mfp collect`)")
+        raise SystemExit(
+            f"{run_dir}: its dataset {dataset} is missing; run from the folder it was trained in, "
+            "or collect the demos again (`mfp collect`)"
+        )
     policy = load_policy(run_dir / "policy").eval()
-    data = SequenceDataset(dataset, policy.shape_meta, horizon=policy.horizon, n_obs_steps=policy.n_obs_steps,
-                           n_action_steps=policy.n_action_steps)
+    data = SequenceDataset(
+        dataset,
+        policy.shape_meta,
+        horizon=policy.horizon,
+        n_obs_steps=policy.n_obs_steps,
+        n_action_steps=policy.n_action_steps,
+    )
     idx = np.random.default_rng(seed).choice(len(data), size=min(windows, len(data)), replace=False)
     obs = torch.utils.data.default_collate([data[int(i)]["obs"] for i in idx])  # {key: (B, To, ...)}
     z = policy.embed(obs).double()
     m = collapse_metrics(z, prefix="z")
-    return [str(run_dir), str(z.shape[1]), f"{m['z_mean_cos']:.3f}", f"{m['z_erank']:.1f}",
-            f"{m['z_erank_centered']:.1f}", f"{float(z.norm(dim=1).mean()):.2f}", f"{float(z.mean(dim=0).norm()):.2f}",
-            f"{m['z_mean_dist']:.2f}"]
+    return [
+        str(run_dir),
+        str(z.shape[1]),
+        f"{m['z_mean_cos']:.3f}",
+        f"{m['z_erank']:.1f}",
+        f"{m['z_erank_centered']:.1f}",
+        f"{float(z.norm(dim=1).mean()):.2f}",
+        f"{float(z.mean(dim=0).norm()):.2f}",
+        f"{m['z_mean_dist']:.2f}",
+    ]
 
 
 def main() -> int:

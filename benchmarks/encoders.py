@@ -12,27 +12,27 @@ load hits all alike:
             and the isolated cost of the term (forward + backward on the embedding); target <= 5 % of the step.
 Point clouds are synthetic tabletop scenes (a plane plus a box) normalized to [-1, 1].
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import platform
 import statistics
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from core.atomic_write import write_text
 from core.spec import AGENT_POS, POINT_CLOUD, ShapeMeta
-from encoders.dispersive import DISPERSIVE_VARIANTS
-from encoders.dispersive import DispersiveLoss
-from policies.obs_encoder import ObservationEncoder
+from encoders.dispersive import DISPERSIVE_VARIANTS, DispersiveLoss
 from encoders.image import ImageEncoder
 from encoders.pointnet import PointNetEncoder
 from mfp.bench.policy import tabletop_clouds
 from mfp.bench.timing import interleaved, percentile
-from core.atomic_write import write_text
+from policies.obs_encoder import ObservationEncoder
 
 DISPERSIVE_TARGET_PCT = 5.0
 
@@ -56,14 +56,25 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def summary_ms(times: list[float]) -> dict[str, float]:
     ms = [t * 1e3 for t in times]
-    return {"p50_ms": percentile(ms, 50), "p99_ms": percentile(ms, 99), "min_ms": min(ms),
-            "median_ms": statistics.median(ms), "n": len(ms)}
+    return {
+        "p50_ms": percentile(ms, 50),
+        "p99_ms": percentile(ms, 99),
+        "min_ms": min(ms),
+        "median_ms": statistics.median(ms),
+        "n": len(ms),
+    }
 
 
 def condition_meta(points: int, state_dim: int) -> ShapeMeta:
-    return ShapeMeta.from_dict({"obs": {POINT_CLOUD: {"type": "point_cloud", "shape": [points, 3]},
-                                        AGENT_POS: {"type": "low_dim", "shape": [state_dim]}},
-                                "action": {"shape": [4]}})
+    return ShapeMeta.from_dict(
+        {
+            "obs": {
+                POINT_CLOUD: {"type": "point_cloud", "shape": [points, 3]},
+                AGENT_POS: {"type": "low_dim", "shape": [state_dim]},
+            },
+            "action": {"shape": [4]},
+        }
+    )
 
 
 def condition_obs(batch: int, steps: int, points: int, state_dim: int, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -133,8 +144,9 @@ def bench_train(args: argparse.Namespace) -> dict[str, object]:
         enc.zero_grad(set_to_none=True)
         ((_dp3_literal(pointnet, clouds) - target[:, :64].repeat(args.obs_steps, 1)) ** 2).mean().backward()
 
-    times = interleaved({"dp3_order_dense": literal, "dense": step(False), "critical_point_backward": step(True)},
-                        args.train_reps, 1)
+    times = interleaved(
+        {"dp3_order_dense": literal, "dense": step(False), "critical_point_backward": step(True)}, args.train_reps, 1
+    )
     pointnet.sparse_backward = True
     result: dict[str, object] = {k: summary_ms(v) for k, v in times.items()}
     result["clouds_per_step"] = clouds.shape[0]
@@ -178,11 +190,21 @@ def bench_dispersive(args: argparse.Namespace) -> dict[str, object]:
 
     term = {k: summary_ms(v) for k, v in interleaved({v: isolated(v) for v in DISPERSIVE_VARIANTS}, 200, 20).items()}
     plain = steps["plain"]["median_ms"]
-    overhead = {v: {"term_p50_ms": term[v]["p50_ms"], "pct_of_step": 100 * term[v]["p50_ms"] / plain,
-                    "ab_delta_median_ms": steps[v]["median_ms"] - plain} for v in DISPERSIVE_VARIANTS}
-    return {"steps": steps, "overhead": overhead, "embedding_shape": [args.batch, enc.output_dim],
-            "target_pct": DISPERSIVE_TARGET_PCT,
-            "target_met": all(o["pct_of_step"] <= DISPERSIVE_TARGET_PCT for o in overhead.values())}
+    overhead = {
+        v: {
+            "term_p50_ms": term[v]["p50_ms"],
+            "pct_of_step": 100 * term[v]["p50_ms"] / plain,
+            "ab_delta_median_ms": steps[v]["median_ms"] - plain,
+        }
+        for v in DISPERSIVE_VARIANTS
+    }
+    return {
+        "steps": steps,
+        "overhead": overhead,
+        "embedding_shape": [args.batch, enc.output_dim],
+        "target_pct": DISPERSIVE_TARGET_PCT,
+        "target_met": all(o["pct_of_step"] <= DISPERSIVE_TARGET_PCT for o in overhead.values()),
+    }
 
 
 def print_table(result: dict) -> None:
@@ -198,11 +220,15 @@ def print_table(result: dict) -> None:
         print(f"  critical fraction {t['critical_fraction']:.3f}; speed-up (min) {t['speedup_vs_dp3_order_min']:.2f}x")
     if "dispersive" in result:
         d = result["dispersive"]
-        print(f"\ndispersive term at {d['embedding_shape']} vs the plain step "
-              f"({d['steps']['plain']['median_ms']:.1f} ms median)")
+        print(
+            f"\ndispersive term at {d['embedding_shape']} vs the plain step "
+            f"({d['steps']['plain']['median_ms']:.1f} ms median)"
+        )
         for name, o in d["overhead"].items():
-            print(f"  {name:<36} term {o['term_p50_ms']:7.3f} ms  = {o['pct_of_step']:5.2f} %   "
-                  f"(A/B delta {o['ab_delta_median_ms']:+.1f} ms)")
+            print(
+                f"  {name:<36} term {o['term_p50_ms']:7.3f} ms  = {o['pct_of_step']:5.2f} %   "
+                f"(A/B delta {o['ab_delta_median_ms']:+.1f} ms)"
+            )
         print(f"  target <= {d['target_pct']} %: {'met' if d['target_met'] else 'NOT met'}")
 
 

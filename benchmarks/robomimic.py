@@ -8,6 +8,7 @@ Measures on this machine (one process, torch/OpenMP at 1 thread):
 (3) collecting ``--demos`` Lift demos with both cameras into a fresh robomimic HDF5 file.
 Prints a table and writes JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,14 +45,20 @@ def bench_step(task: str, steps: int, cameras: tuple[str, ...], fast_render: boo
             obs, _ = env.reset(seed=seed)
             expert.reset(seed)
     env.close()
-    return {"task": task, "cameras": list(cameras), "fast_render": fast_render, "steps": steps,
-            "step_ms_p50": float(np.median(times) * 1e3), "step_ms_p90": float(np.percentile(times, 90) * 1e3)}
+    return {
+        "task": task,
+        "cameras": list(cameras),
+        "fast_render": fast_render,
+        "steps": steps,
+        "step_ms_p50": float(np.median(times) * 1e3),
+        "step_ms_p90": float(np.percentile(times, 90) * 1e3),
+    }
 
 
 def bench_expert(task: str, episodes: int) -> dict:
+    from core.seeds import demo_seeds
     from envs.robosuite.env import RobosuiteEnv
     from envs.robosuite.experts import make_expert
-    from core.seeds import demo_seeds
 
     env = RobosuiteEnv(task, cameras=())
     expert = make_expert(env)
@@ -63,8 +70,9 @@ def bench_expert(task: str, episodes: int) -> dict:
         expert.reset(seed)
         info = {"success": False}
         steps = 0
-        for steps in range(1, env.max_episode_steps + 1):
+        while steps < env.max_episode_steps:
             obs, _, terminated, truncated, info = env.step(expert.predict_action(obs)[0])
+            steps += 1
             if terminated or truncated:
                 break
         if info["success"]:
@@ -73,10 +81,16 @@ def bench_expert(task: str, episodes: int) -> dict:
         else:
             failed.append(seed)
     env.close()
-    return {"task": task, "episodes": episodes, "seeds": f"{seeds[0]}..{seeds[-1]}", "successes": successes,
-            "success_rate": successes / episodes, "failed_seeds": failed,
-            "mean_steps_success": float(np.mean(lengths)) if lengths else None,
-            "seconds": time.perf_counter() - t0}
+    return {
+        "task": task,
+        "episodes": episodes,
+        "seeds": f"{seeds[0]}..{seeds[-1]}",
+        "successes": successes,
+        "success_rate": successes / episodes,
+        "failed_seeds": failed,
+        "mean_steps_success": float(np.mean(lengths)) if lengths else None,
+        "seconds": time.perf_counter() - t0,
+    }
 
 
 def bench_collect(task: str, demos: int) -> dict:
@@ -88,9 +102,16 @@ def bench_collect(task: str, demos: int) -> dict:
         summary = collect_robomimic(task, demos, str(path), verbose=False)
         total = time.perf_counter() - t0
         size_mb = os.path.getsize(path) / 2**20
-    return {"task": task, "demos": demos, "steps": summary["steps"], "attempts": summary["attempts"],
-            "seconds_total": total, "seconds_episodes": summary["seconds"],
-            "ms_per_step": summary["seconds"] / summary["steps"] * 1e3, "file_mb": size_mb}
+    return {
+        "task": task,
+        "demos": demos,
+        "steps": summary["steps"],
+        "attempts": summary["attempts"],
+        "seconds_total": total,
+        "seconds_episodes": summary["seconds"],
+        "ms_per_step": summary["seconds"] / summary["steps"] * 1e3,
+        "file_mb": size_mb,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,12 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     two_cams = ("agentview", "robot0_eye_in_hand")
-    result = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
-              "step": [bench_step("lift", args.steps, two_cams, True),
-                       bench_step("lift", args.steps, two_cams, False),
-                       bench_step("lift", args.steps, (), True)],
-              "experts": [bench_expert(t, args.episodes) for t in args.tasks.split(",") if t],
-              "collect": bench_collect("lift", args.demos) if args.demos > 0 else None}
+    result = {
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "step": [
+            bench_step("lift", args.steps, two_cams, True),
+            bench_step("lift", args.steps, two_cams, False),
+            bench_step("lift", args.steps, (), True),
+        ],
+        "experts": [bench_expert(t, args.episodes) for t in args.tasks.split(",") if t],
+        "collect": bench_collect("lift", args.demos) if args.demos > 0 else None,
+    }
 
     print(f"{'env step (Lift, expert trajectory)':<54} p50 ms   p90 ms")
     for r in result["step"]:
@@ -118,12 +143,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {label:<52} {r['step_ms_p50']:7.1f}  {r['step_ms_p90']:7.1f}")
     print("scripted expert   success   seeds        mean steps   time s")
     for r in result["experts"]:
-        print(f"  {r['task']:<15} {r['successes']:>3}/{r['episodes']:<4} {r['seeds']:<12} "
-              f"{r['mean_steps_success'] or 0:8.1f}   {r['seconds']:7.1f}")
+        print(
+            f"  {r['task']:<15} {r['successes']:>3}/{r['episodes']:<4} {r['seeds']:<12} "
+            f"{r['mean_steps_success'] or 0:8.1f}   {r['seconds']:7.1f}"
+        )
     if result["collect"]:
         c = result["collect"]
-        print(f"collect {c['demos']} {c['task']} demos (2 cams 84x84): {c['seconds_total']:.1f} s total, "
-              f"{c['ms_per_step']:.1f} ms/step over {c['steps']} steps, {c['file_mb']:.1f} MB")
+        print(
+            f"collect {c['demos']} {c['task']} demos (2 cams 84x84): {c['seconds_total']:.1f} s total, "
+            f"{c['ms_per_step']:.1f} ms/step over {c['steps']} steps, {c['file_mb']:.1f} MB"
+        )
     write_text(args.out, json.dumps(result, indent=2))
     print(f"wrote {args.out}")
     return 0

@@ -20,6 +20,7 @@ Outputs under ``--out`` (default ``bench/success/<preset>``): ``<task>/<method>/
 ``bench_train.log``), ``results.json`` (every run), ``results.md`` (tables) and ``success.png``, rewritten after
 every finished run. Presets are data: ``benchmarks/presets/<name>.yaml``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,25 +34,45 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import configs
-from envs.metaworld.groups import GROUP_LABELS, GROUPS
 from benchmarks.success_report import ROBOMIMIC_GROUP
 from core.atomic_write import write_text
+from envs.metaworld.groups import GROUP_LABELS, GROUPS
 from training.config import TrainConfig
 
 PRESET_DIR = Path(__file__).parent / "presets"
 POLICY_DIR = Path(configs.__file__).parent / "policy"
 # Keys the benchmark sets per run; extra overrides may not touch them (use the CLI flags instead).
-OWNED_KEYS = {"task": "--tasks", "task.env": "--tasks", "policy": "--methods", "seed": "--seeds",
-              "num_steps": "--steps", "eval.episodes": "--episodes", "output_dir": "--out", "resume": "(automatic)"}
+OWNED_KEYS = {
+    "task": "--tasks",
+    "task.env": "--tasks",
+    "policy": "--methods",
+    "seed": "--seeds",
+    "num_steps": "--steps",
+    "eval.episodes": "--episodes",
+    "output_dir": "--out",
+    "resume": "(automatic)",
+}
 # Config keys that do not change what a run learns or how it is scored (ignored when matching an existing run).
-BOOKKEEPING_KEYS = {"output_dir", "resume", "progress", "torch_threads", "log_every", "diagnostics_every",
-                    "checkpoint_every", "wandb", "eval.workers", "eval.videos", "eval.device"}
+BOOKKEEPING_KEYS = {
+    "output_dir",
+    "resume",
+    "progress",
+    "torch_threads",
+    "log_every",
+    "diagnostics_every",
+    "checkpoint_every",
+    "wandb",
+    "eval.workers",
+    "eval.videos",
+    "eval.device",
+}
 # Policy keys allowed to differ between methods: the head, its sampler settings, the regularizer, and the draws
 # per observation (regression records 1).
 HEAD_KEYS = {"head", "meanflow", "flow", "diffusion", "dispersive", "num_inference_steps", "samples_per_obs"}
@@ -76,7 +97,7 @@ class Estimate:
     seconds_per_episode: float = 1.0
     seconds_per_run: float = 30.0  # process start-up, data loading, eval worker start-up
     # CPU threads of the one run, alone on the machine, that measured seconds_per_step; None: never rescaled.
-    threads: Optional[int] = None
+    threads: int | None = None
 
 
 @dataclass
@@ -86,9 +107,9 @@ class Preset:
     methods: list[str] = field(default_factory=list)  # policy config names (configs/policy/*.yaml)
     seeds: list[int] = field(default_factory=lambda: [0])
     episodes: int = 50
-    num_steps: Optional[int] = None  # None = the profile's
+    num_steps: int | None = None  # None = the profile's
     overrides: list[str] = field(default_factory=list)  # hydra overrides shared by every run
-    estimate: Optional[Estimate] = None
+    estimate: Estimate | None = None
 
     def __post_init__(self) -> None:
         if not self.tasks or not self.methods or not self.seeds:
@@ -183,7 +204,7 @@ def task_group(task: str) -> str:
     return ROBOMIMIC_GROUP if is_robomimic(task) else difficulty(task)
 
 
-def task_choice(task: str) -> Optional[str]:
+def task_choice(task: str) -> str | None:
     """The ``task`` config group choice a run needs: ``robomimic/lift`` for a robomimic task, None for Meta-World (the
     default ``task: metaworld``, where ``task.env`` names the task)."""
     return task if is_robomimic(task) else None
@@ -216,13 +237,14 @@ class Run:
     state: str = "new"  # new | resume | done
 
 
-def choice_overrides(choice: Optional[str], method: str) -> list[str]:
+def choice_overrides(choice: str | None, method: str) -> list[str]:
     """The config group selections of one run: its task config (robomimic only) and its policy."""
     return [*([f"task={choice}"] if choice else []), f"policy={method}"]
 
 
-def compose_configs(base: Sequence[str], keys: Sequence[tuple[Optional[str], str]],
-                    extra: Sequence[str]) -> dict[tuple[Optional[str], str], Any]:
+def compose_configs(
+    base: Sequence[str], keys: Sequence[tuple[str | None, str]], extra: Sequence[str]
+) -> dict[tuple[str | None, str], Any]:
     """One unresolved hydra composition of configs/train.yaml per (task config choice, method) in ``keys`` (the path
     `mfp train` takes); the choice is None for Meta-World tasks (the default task config)."""
     from hydra import compose, initialize_config_module
@@ -242,7 +264,7 @@ def compose_configs(base: Sequence[str], keys: Sequence[tuple[Optional[str], str
     return out
 
 
-def run_values(task: str, seed: int, episodes: int, num_steps: Optional[int], out_dir: Path) -> dict[str, Any]:
+def run_values(task: str, seed: int, episodes: int, num_steps: int | None, out_dir: Path) -> dict[str, Any]:
     """The plain values the benchmark sets per run (on top of the composition; a robomimic task is its config)."""
     values: dict[str, Any] = {} if is_robomimic(task) else {"task.env": task}
     values.update({"seed": seed, "eval.episodes": episodes})
@@ -273,8 +295,16 @@ def _override_value(value: Any) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def plan_runs(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int], episodes: int,
-              num_steps: Optional[int], base_overrides: Sequence[str], extra: Sequence[str], out: Path) -> list[Run]:
+def plan_runs(
+    tasks: Sequence[str],
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    episodes: int,
+    num_steps: int | None,
+    base_overrides: Sequence[str],
+    extra: Sequence[str],
+    out: Path,
+) -> list[Run]:
     """Every (task, method, seed) run with its composed config and its state in ``out``."""
     groups = {task: task_group(task) for task in tasks}
     composed = compose_configs(base_overrides, [(task_choice(t), m) for t in tasks for m in methods], extra)
@@ -285,8 +315,12 @@ def plan_runs(tasks: Sequence[str], methods: Sequence[str], seeds: Sequence[int]
             for seed in seeds:
                 out_dir = out / task / method / f"seed{seed}"
                 values = run_values(task, seed, episodes, num_steps, out_dir)
-                overrides = [*base_overrides, *choice_overrides(choice, method),
-                             *(f"{k}={_override_value(v)}" for k, v in values.items()), *extra]
+                overrides = [
+                    *base_overrides,
+                    *choice_overrides(choice, method),
+                    *(f"{k}={_override_value(v)}" for k, v in values.items()),
+                    *extra,
+                ]
                 config = materialize(composed[(choice, method)], values)
                 runs.append(Run(task, groups[task], method, seed, out_dir, overrides, config))
     check_same_backbone(runs)
@@ -326,8 +360,9 @@ def config_mismatch(planned: dict[str, Any], saved: dict[str, Any]) -> list[str]
     """Dotted keys (outside :data:`BOOKKEEPING_KEYS`) whose values differ between two config dicts."""
     a, b = _flat(planned), _flat(saved)
     skip = tuple(f"{k}." for k in BOOKKEEPING_KEYS)
-    return sorted(k for k in set(a) | set(b)
-                  if k not in BOOKKEEPING_KEYS and not k.startswith(skip) and a.get(k) != b.get(k))
+    return sorted(
+        k for k in set(a) | set(b) if k not in BOOKKEEPING_KEYS and not k.startswith(skip) and a.get(k) != b.get(k)
+    )
 
 
 def check_same_backbone(runs: Sequence[Run]) -> None:
@@ -338,11 +373,16 @@ def check_same_backbone(runs: Sequence[Run]) -> None:
     for group in by_key.values():
         ref = config_dict(group[0].config)
         for other in group[1:]:
-            diff = [k for k in config_mismatch(ref, config_dict(other.config))
-                    if not (k.startswith("policy.") and k.split(".")[1] in HEAD_KEYS)]
+            diff = [
+                k
+                for k in config_mismatch(ref, config_dict(other.config))
+                if not (k.startswith("policy.") and k.split(".")[1] in HEAD_KEYS)
+            ]
             if diff:
-                raise BenchError(f"methods {group[0].method} and {other.method} differ beyond the head "
-                                 f"({', '.join(diff)}); the comparison needs one backbone/encoder config")
+                raise BenchError(
+                    f"methods {group[0].method} and {other.method} differ beyond the head "
+                    f"({', '.join(diff)}); the comparison needs one backbone/encoder config"
+                )
 
 
 def run_state(run: Run) -> str:
@@ -351,8 +391,10 @@ def run_state(run: Run) -> str:
     if saved_cfg is not None:
         diff = config_mismatch(config_dict(run.config), with_schema_defaults(saved_cfg))
         if diff:
-            raise BenchError(f"{run.out_dir} holds a run with other settings ({', '.join(diff)}); pass another "
-                             f"--out or remove that directory")
+            raise BenchError(
+                f"{run.out_dir} holds a run with other settings ({', '.join(diff)}); pass another "
+                f"--out or remove that directory"
+            )
     summary = _read_json(run.out_dir / "summary.json")
     if summary is not None and "eval" in summary and _read_json(run.out_dir / "eval" / "eval_info.json") is not None:
         return "done"
@@ -361,7 +403,7 @@ def run_state(run: Run) -> str:
     return "resume" if (run.out_dir / STATE_FILE).is_file() else "new"
 
 
-def _read_json(path: Path) -> Optional[dict[str, Any]]:
+def _read_json(path: Path) -> dict[str, Any] | None:
     """The JSON object at ``path``, or None when it is missing or was cut short by a kill."""
     try:
         return json.loads(path.read_text())
@@ -374,9 +416,13 @@ def nfe(cfg: TrainConfig) -> int:
     p = cfg.policy
     if p.num_inference_steps:
         return int(p.num_inference_steps)
-    return {"meanflow": p.meanflow.num_inference_steps, "flow": p.flow.num_inference_steps,
-            "ddim": p.diffusion.num_inference_steps, "ddpm": p.diffusion.num_train_timesteps,
-            "regression": 1}[p.head]
+    return {
+        "meanflow": p.meanflow.num_inference_steps,
+        "flow": p.flow.num_inference_steps,
+        "ddim": p.diffusion.num_inference_steps,
+        "ddpm": p.diffusion.num_train_timesteps,
+        "regression": 1,
+    }[p.head]
 
 
 # ---------------------------------------------------------------------------------------------------- running
@@ -395,7 +441,7 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-def gpu_slots(workers: int, gpus: Sequence[str]) -> list[Optional[str]]:
+def gpu_slots(workers: int, gpus: Sequence[str]) -> list[str | None]:
     """The GPU (a ``CUDA_VISIBLE_DEVICES`` value) of each worker slot, round-robin; None with fewer than two GPUs
     (nothing to spread). Without this every ``device=cuda`` run of ``--workers N`` would train on GPU 0."""
     if len(gpus) < 2:
@@ -403,15 +449,18 @@ def gpu_slots(workers: int, gpus: Sequence[str]) -> list[Optional[str]]:
     return [gpus[i % len(gpus)] for i in range(workers)]
 
 
-def execute(run: Run, label: str = "", gpu: Optional[str] = None) -> dict[str, Any]:
+def execute(run: Run, label: str = "", gpu: str | None = None) -> dict[str, Any]:
     """Train + evaluate one run in a child process (on GPU ``gpu`` alone if given); returns its result (status
     "failed" with the log's tail)."""
     run.out_dir.mkdir(parents=True, exist_ok=True)
     cmd = train_command(run)
     log_path = run.out_dir / LOG_FILE
     where = f", GPU {gpu}" if gpu is not None else ""
-    print(f"[bench] {label}{'resume' if run.state == 'resume' else 'start'} {run.task} {run.method} seed {run.seed} "
-          f"(log: {log_path}{where})", flush=True)
+    print(
+        f"[bench] {label}{'resume' if run.state == 'resume' else 'start'} {run.task} {run.method} seed {run.seed} "
+        f"(log: {log_path}{where})",
+        flush=True,
+    )
     t0 = time.perf_counter()
     with open(log_path, "a") as log:
         log.write(f"\n# {time.strftime('%Y-%m-%d %H:%M:%S')}{where} {' '.join(cmd)}\n")
@@ -420,14 +469,24 @@ def execute(run: Run, label: str = "", gpu: Optional[str] = None) -> dict[str, A
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         rc = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    record = {"command": cmd[1:], "returncode": rc, "wall_seconds": time.perf_counter() - t0,
-              "resumed": run.state == "resume"}
+    record = {
+        "command": cmd[1:],
+        "returncode": rc,
+        "wall_seconds": time.perf_counter() - t0,
+        "resumed": run.state == "resume",
+    }
     write_text(run.out_dir / RUN_FILE, json.dumps(record, indent=2))
     run.state = run_state(run) if rc == 0 else run.state
     if rc != 0 or run.state != "done":
         tail = log_path.read_text(errors="replace").strip().splitlines()[-15:]
-        return {**_identity(run), "status": "failed", "returncode": rc, "error": "\n".join(tail),
-                "run_dir": str(run.out_dir), "wall_seconds": record["wall_seconds"]}
+        return {
+            **_identity(run),
+            "status": "failed",
+            "returncode": rc,
+            "error": "\n".join(tail),
+            "run_dir": str(run.out_dir),
+            "wall_seconds": record["wall_seconds"],
+        }
     return collect_result(run)
 
 
@@ -469,7 +528,7 @@ def collect_result(run: Run, best_of_periodic: bool = False) -> dict[str, Any]:
     return result
 
 
-def _finite(x: Any) -> Optional[float]:
+def _finite(x: Any) -> float | None:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
@@ -496,8 +555,11 @@ def best_of_periodic_evals(run_dir: Path, k: int = 5) -> dict[str, Any]:
             step = int(json.loads(summary.read_text())["steps"])
             curve[step] = 100.0 * sum(bool(e["success"]) for e in episodes) / len(episodes)
     values = sorted(curve.values(), reverse=True)[:k]
-    return {"best5_periodic": statistics.fmean(values), "n_periodic": len(curve),
-            "periodic_curve": [[step, curve[step]] for step in sorted(curve)]}
+    return {
+        "best5_periodic": statistics.fmean(values),
+        "n_periodic": len(curve),
+        "periodic_curve": [[step, curve[step]] for step in sorted(curve)],
+    }
 
 
 def ensure_task_demos(runs: Sequence[Run]) -> None:
@@ -527,14 +589,22 @@ def measured_rates(results: Sequence[dict[str, Any]]) -> dict[tuple[str, str], E
     """Per :func:`rate_key` (suite, method), the rates its finished (not resumed) runs measured."""
     rates: dict[tuple[str, str], Estimate] = {}
     for key in dict.fromkeys(rate_key(r["group"], r["method"]) for r in results):
-        runs = [r for r in results if rate_key(r["group"], r["method"]) == key and r.get("status") == "ok"
-                and not r.get("resumed") and r.get("wall_seconds") and r.get("eval_seconds")]
+        runs = [
+            r
+            for r in results
+            if rate_key(r["group"], r["method"]) == key
+            and r.get("status") == "ok"
+            and not r.get("resumed")
+            and r.get("wall_seconds")
+            and r.get("eval_seconds")
+        ]
         if runs:
             rates[key] = Estimate(
                 seconds_per_step=statistics.fmean(r["train_seconds"] / max(1, r["steps"]) for r in runs),
                 seconds_per_episode=statistics.fmean(r["eval_seconds"] / r["n_episodes"] for r in runs),
                 seconds_per_run=statistics.fmean(
-                    max(0.0, r["wall_seconds"] - r["train_seconds"] - r["eval_seconds"]) for r in runs),
+                    max(0.0, r["wall_seconds"] - r["train_seconds"] - r["eval_seconds"]) for r in runs
+                ),
             )
     return rates
 
@@ -554,8 +624,11 @@ def estimate_seconds(run: Run, rate: Estimate) -> float:
     if run.state == "done":
         return 0.0
     start = _saved_step(run) if run.state == "resume" else 0
-    return (rate.seconds_per_run + max(0, run.config.num_steps - start) * rate.seconds_per_step
-            + run.config.eval.episodes * rate.seconds_per_episode)
+    return (
+        rate.seconds_per_run
+        + max(0, run.config.num_steps - start) * rate.seconds_per_step
+        + run.config.eval.episodes * rate.seconds_per_episode
+    )
 
 
 def _saved_step(run: Run) -> int:
@@ -573,8 +646,10 @@ def write_outputs(results: Sequence[dict[str, Any]], out: Path, title: str, meta
 
     out.mkdir(parents=True, exist_ok=True)
     anchors = reported_anchors(results)  # the papers' figures beside a robomimic section (labelled as theirs)
-    write_text(out / "results.json", json.dumps(
-        {**meta, **({"reported_anchors": anchors} if anchors else {}), "runs": list(results)}, indent=2))
+    write_text(
+        out / "results.json",
+        json.dumps({**meta, **({"reported_anchors": anchors} if anchors else {}), "runs": list(results)}, indent=2),
+    )
     markdown = report_markdown(results, title)
     write_text(out / "results.md", markdown)
     if any(r.get("status") == "ok" for r in results):
@@ -588,14 +663,20 @@ def _observation_text(cfg: TrainConfig) -> str:
     e, t = cfg.policy.encoder, cfg.task
     if t.suite == "robomimic":
         crop = "x".join(map(str, e.image_crop_shape))
-        return (f"encoder images {e.image_trunk} (crop {crop} of {t.image_size}px), obs {t.obs_keys}, "
-                f"{t.n_demos} demos")
-    return (f"encoder points {e.point_hidden_dims}->{e.point_out_dim}, {t.num_points} points, obs {t.obs_keys}, "
-            f"{t.n_demos} demos")
+        return f"encoder images {e.image_trunk} (crop {crop} of {t.image_size}px), obs {t.obs_keys}, {t.n_demos} demos"
+    return (
+        f"encoder points {e.point_hidden_dims}->{e.point_out_dim}, {t.num_points} points, obs {t.obs_keys}, "
+        f"{t.n_demos} demos"
+    )
 
 
-def describe_plan(runs: Sequence[Run], rates: dict[tuple[str, str], Estimate], fallback: Optional[Estimate],
-                  workers: int, changed: Sequence[str] = ()) -> str:
+def describe_plan(
+    runs: Sequence[Run],
+    rates: dict[tuple[str, str], Estimate],
+    fallback: Estimate | None,
+    workers: int,
+    changed: Sequence[str] = (),
+) -> str:
     """The plan as text: shared settings, one line per run with its state, and the estimated time. ``changed``:
     the overrides (keys) that change the model the preset's estimate was measured on."""
     cfg = runs[0].config
@@ -629,24 +710,34 @@ def describe_plan(runs: Sequence[Run], rates: dict[tuple[str, str], Estimate], f
         total += est or 0.0
         est_text = "-" if run.state == "done" else ("?" if est is None else f"{est / 60:.1f}")
         group = GROUP_LABELS.get(run.group, run.group)  # "robomimic" as is
-        lines.append(f"{run.task:<28} {group:<10} {run.method:<20} {nfe(run.config):>4} "
-                     f"{run.seed:>4}  {run.state:<7} {est_text:>8}")
-    basis = ("measured rates of finished runs" + (" and the preset's assumptions" if fallback else "")) if rates \
+        lines.append(
+            f"{run.task:<28} {group:<10} {run.method:<20} {nfe(run.config):>4} "
+            f"{run.seed:>4}  {run.state:<7} {est_text:>8}"
+        )
+    basis = (
+        ("measured rates of finished runs" + (" and the preset's assumptions" if fallback else ""))
+        if rates
         else ("the preset's assumptions (" + _estimate_text(fallback) + ")" if fallback else "")
+    )
     if shared > 1.0:
-        basis += (f"; training steps x{shared:.1f} for {workers} worker(s) x {cfg.torch_threads} thread(s) on "
-                  f"{cores} cores")
+        basis += (
+            f"; training steps x{shared:.1f} for {workers} worker(s) x {cfg.torch_threads} thread(s) on {cores} cores"
+        )
     lines.append("")
     if unknown:
         lines.append("estimated time: unknown (the preset has no estimate and no run has finished in --out yet)")
     else:
-        lines.append(f"estimated time: {total / 60:.0f} min ({total / 3600:.1f} h) of runs; with {workers} "
-                     f"worker(s) about {total / workers / 3600:.1f} h wall; from {basis}")
+        lines.append(
+            f"estimated time: {total / 60:.0f} min ({total / 3600:.1f} h) of runs; with {workers} "
+            f"worker(s) about {total / workers / 3600:.1f} h wall; from {basis}"
+        )
         if assumed and changed:
             verb = "changes" if len(changed) == 1 else "change"
-            lines.append(f"  caution: {', '.join(changed)} {verb} the model or data the preset's step and episode "
-                         "times were measured on; runs may take much longer (or shorter) than this until a finished "
-                         "run in --out gives measured rates")
+            lines.append(
+                f"  caution: {', '.join(changed)} {verb} the model or data the preset's step and episode "
+                "times were measured on; runs may take much longer (or shorter) than this until a finished "
+                "run in --out gives measured rates"
+            )
     return "\n".join(lines)
 
 
@@ -664,11 +755,17 @@ def _eval_seed_range(n: int) -> str:
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="mfp bench success", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="mfp bench success",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--preset", default="cpu", help=f"one of: {', '.join(known_presets())}")
-    p.add_argument("--tasks", help="comma list of tasks (push-v3, robomimic/lift, ...), groups (easy, medium, hard, "
-                                   "very_hard, robomimic) or all (the 50 Meta-World tasks)")
+    p.add_argument(
+        "--tasks",
+        help="comma list of tasks (push-v3, robomimic/lift, ...), groups (easy, medium, hard, "
+        "very_hard, robomimic) or all (the 50 Meta-World tasks)",
+    )
     p.add_argument("--methods", help=f"comma list of policy configs: {', '.join(known_methods())}")
     p.add_argument("--seeds", help="comma list of training seeds")
     p.add_argument("--episodes", type=int, help="evaluation episodes per run")
@@ -676,8 +773,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="output directory (default: bench/success/<preset>)")
     p.add_argument("--workers", type=int, default=1, help="runs at once (each is one `mfp train` process)")
     p.add_argument("--dry-run", action="store_true", help="print the plan and its estimated time; run nothing")
-    p.add_argument("--best-of-periodic", action="store_true",
-                   help="also report the papers' secondary metric (best 5 periodic evals) where runs have them")
+    p.add_argument(
+        "--best-of-periodic",
+        action="store_true",
+        help="also report the papers' secondary metric (best 5 periodic evals) where runs have them",
+    )
     p.add_argument("overrides", nargs="*", help="extra hydra overrides for every run (key=value)")
     args = p.parse_intermixed_args(list(argv))  # overrides may come before or after the flags
     if args.workers < 1:
@@ -697,8 +797,16 @@ def main(argv: Sequence[str]) -> int:
         extra = check_overrides(args.overrides)
         check_overrides(preset.overrides)
         out = args.out or Path("bench") / "success" / args.preset
-        runs = plan_runs(tasks, methods, seeds, args.episodes or preset.episodes, args.steps or preset.num_steps,
-                         preset.overrides, extra, out)
+        runs = plan_runs(
+            tasks,
+            methods,
+            seeds,
+            args.episodes or preset.episodes,
+            args.steps or preset.num_steps,
+            preset.overrides,
+            extra,
+            out,
+        )
     except (BenchError, ValueError) as e:  # UnknownTaskError is a ValueError
         print(f"mfp bench success: {e}", file=sys.stderr)
         return 2
@@ -710,9 +818,14 @@ def main(argv: Sequence[str]) -> int:
         return 0
 
     title = f"mfp bench success --preset {args.preset}"
-    meta = {"preset": args.preset, "description": preset.description, "argv": list(argv),
-            "protocol": "final EMA checkpoint; fixed evaluation seeds (core.seeds.eval_seeds); one backbone/encoder "
-                        "config for every method", "host": _host()}
+    meta = {
+        "preset": args.preset,
+        "description": preset.description,
+        "argv": list(argv),
+        "protocol": "final EMA checkpoint; fixed evaluation seeds (core.seeds.eval_seeds); one backbone/encoder "
+        "config for every method",
+        "host": _host(),
+    }
     results: dict[tuple[str, str, int], dict[str, Any]] = {(r["task"], r["method"], r["seed"]): r for r in done}
 
     def ordered() -> list[dict[str, Any]]:  # plan order
@@ -720,7 +833,7 @@ def main(argv: Sequence[str]) -> int:
 
     pending = [r for r in runs if r.state != "done"]
     ensure_task_demos(pending)
-    slots: queue.Queue[Optional[str]] = queue.Queue()
+    slots: queue.Queue[str | None] = queue.Queue()
     on_gpu = any(r.config.device == "cuda" for r in pending)  # an explicit cuda:N is left where it was asked for
     for gpu in gpu_slots(args.workers, visible_gpus() if on_gpu else []):
         slots.put(gpu)
@@ -733,15 +846,18 @@ def main(argv: Sequence[str]) -> int:
             slots.put(gpu)
 
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
-        futures = {pool.submit(execute_in_slot, run, f"({i}/{len(pending)}) "): run
-                   for i, run in enumerate(pending, 1)}
+        futures = {pool.submit(execute_in_slot, run, f"({i}/{len(pending)}) "): run for i, run in enumerate(pending, 1)}
         for future in as_completed(futures):
             run = futures[future]
             try:
                 result = future.result()
             except Exception as e:  # the child's failures come back as results; this is the parent's own
-                result = {**_identity(run), "status": "failed", "error": f"{type(e).__name__}: {e}",
-                          "run_dir": str(run.out_dir)}
+                result = {
+                    **_identity(run),
+                    "status": "failed",
+                    "error": f"{type(e).__name__}: {e}",
+                    "run_dir": str(run.out_dir),
+                }
             if result["status"] == "ok" and best:
                 result.update(best_of_periodic_evals(run.out_dir))
             results[(run.task, run.method, run.seed)] = result
@@ -760,12 +876,19 @@ def _finished_line(r: dict[str, Any]) -> str:
     if r["status"] != "ok":
         return f"{head} FAILED (exit {r.get('returncode')}); last log lines:\n{r['error']}"
     latency = r["latency_ms_p50"] if r["latency_ms_p50"] is not None else float("nan")
-    return (f"{head} {r['success']:.1f} % ({r['ci95'][0]:.0f}-{r['ci95'][1]:.0f}) over {r['n_episodes']} episodes, "
-            f"{r['steps']} steps in {r['train_seconds'] / 60:.1f} min, latency p50 {latency:.2f} ms")
+    return (
+        f"{head} {r['success']:.1f} % ({r['ci95'][0]:.0f}-{r['ci95'][1]:.0f}) over {r['n_episodes']} episodes, "
+        f"{r['steps']} steps in {r['train_seconds'] / 60:.1f} min, latency p50 {latency:.2f} ms"
+    )
 
 
 def _host() -> dict[str, Any]:
     import torch
 
-    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpu_count": os.cpu_count(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }

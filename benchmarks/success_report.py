@@ -14,13 +14,15 @@ Sections: the Meta-World difficulty groups (anchored on MP1's reported averages)
 (group "robomimic", anchored on DM1's reported figures). The "all" average covers the Meta-World tasks only: two
 suites are never mixed in one average.
 """
+
 from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 from envs.metaworld.groups import GROUP_LABELS, GROUPS
 
@@ -37,10 +39,12 @@ SECTION_LABELS = {**GROUP_LABELS, ROBOMIMIC_GROUP: "robomimic (image)"}
 # (approximate figures; ours learn from scripted-expert demos): DM1's numbers, not ours.
 DM1_REPORTED = {"robomimic/lift": 98.0, "robomimic/can": 80.0, "robomimic/square": 40.0}
 DM1_COLUMN = "DM1 reported (PH, 5 steps)"
-DM1_NOTE = (f"{DM1_COLUMN}: DM1's own figures, not ours: the approximate success rates DM1 reports for its image "
-            "policies at 5 sampling steps, trained on robomimic's human (PH) demonstration datasets (the section "
-            "average is their mean over the tasks shown). Our runs learn from scripted-expert demos "
-            "(configs/task/robomimic): context, not directly comparable.")
+DM1_NOTE = (
+    f"{DM1_COLUMN}: DM1's own figures, not ours: the approximate success rates DM1 reports for its image "
+    "policies at 5 sampling steps, trained on robomimic's human (PH) demonstration datasets (the section "
+    "average is their mean over the tasks shown). Our runs learn from scripted-expert demos "
+    "(configs/task/robomimic): context, not directly comparable."
+)
 
 
 @dataclass
@@ -48,9 +52,9 @@ class Stat:
     """A success statistic over training seeds (or over tasks, for one seed)."""
 
     mean: float
-    std: Optional[float]  # sample std over seeds; None with one seed
+    std: float | None  # sample std over seeds; None with one seed
     n_seeds: int
-    ci95: Optional[tuple[float, float]] = None  # Wilson interval (%) of a single run
+    ci95: tuple[float, float] | None = None  # Wilson interval (%) of a single run
     complete: bool = True  # False when some expected (task, seed) runs are missing or failed
 
     def cell(self, bold: bool = False) -> str:
@@ -97,7 +101,7 @@ def seed_stat(per_seed: dict[int, float], complete: bool = True) -> Stat:
     return Stat(mean=statistics.fmean(values), std=std, n_seeds=len(values), complete=complete)
 
 
-def task_stat(results: Sequence[dict[str, Any]], task: str, method: str) -> Optional[Stat]:
+def task_stat(results: Sequence[dict[str, Any]], task: str, method: str) -> Stat | None:
     """Success of ``method`` on ``task`` over its finished seeds (None when none finished)."""
     runs = [r for r in ok_results(results) if r["task"] == task and r["method"] == method]
     if not runs:
@@ -109,11 +113,14 @@ def task_stat(results: Sequence[dict[str, Any]], task: str, method: str) -> Opti
     return stat
 
 
-def average_stat(results: Sequence[dict[str, Any]], tasks: Sequence[str], method: str) -> Optional[Stat]:
+def average_stat(results: Sequence[dict[str, Any]], tasks: Sequence[str], method: str) -> Stat | None:
     """Mean over ``tasks`` per seed, then mean ± std over seeds. Incomplete when a (task, seed) run is missing."""
     expected_seeds = sorted({r["seed"] for r in results if r["task"] in tasks})
-    done = {(r["task"], r["seed"]): r["success"] for r in ok_results(results)
-            if r["method"] == method and r["task"] in tasks}
+    done = {
+        (r["task"], r["seed"]): r["success"]
+        for r in ok_results(results)
+        if r["method"] == method and r["task"] in tasks
+    }
     per_seed: dict[int, float] = {}
     for seed in expected_seeds:
         values = [done[(t, seed)] for t in tasks if (t, seed) in done]
@@ -125,7 +132,7 @@ def average_stat(results: Sequence[dict[str, Any]], tasks: Sequence[str], method
     return seed_stat(per_seed, complete=complete)
 
 
-def group_averages(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Optional[Stat]]]:
+def group_averages(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Stat | None]]:
     """{group or "all": {method: Stat}} over the groups present in ``results``: the Meta-World groups, "all" (their
     tasks only; left out when only robomimic tasks are present), then "robomimic"."""
     pairs = ordered_tasks(results)
@@ -135,7 +142,7 @@ def group_averages(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Opt
         order.append("all")
     if has_robomimic(pairs):
         order.append(ROBOMIMIC_GROUP)
-    out: dict[str, dict[str, Optional[Stat]]] = {}
+    out: dict[str, dict[str, Stat | None]] = {}
     for group in order:
         tasks = metaworld if group == "all" else [t for g, t in pairs if g == group]
         out[group] = {m: average_stat(results, tasks, m) for m in ordered_methods(results)}
@@ -162,8 +169,10 @@ def reported_anchors(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
         return {}
     out: dict[str, Any] = {}
     if any(g in GROUPS for g, _ in pairs):
-        out["metaworld"] = {"source": ANCHOR_COLUMN + ": MP1's reported averages (Meta-World v2 under mujoco-py, "
-                                                      "10 demos), not ours", "success": MP1_REPORTED}
+        out["metaworld"] = {
+            "source": ANCHOR_COLUMN + ": MP1's reported averages (Meta-World v2 under mujoco-py, 10 demos), not ours",
+            "success": MP1_REPORTED,
+        }
     out[ROBOMIMIC_GROUP] = {"source": DM1_NOTE, "success": DM1_REPORTED}
     return out
 
@@ -204,22 +213,34 @@ def success_table(results: Sequence[dict[str, Any]]) -> str:
             cells = [_cell(task_stat(results, task, m)) for m in methods]
             lines.append(_row([task, *cells, ""]))
         label = f"**{GROUP_LABELS[group]} average** ({len(tasks)} task{'s' if len(tasks) > 1 else ''})"
-        lines.append(_row([label, *[_cell(averages[group][m], bold=True) for m in methods],
-                           f"{MP1_REPORTED[group]:.1f}"]))
+        lines.append(
+            _row([label, *[_cell(averages[group][m], bold=True) for m in methods], f"{MP1_REPORTED[group]:.1f}"])
+        )
     if "all" in averages:
-        lines.append(_row([f"**{average_label('all', pairs)}** ({len(metaworld)})",
-                           *[_cell(averages["all"][m], bold=True) for m in methods], f"{MP1_REPORTED['all']:.1f}"]))
+        lines.append(
+            _row(
+                [
+                    f"**{average_label('all', pairs)}** ({len(metaworld)})",
+                    *[_cell(averages["all"][m], bold=True) for m in methods],
+                    f"{MP1_REPORTED['all']:.1f}",
+                ]
+            )
+        )
     if robomimic:
         lines += robomimic_rows(results, methods, robomimic, averages[ROBOMIMIC_GROUP], section_row=bool(metaworld))
     lines.append("")
     if "all" in averages:
-        lines.append(f"{ANCHOR_COLUMN}: the averages MP1 reports (Meta-World v2 under mujoco-py, 10 demos, its own "
-                     "task set and evaluation protocol; DESIGN section 7): context, not directly comparable.")
+        lines.append(
+            f"{ANCHOR_COLUMN}: the averages MP1 reports (Meta-World v2 under mujoco-py, 10 demos, its own "
+            "task set and evaluation protocol; DESIGN section 7): context, not directly comparable."
+        )
     if robomimic:
         lines.append(DM1_NOTE)
     if robomimic and metaworld:
-        lines.append(f"{average_label('all', pairs)}: the Meta-World tasks only; the robomimic tasks are averaged in "
-                     "their own section (two suites are never mixed in one average).")
+        lines.append(
+            f"{average_label('all', pairs)}: the Meta-World tasks only; the robomimic tasks are averaged in "
+            "their own section (two suites are never mixed in one average)."
+        )
     if any(s is not None and not s.complete for per in averages.values() for s in per.values()):
         lines.append("\\* some runs of this cell are missing or failed; the number covers the finished ones.")
     failed = [r for r in results if r.get("status") != "ok"]
@@ -228,8 +249,13 @@ def success_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def robomimic_rows(results: Sequence[dict[str, Any]], methods: Sequence[str], tasks: Sequence[str],
-                   averages: dict[str, Optional[Stat]], section_row: bool) -> list[str]:
+def robomimic_rows(
+    results: Sequence[dict[str, Any]],
+    methods: Sequence[str],
+    tasks: Sequence[str],
+    averages: dict[str, Stat | None],
+    section_row: bool,
+) -> list[str]:
     """The robomimic section's rows: a title row where the anchor column switches to DM1's, tasks, the average."""
     lines = []
     if section_row:
@@ -241,16 +267,16 @@ def robomimic_rows(results: Sequence[dict[str, Any]], methods: Sequence[str], ta
     return lines
 
 
-def _cell(stat: Optional[Stat], bold: bool = False) -> str:
+def _cell(stat: Stat | None, bold: bool = False) -> str:
     return "—" if stat is None else stat.cell(bold)
 
 
-def _median(values: Sequence[Optional[float]]) -> Optional[float]:
+def _median(values: Sequence[float | None]) -> float | None:
     clean = [v for v in values if v is not None and not math.isnan(v)]
     return statistics.median(clean) if clean else None
 
 
-def _fmt(value: Optional[float], digits: int = 1) -> str:
+def _fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
@@ -270,33 +296,38 @@ def cost_table(results: Sequence[dict[str, Any]]) -> str:
         runs = [r for r in ok_results(results) if r["method"] == m]
         whole = [r for r in runs if not r.get("resumed")]  # a resumed run's timing covers its last session only
         train_s = _median([r.get("train_seconds") for r in whole])
-        lines.append(_row([
-            m, str(next((r.get("nfe") for r in runs if r.get("nfe")), "—")),
-            _fmt(_median([r.get("latency_ms_p50") for r in runs]), 2),
-            _fmt(_median([r.get("latency_ms_p99") for r in runs]), 2),
-            _fmt(_median([r.get("steps_per_s") for r in whole]), 2),
-            _fmt(None if train_s is None else train_s / 60.0),
-            str(len(runs)),
-        ]))
+        lines.append(
+            _row(
+                [
+                    m,
+                    str(next((r.get("nfe") for r in runs if r.get("nfe")), "—")),
+                    _fmt(_median([r.get("latency_ms_p50") for r in runs]), 2),
+                    _fmt(_median([r.get("latency_ms_p99") for r in runs]), 2),
+                    _fmt(_median([r.get("steps_per_s") for r in whole]), 2),
+                    _fmt(None if train_s is None else train_s / 60.0),
+                    str(len(runs)),
+                ]
+            )
+        )
     return "\n".join(lines)
 
 
-def reference_method(results: Sequence[dict[str, Any]]) -> Optional[str]:
+def reference_method(results: Sequence[dict[str, Any]]) -> str | None:
     """The method the paired comparison measures the others against: ``meanflow`` when present, else the first."""
     methods = ordered_methods(results)
     return "meanflow" if "meanflow" in methods else (methods[0] if methods else None)
 
 
-def paired_differences(results: Sequence[dict[str, Any]], method: str, other: str,
-                       tasks: Sequence[str]) -> list[float]:
+def paired_differences(results: Sequence[dict[str, Any]], method: str, other: str, tasks: Sequence[str]) -> list[float]:
     """``method`` minus ``other`` success (points) for every (task, seed) run both finished, in a fixed order."""
     done = {(r["task"], r["seed"], r["method"]): r["success"] for r in ok_results(results)}
     keys = sorted({(t, s) for t, s, m in done if m == method and t in tasks and (t, s, other) in done})
     return [done[(t, s, method)] - done[(t, s, other)] for t, s in keys]
 
 
-def bootstrap_interval(values: Sequence[float], n_resamples: int = PAIRED_BOOTSTRAP,
-                       seed: int = 0) -> Optional[tuple[float, float]]:
+def bootstrap_interval(
+    values: Sequence[float], n_resamples: int = PAIRED_BOOTSTRAP, seed: int = 0
+) -> tuple[float, float] | None:
     """95 % percentile-bootstrap interval of the mean of ``values`` (fixed seed: the report is reproducible); None
     with fewer than two values; ValueError on NaN or inf."""
     import numpy as np
@@ -310,13 +341,15 @@ def bootstrap_interval(values: Sequence[float], n_resamples: int = PAIRED_BOOTST
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def paired_table(results: Sequence[dict[str, Any]]) -> Optional[str]:
+def paired_table(results: Sequence[dict[str, Any]]) -> str | None:
     """Markdown: the reference method against every other one over the runs both finished (same task, same training
     seed), per suite; None when no two methods share a run."""
     reference = reference_method(results)
     pairs = ordered_tasks(results)
-    suites = [("Meta-World", [t for g, t in pairs if g in GROUPS]),
-              (SECTION_LABELS[ROBOMIMIC_GROUP], [t for g, t in pairs if g == ROBOMIMIC_GROUP])]
+    suites = [
+        ("Meta-World", [t for g, t in pairs if g in GROUPS]),
+        (SECTION_LABELS[ROBOMIMIC_GROUP], [t for g, t in pairs if g == ROBOMIMIC_GROUP]),
+    ]
     rows = []
     for other in ordered_methods(results):
         for suite, tasks in suites:
@@ -325,29 +358,44 @@ def paired_table(results: Sequence[dict[str, Any]]) -> Optional[str]:
                 continue
             ci = bootstrap_interval(diffs)
             wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
-            rows.append(_row([f"{reference} − {other}", suite, str(len(diffs)), f"{statistics.fmean(diffs):+.1f}",
-                              "—" if ci is None else f"{ci[0]:+.1f} to {ci[1]:+.1f}",
-                              f"{wins} / {len(diffs) - wins - losses} / {losses}"]))
+            rows.append(
+                _row(
+                    [
+                        f"{reference} − {other}",
+                        suite,
+                        str(len(diffs)),
+                        f"{statistics.fmean(diffs):+.1f}",
+                        "—" if ci is None else f"{ci[0]:+.1f} to {ci[1]:+.1f}",
+                        f"{wins} / {len(diffs) - wins - losses} / {losses}",
+                    ]
+                )
+            )
     if not rows:
         return None
-    return "\n".join([
-        f"Paired comparison: {reference} against each other method on the runs both finished (same task, same "
-        "training seed). Mean difference in success points with a 95 % bootstrap interval over those pairs (they are "
-        "resampled as exchangeable, so the interval pools seed and episode noise across tasks), and the pairs "
-        f"{reference} wins / ties / loses. An interval that contains 0 means these runs cannot tell the two apart.",
-        "",
-        _row(["comparison", "suite", "pairs", "mean difference", "95 % interval", "wins / ties / losses"]),
-        _row(["---", "---", *["---:"] * 4]),
-        *rows,
-    ])
+    return "\n".join(
+        [
+            f"Paired comparison: {reference} against each other method on the runs both finished (same task, same "
+            "training seed). Mean difference in success points with a 95 % bootstrap interval over those pairs "
+            "(they are resampled as exchangeable, so the interval pools seed and episode noise across tasks), "
+            "and the pairs "
+            f"{reference} wins / ties / loses. An interval that contains 0 means these runs cannot tell the two apart.",
+            "",
+            _row(["comparison", "suite", "pairs", "mean difference", "95 % interval", "wins / ties / losses"]),
+            _row(["---", "---", *["---:"] * 4]),
+            *rows,
+        ]
+    )
 
 
-def periodic_table(results: Sequence[dict[str, Any]]) -> Optional[str]:
+def periodic_table(results: Sequence[dict[str, Any]]) -> str | None:
     """Markdown of the secondary metric (mean of the best 5 periodic evaluations), or None when no run has any."""
     if not any(r.get("best5_periodic") is not None for r in ok_results(results)):
         return None
-    proxy = [dict(r, success=r["best5_periodic"], ci95=None) for r in ok_results(results)
-             if r.get("best5_periodic") is not None]
+    proxy = [
+        dict(r, success=r["best5_periodic"], ci95=None)
+        for r in ok_results(results)
+        if r.get("best5_periodic") is not None
+    ]
     methods = ordered_methods(proxy)
     counts = sorted({r["n_periodic"] for r in proxy})
     lines = [
@@ -368,7 +416,7 @@ def periodic_table(results: Sequence[dict[str, Any]]) -> Optional[str]:
     return "\n".join(lines + (["", curves] if curves else []))
 
 
-def curve_table(results: Sequence[dict[str, Any]]) -> Optional[str]:
+def curve_table(results: Sequence[dict[str, Any]]) -> str | None:
     """Success (%) at every evaluation during training, one row per run: how fast each head learns the task."""
     runs = [r for r in results if r.get("periodic_curve")]
     if not runs:
@@ -377,12 +425,15 @@ def curve_table(results: Sequence[dict[str, Any]]) -> Optional[str]:
     order = {task: i for i, (_, task) in enumerate(ordered_tasks(runs))}
     methods = ordered_methods(runs)
     runs.sort(key=lambda r: (order[r["task"]], methods.index(r["method"]), r["seed"]))
-    lines = [_row(["task", "method", "seed", *[f"step {s}" for s in steps]]),
-             _row(["---", "---", "---:", *["---:"] * len(steps)])]
+    lines = [
+        _row(["task", "method", "seed", *[f"step {s}" for s in steps]]),
+        _row(["---", "---", "---:", *["---:"] * len(steps)]),
+    ]
     for r in runs:
         at = dict((step, value) for step, value in r["periodic_curve"])
-        lines.append(_row([r["task"], method_label(runs, r["method"]), str(r["seed"]),
-                           *[_fmt(at.get(s), 0) for s in steps]]))
+        lines.append(
+            _row([r["task"], method_label(runs, r["method"]), str(r["seed"]), *[_fmt(at.get(s), 0) for s in steps]])
+        )
     return "Success (%) at each of those evaluations:\n\n" + "\n".join(lines)
 
 
@@ -436,12 +487,20 @@ def plot_success(results: Sequence[dict[str, Any]], path: Path) -> Path:
         stats = [task_stat(results, t, m) for _, t in pairs]
         means = [s.mean if s else 0.0 for s in stats]
         err = np.array([_error_bar(s) for s in stats]).T
-        ax.bar(x + (i - (len(methods) - 1) / 2) * width, means, width, yerr=err, capsize=2,
-               label=method_label(results, m))
+        ax.bar(
+            x + (i - (len(methods) - 1) / 2) * width, means, width, yerr=err, capsize=2, label=method_label(results, m)
+        )
     dm1 = [(k, DM1_REPORTED[t]) for k, (_, t) in enumerate(pairs) if t in DM1_REPORTED]
     if dm1:
-        ax.scatter([k for k, _ in dm1], [v for _, v in dm1], marker="_", s=600, color="black", zorder=3,
-                   label=f"{DM1_COLUMN}, DM1's figure, not ours")
+        ax.scatter(
+            [k for k, _ in dm1],
+            [v for _, v in dm1],
+            marker="_",
+            s=600,
+            color="black",
+            zorder=3,
+            label=f"{DM1_COLUMN}, DM1's figure, not ours",
+        )
     names = [t.removesuffix("-v3").removeprefix(f"{ROBOMIMIC_GROUP}/") for _, t in pairs]
     ax.set_xticks(x, names, rotation=45 if len(pairs) > 6 else 0, ha="right" if len(pairs) > 6 else "center")
     for k in range(1, len(pairs)):
@@ -453,10 +512,16 @@ def plot_success(results: Sequence[dict[str, Any]], path: Path) -> Path:
             ax.text((idx[0] + idx[-1]) / 2, 104, SECTION_LABELS[group], ha="center", va="bottom", fontsize=9)
     ax.set_ylim(0, 112)
     ax.set_ylabel("success (%)")
-    ax.set_title("Success of the final EMA checkpoint per task; error bars: std over seeds, or the 95 % "
-                 "interval with one seed", fontsize=9)
-    ax.legend(fontsize=8, ncols=min(4, len(methods)), loc="upper right", bbox_to_anchor=(1.0, -0.25 if len(pairs) > 6
-              else -0.12))
+    ax.set_title(
+        "Success of the final EMA checkpoint per task; error bars: std over seeds, or the 95 % interval with one seed",
+        fontsize=9,
+    )
+    ax.legend(
+        fontsize=8,
+        ncols=min(4, len(methods)),
+        loc="upper right",
+        bbox_to_anchor=(1.0, -0.25 if len(pairs) > 6 else -0.12),
+    )
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")  # keep the title and legend whole
@@ -464,7 +529,7 @@ def plot_success(results: Sequence[dict[str, Any]], path: Path) -> Path:
     return path
 
 
-def plot_curves(results: Sequence[dict[str, Any]], path: Path) -> Optional[Path]:
+def plot_curves(results: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """Success against training step, one panel per task, one line per method (mean over the seeds that have a
     value at that step); None when no run has periodic evaluations."""
     runs = [r for r in ok_results(results) if r.get("periodic_curve")]
@@ -477,7 +542,7 @@ def plot_curves(results: Sequence[dict[str, Any]], path: Path) -> Optional[Path]
 
     pairs = ordered_tasks(runs)
     fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs) + 0.8, 3.2), squeeze=False, sharey=True)
-    for ax, (_, task) in zip(axes[0], pairs):
+    for ax, (_, task) in zip(axes[0], pairs, strict=True):
         for m in ordered_methods(runs):
             at: dict[int, list[float]] = {}
             for r in runs:
@@ -486,8 +551,7 @@ def plot_curves(results: Sequence[dict[str, Any]], path: Path) -> Optional[Path]
                         at.setdefault(step, []).append(value)
             if at:
                 steps = sorted(at)
-                ax.plot(steps, [statistics.fmean(at[s]) for s in steps], marker="o", ms=3,
-                        label=method_label(runs, m))
+                ax.plot(steps, [statistics.fmean(at[s]) for s in steps], marker="o", ms=3, label=method_label(runs, m))
         ax.set_title(task.removesuffix("-v3"), fontsize=9)
         ax.set_xlabel("training step")
         ax.set_ylim(-3, 103)
@@ -500,7 +564,7 @@ def plot_curves(results: Sequence[dict[str, Any]], path: Path) -> Optional[Path]
     return path
 
 
-def _error_bar(stat: Optional[Stat]) -> tuple[float, float]:
+def _error_bar(stat: Stat | None) -> tuple[float, float]:
     if stat is None:
         return (0.0, 0.0)
     if stat.std is not None:

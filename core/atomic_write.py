@@ -7,6 +7,7 @@ there fails. On Linux the kernel swaps two paths in one step (``renameat2`` with
 ``RENAME_EXCHANGE``); elsewhere, or on a file system without it, the two renames are the fallback and a checkpoint
 caught between them is found beside its path as ``.<name>.old-<pid>`` (:func:`interrupted_swap` names it).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -14,15 +15,16 @@ import errno
 import os
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Callable, Iterator, Optional
+from typing import IO
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
 
 
-def _renameat2() -> Optional[Callable[..., int]]:
+def _renameat2() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -101,7 +103,7 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         f.write(text)
 
 
-def interrupted_swap(dest: str | os.PathLike) -> Optional[Path]:
+def interrupted_swap(dest: str | os.PathLike) -> Path | None:
     """The previous ``dest`` left beside it by a fallback swap that was killed between its two renames, if any."""
     dest = Path(dest)
     found = sorted(dest.parent.glob(f".{dest.name}.old-*")) if dest.parent.is_dir() else []

@@ -4,10 +4,12 @@ Every error a user can cause (a bad value, a missing or damaged file, a mismatch
 derives from :class:`MfpError`: the command line prints it as one line and exits 2. Anything else is a bug and
 keeps its traceback.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 
 class MfpError(Exception):
@@ -21,8 +23,8 @@ class ConfigError(MfpError, ValueError):
 def check_number(
     name: str,
     value: Any,
-    low: Optional[float] = None,
-    high: Optional[float] = None,
+    low: float | None = None,
+    high: float | None = None,
     *,
     low_open: bool = False,
     high_open: bool = False,
@@ -43,7 +45,7 @@ def check_number(
         raise ConfigError(f"{name} must be {where}, got {value}")
 
 
-def check_int(name: str, value: Any, low: Optional[int] = None, high: Optional[int] = None) -> None:
+def check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> None:
     """Raise :class:`ConfigError` unless ``value`` is an integer within ``[low, high]``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ConfigError(f"{name} must be an integer, got {value!r}")

@@ -3,6 +3,7 @@
 A seed fixes a Meta-World task variation (object and goal positions, see :class:`envs.metaworld.env.MetaWorldEnv`)
 and any action noise, so disjoint seeds mean evaluation never replays a demonstrated variation.
 """
+
 from __future__ import annotations
 
 DEMO_SEED_BASE = 0

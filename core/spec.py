@@ -4,10 +4,12 @@ Every dimension in the package (encoder inputs, normalizer keys, dataset layout,
 derived from a :class:`ShapeMeta`. Datasets are the start of the data flow, so the spec lives here and
 encoders, policies, envs and deploy import it.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -66,7 +68,7 @@ class ShapeMeta:
             raise SpecError("shape_meta declares no observation keys")
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "ShapeMeta":
+    def from_dict(cls, d: Mapping[str, Any]) -> ShapeMeta:
         """Build from the config/JSON form ``{obs: {key: {type, shape}}, action: {shape: [Da]}}``."""
         try:
             obs_d = d["obs"]

@@ -13,12 +13,14 @@ leaves ``episode_ends`` describing only complete episodes; opening the dataset k
 ``episode_ends`` and ignores (mode ``"r"``) or truncates (mode ``"a"``) whatever lies beyond it. A new
 dataset is created in a temporary directory and renamed into place, so it either exists whole or not at all.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import zarr
@@ -48,7 +50,7 @@ class ReplayBuffer:
         episode_seeds: np.ndarray,
         attrs: Mapping[str, Any],
         group: Any = None,
-        path: Optional[Path] = None,
+        path: Path | None = None,
     ) -> None:
         self._data = dict(data)
         self._ends = np.asarray(episode_ends, dtype=np.int64)
@@ -63,10 +65,10 @@ class ReplayBuffer:
         cls,
         path: str | os.PathLike,
         keys: Mapping[str, tuple[Sequence[int], Any]],
-        attrs: Optional[Mapping[str, Any]] = None,
+        attrs: Mapping[str, Any] | None = None,
         overwrite: bool = False,
-    ) -> "ReplayBuffer":
-        """A new empty dataset at ``path`` with arrays ``{key: (per-step shape, dtype)}``; returns it open for append."""
+    ) -> ReplayBuffer:
+        """A new empty dataset at ``path`` with arrays ``{key: (per-step shape, dtype)}``, open for appending."""
         path = Path(path)
         if path.exists():
             if not overwrite:
@@ -92,19 +94,22 @@ class ReplayBuffer:
             os.replace(tmp, path)
         except OSError as e:  # another process created the dataset meanwhile (os.replace keeps a non-empty dir)
             shutil.rmtree(tmp, ignore_errors=True)
-            raise ReplayBufferError(f"dataset '{path}' was created by another process while this one made it ({e}); "
-                                    "open it to append, or collect into another path") from e
+            raise ReplayBufferError(
+                f"dataset '{path}' was created by another process while this one made it ({e}); "
+                "open it to append, or collect into another path"
+            ) from e
         return cls.open(path, mode="a")
 
     @classmethod
-    def open(cls, path: str | os.PathLike, mode: str = "r") -> "ReplayBuffer":
+    def open(cls, path: str | os.PathLike, mode: str = "r") -> ReplayBuffer:
         """Open ``path`` on disk. ``mode="a"`` also truncates any partial episode left by a killed writer."""
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got '{mode}'")
         path = Path(path)
         if not path.exists():
             raise ReplayBufferError(
-                f"dataset '{path}' does not exist; generate it with `mfp collect task=<task> out={path}`")
+                f"dataset '{path}' does not exist; generate it with `mfp collect task=<task> out={path}`"
+            )
         try:
             root = _open_group(path, "r+" if mode == "a" else "r")
             attrs = dict(root.attrs)
@@ -118,7 +123,8 @@ class ReplayBuffer:
         except Exception as e:  # zarr raises KeyError, FileNotFoundError, JSON and codec errors here
             raise ReplayBufferError(
                 f"'{path}' is not a readable DP/DP3 zarr dataset (need data/<key> arrays and meta/episode_ends): "
-                f"{type(e).__name__}: {e}") from e
+                f"{type(e).__name__}: {e}"
+            ) from e
         if not data:
             raise ReplayBufferError(f"dataset '{path}' has no arrays under data/")
         if ends_arr.ndim != 1:
@@ -127,7 +133,9 @@ class ReplayBuffer:
             ends = np.asarray(ends_arr[:], dtype=np.int64)
             seeds = np.asarray(seeds_arr[:], dtype=np.int64) if seeds_arr is not None else np.full(len(ends), -1)
         except Exception as e:
-            raise ReplayBufferError(f"'{path}/meta' cannot be read ({type(e).__name__}: {e}); the dataset is corrupt") from e
+            raise ReplayBufferError(
+                f"'{path}/meta' cannot be read ({type(e).__name__}: {e}); the dataset is corrupt"
+            ) from e
         lengths = {key: int(arr.shape[0]) for key, arr in data.items()}
         n_valid = _valid_prefix(ends, min(lengths.values()), len(seeds))
         ends, seeds = ends[:n_valid], seeds[:n_valid]
@@ -137,15 +145,16 @@ class ReplayBuffer:
         return cls(data, ends, seeds, attrs, group=group, path=path)
 
     @classmethod
-    def load(cls, source: "str | os.PathLike | ReplayBuffer") -> "ReplayBuffer":
+    def load(cls, source: str | os.PathLike | ReplayBuffer) -> ReplayBuffer:
         """The complete episodes of a dataset, read whole into memory (numpy arrays)."""
         rb = source if isinstance(source, ReplayBuffer) else cls.open(source, mode="r")
         n = rb.n_steps
         try:
             data = {key: np.asarray(arr[:n]) for key, arr in rb._data.items()}
         except Exception as e:
-            raise ReplayBufferError(f"'{rb.path}': reading the data arrays failed ({type(e).__name__}: {e}); "
-                                    "the dataset is corrupt") from e
+            raise ReplayBufferError(
+                f"'{rb.path}': reading the data arrays failed ({type(e).__name__}: {e}); the dataset is corrupt"
+            ) from e
         return cls(data, rb._ends.copy(), rb._seeds.copy(), rb.attrs, group=None, path=rb.path)
 
     # ------------------------------------------------------------------ reading
@@ -207,8 +216,10 @@ class ReplayBuffer:
             if key not in self._data:
                 raise SpecError(f"dataset {self.path or ''} has no key '{key}'; it has {self.keys}")
             if key not in types:
-                raise SpecError(f"dataset {self.path or ''} does not record the observation type of '{key}' "
-                                f"(attribute obs_types = {types})")
+                raise SpecError(
+                    f"dataset {self.path or ''} does not record the observation type of '{key}' "
+                    f"(attribute obs_types = {types})"
+                )
             specs[key] = ObsSpec(key, types[key], self.step_shape(key))
         if action_key not in self._data or len(self.step_shape(action_key)) != 1:
             raise SpecError(f"dataset {self.path or ''} needs a (T, Da) '{action_key}' array")
@@ -229,13 +240,15 @@ class ReplayBuffer:
             raise ReplayBufferError(f"episode arrays need one equal length >= 1, got {lengths}")
         for key, value in episode.items():
             if tuple(np.shape(value)[1:]) != self.step_shape(key):
-                raise ReplayBufferError(f"episode '{key}' has step shape {tuple(np.shape(value)[1:])}; "
-                                        f"the dataset stores {self.step_shape(key)}")
+                raise ReplayBufferError(
+                    f"episode '{key}' has step shape {tuple(np.shape(value)[1:])}; "
+                    f"the dataset stores {self.step_shape(key)}"
+                )
         start = self.n_steps
         for key, value in episode.items():
             arr = self._data[key]
             arr.resize((start + T, *arr.shape[1:]))
-            arr[start:start + T] = np.asarray(value, dtype=arr.dtype)
+            arr[start : start + T] = np.asarray(value, dtype=arr.dtype)
         meta = self._group["meta"]
         n = self.n_episodes
         seeds_arr, ends_arr = meta["episode_seeds"], meta["episode_ends"]
@@ -257,7 +270,7 @@ def _valid_prefix(ends: np.ndarray, data_len: int, n_seeds: int) -> int:
     return len(ends)
 
 
-def _truncate(ends_arr, seeds_arr, data: Mapping[str, Any], n_episodes: int, n_steps: int) -> None:
+def _truncate(ends_arr: Any, seeds_arr: Any, data: Mapping[str, Any], n_episodes: int, n_steps: int) -> None:
     """Drop everything beyond the last complete episode (after a killed writer)."""
     if ends_arr.shape[0] > n_episodes:
         # Zero the stale entries first: a later resize must not resurrect them as episode ends.
@@ -270,7 +283,7 @@ def _truncate(ends_arr, seeds_arr, data: Mapping[str, Any], n_episodes: int, n_s
             arr.resize((n_steps, *arr.shape[1:]))
 
 
-def _open_group(path: Path, mode: str):
+def _open_group(path: Path, mode: Literal["r", "r+", "a", "w", "w-"]) -> Any:
     if _ZARR3:
         if mode == "w":
             return zarr.open_group(str(path), mode="w", zarr_format=2)
@@ -278,7 +291,7 @@ def _open_group(path: Path, mode: str):
     return zarr.open_group(str(path), mode=mode)
 
 
-def _create_array(root, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype) -> Any:
+def _create_array(root: Any, name: str, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: Any) -> Any:
     if _ZARR3:
         return root.create_array(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
     return root.create_dataset(name, shape=shape, chunks=chunks, dtype=dtype, fill_value=0)

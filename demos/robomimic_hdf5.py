@@ -15,15 +15,20 @@ The layout (robomimic's, so files made by robomimic's and robosuite's tools load
 
 Training uses images as (3, H, W): :func:`training_episode` converts. Every check names the file, demo and key.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import re
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from demos.replay_buffer import ReplayBuffer
 
 from core.spec import ACTION
 
@@ -35,7 +40,7 @@ class RobomimicFormatError(ValueError):
     """A robomimic HDF5 file that lacks a key, has a wrong dtype or shape, or a truncated demo."""
 
 
-def _h5py():
+def _h5py() -> Any:
     try:
         import h5py
     except ImportError as e:  # pragma: no cover - depends on the install
@@ -64,10 +69,10 @@ def is_image_array(arr: np.ndarray) -> bool:
     return arr.ndim == 4 and arr.shape[-1] in (1, 3)
 
 
-def demo_names(group) -> list[str]:
+def demo_names(group: Any) -> list[str]:
     """Names of the ``demo_<i>`` groups under ``data``, in numeric order (as robomimic sorts them)."""
     names = [k for k in group.keys() if re.fullmatch(rf"{DEMO_PREFIX}\d+", k)]
-    return sorted(names, key=lambda k: int(k[len(DEMO_PREFIX):]))
+    return sorted(names, key=lambda k: int(k[len(DEMO_PREFIX) :]))
 
 
 # ---------------------------------------------------------------------------------------------------- writing
@@ -77,8 +82,14 @@ class RobomimicWriter:
     Use as a context manager. ``compress`` gzips image datasets (robomimic reads them transparently).
     """
 
-    def __init__(self, path: str | os.PathLike, env_args: Mapping[str, Any], overwrite: bool = False,
-                 compress: bool = True, file_attrs: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        env_args: Mapping[str, Any],
+        overwrite: bool = False,
+        compress: bool = True,
+        file_attrs: Mapping[str, Any] | None = None,
+    ) -> None:
         h5py = _h5py()
         self.path = os.fspath(path)
         if os.path.exists(self.path) and not overwrite:
@@ -144,16 +155,22 @@ class RobomimicWriter:
             self._f.close()
             self._f = None
 
-    def __enter__(self) -> "RobomimicWriter":
+    def __enter__(self) -> RobomimicWriter:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def write_robomimic(path: str | os.PathLike, demos: Sequence[Demo], env_args: Mapping[str, Any],
-                    masks: Mapping[str, Sequence[str]] | None = None, overwrite: bool = False,
-                    compress: bool = True, file_attrs: Mapping[str, Any] | None = None) -> list[str]:
+def write_robomimic(
+    path: str | os.PathLike,
+    demos: Sequence[Demo],
+    env_args: Mapping[str, Any],
+    masks: Mapping[str, Sequence[str]] | None = None,
+    overwrite: bool = False,
+    compress: bool = True,
+    file_attrs: Mapping[str, Any] | None = None,
+) -> list[str]:
     """Write ``demos`` as ``demo_0..`` with ``masks`` (filter key -> demo names); returns the demo names."""
     with RobomimicWriter(path, env_args, overwrite=overwrite, compress=compress, file_attrs=file_attrs) as w:
         names = [w.add_demo(d) for d in demos]
@@ -196,8 +213,13 @@ def list_demos(path: str | os.PathLike, filter_key: str | None = None) -> list[s
         return _select(f, os.fspath(path), filter_key)
 
 
-def read_demo(path: str | os.PathLike, name: str, obs_keys: Sequence[str] | None = None,
-              load_next_obs: bool = True, require: Sequence[str] = ("actions", "obs")) -> Demo:
+def read_demo(
+    path: str | os.PathLike,
+    name: str,
+    obs_keys: Sequence[str] | None = None,
+    load_next_obs: bool = True,
+    require: Sequence[str] = ("actions", "obs"),
+) -> Demo:
     """Read and validate one demo. ``obs_keys`` restricts (and requires) observation keys; ``require`` lists
     what must be present among actions, obs, next_obs, states, rewards, dones."""
     h5py = _h5py()
@@ -205,8 +227,13 @@ def read_demo(path: str | os.PathLike, name: str, obs_keys: Sequence[str] | None
         return _read_demo(f, os.fspath(path), name, obs_keys, load_next_obs, require)
 
 
-def iter_demos(path: str | os.PathLike, filter_key: str | None = None, obs_keys: Sequence[str] | None = None,
-               load_next_obs: bool = True, require: Sequence[str] = ("actions", "obs")) -> Iterator[tuple[str, Demo]]:
+def iter_demos(
+    path: str | os.PathLike,
+    filter_key: str | None = None,
+    obs_keys: Sequence[str] | None = None,
+    load_next_obs: bool = True,
+    require: Sequence[str] = ("actions", "obs"),
+) -> Iterator[tuple[str, Demo]]:
     """``(name, Demo)`` for each demo (of ``filter_key``), validated, one at a time."""
     h5py = _h5py()
     p = os.fspath(path)
@@ -226,9 +253,13 @@ class RobomimicFile:
     total: int
 
 
-def read_robomimic(path: str | os.PathLike, filter_key: str | None = None, obs_keys: Sequence[str] | None = None,
-                   load_next_obs: bool = True,
-                   require: Sequence[str] = ("actions", "obs")) -> RobomimicFile:
+def read_robomimic(
+    path: str | os.PathLike,
+    filter_key: str | None = None,
+    obs_keys: Sequence[str] | None = None,
+    load_next_obs: bool = True,
+    require: Sequence[str] = ("actions", "obs"),
+) -> RobomimicFile:
     """Read a whole robomimic file (validated: keys, dtypes, lengths, ``total``)."""
     h5py = _h5py()
     p = os.fspath(path)
@@ -242,13 +273,21 @@ def read_robomimic(path: str | os.PathLike, filter_key: str | None = None, obs_k
             if counted != total:
                 raise RobomimicFormatError(f"{p}: data.attrs['total'] is {total} but the demos hold {counted} samples")
         return RobomimicFile(
-            env_args=_env_args(f, p), demos=demos, masks=_masks(f, p),
-            file_attrs={k: _attr(v) for k, v in f.attrs.items()}, total=total,
+            env_args=_env_args(f, p),
+            demos=demos,
+            masks=_masks(f, p),
+            file_attrs={k: _attr(v) for k, v in f.attrs.items()},
+            total=total,
         )
 
 
-def merge_robomimic(inputs: Sequence[str | os.PathLike], out_path: str | os.PathLike, val_ratio: float = 0.1,
-                    seed: int = 0, overwrite: bool = False) -> dict[str, Any]:
+def merge_robomimic(
+    inputs: Sequence[str | os.PathLike],
+    out_path: str | os.PathLike,
+    val_ratio: float = 0.1,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> dict[str, Any]:
     """Concatenate robomimic files of one task into ``out_path`` (``demo_0..`` in input order, new ``train`` /
     ``valid`` masks), e.g. clean demos plus recovery demos collected separately. Every input is read and checked
     (same ``env_name``, same obs keys and shapes) before anything is written, and a demo that fails validation while
@@ -272,17 +311,23 @@ def merge_robomimic(inputs: Sequence[str | os.PathLike], out_path: str | os.Path
             raise RobomimicFormatError(f"{p}: no demos to merge")
         d = read_demo(p, names[p][0], load_next_obs=False)
         layout[p] = {k: v.shape[1:] for k, v in d.obs.items()}
-    for p, args in zip(paths[1:], env_args[1:]):
+    for p, args in zip(paths[1:], env_args[1:], strict=True):
         if args.get("env_name") != env_args[0].get("env_name"):
-            raise RobomimicFormatError(f"{p}: env '{args.get('env_name')}' differs from {paths[0]}'s "
-                                       f"'{env_args[0].get('env_name')}'; merge files of one task only")
+            raise RobomimicFormatError(
+                f"{p}: env '{args.get('env_name')}' differs from {paths[0]}'s "
+                f"'{env_args[0].get('env_name')}'; merge files of one task only"
+            )
         if layout[p] != layout[paths[0]]:
             raise RobomimicFormatError(f"{p}: observations {layout[p]} differ from {paths[0]}'s {layout[paths[0]]}")
     counts: dict[str, int] = {}
     partial = f"{os.fspath(out_path)}.partial"  # renamed into place only when every demo was copied and checked
     try:
-        with RobomimicWriter(partial, env_args[0], overwrite=True, file_attrs={
-                "creator": "meanflow-policy merge_robomimic", "sources": json.dumps(paths)}) as w:
+        with RobomimicWriter(
+            partial,
+            env_args[0],
+            overwrite=True,
+            file_attrs={"creator": "meanflow-policy merge_robomimic", "sources": json.dumps(paths)},
+        ) as w:
             for p in paths:
                 for name, demo in iter_demos(p, require=("actions", "obs")):
                     demo.attrs = {**demo.attrs, "source_file": os.path.basename(p), "source_demo": name}
@@ -314,8 +359,9 @@ def training_episode(demo: Demo, obs_keys: Sequence[str] | None = None) -> dict[
     return out
 
 
-def load_replay_buffer(path: str | os.PathLike, obs_keys: Sequence[str] | None = None,
-                       filter_key: str | None = None):
+def load_replay_buffer(
+    path: str | os.PathLike, obs_keys: Sequence[str] | None = None, filter_key: str | None = None
+) -> ReplayBuffer:
     """The file (or its ``mask/<filter_key>`` demos) as an in-memory :class:`demos.replay_buffer.ReplayBuffer`:
     arrays ``{obs_key: (T, ...), "action": (T, Da)}`` in the training layout, ``episode_ends``, episode seeds
     (the demos' ``seed`` attribute, -1 when absent) and attrs ``task``, ``env_args``, ``obs_types``,
@@ -351,8 +397,13 @@ def load_replay_buffer(path: str | os.PathLike, obs_keys: Sequence[str] | None =
             raise RobomimicFormatError(f"{p}: obs '{k}' changes shape between demos: {sorted(shapes)}")
     data = {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
     env_args = read_env_args(p)
-    attrs = {"task": env_args.get("env_name"), "env_args": env_args, "obs_types": obs_types, "demo_names": names,
-             "source": "robomimic_hdf5"}
+    attrs = {
+        "task": env_args.get("env_name"),
+        "env_args": env_args,
+        "obs_types": obs_types,
+        "demo_names": names,
+        "source": "robomimic_hdf5",
+    }
     return ReplayBuffer(data, np.asarray(ends, dtype=np.int64), np.asarray(seeds, dtype=np.int64), attrs, path=None)
 
 
@@ -365,8 +416,13 @@ def is_robomimic_file(path: str | os.PathLike) -> bool:
         return fh.read(8) == b"\x89HDF\r\n\x1a\n"
 
 
-def convert_to_zarr(hdf5_path: str | os.PathLike, zarr_path: str | os.PathLike, obs_keys: Sequence[str] | None = None,
-                    filter_key: str | None = None, overwrite: bool = False) -> int:
+def convert_to_zarr(
+    hdf5_path: str | os.PathLike,
+    zarr_path: str | os.PathLike,
+    obs_keys: Sequence[str] | None = None,
+    filter_key: str | None = None,
+    overwrite: bool = False,
+) -> int:
     """Write a robomimic file as a zarr replay buffer (DP layout); returns the number of episodes."""
     from demos.replay_buffer import ReplayBuffer
 
@@ -384,11 +440,13 @@ def _attr(v: Any) -> Any:
     return v.decode() if isinstance(v, bytes) else v
 
 
-def _env_args(f, path: str) -> dict[str, Any]:
+def _env_args(f: Any, path: str) -> dict[str, Any]:
     if "data" not in f:
         raise RobomimicFormatError(f"{path}: no 'data' group; is this a robomimic dataset?")
     if "env_args" not in f["data"].attrs:
-        raise RobomimicFormatError(f"{path}: data has no 'env_args' attribute (robomimic stores the env metadata there)")
+        raise RobomimicFormatError(
+            f"{path}: data has no 'env_args' attribute (robomimic stores the env metadata there)"
+        )
     raw = _attr(f["data"].attrs["env_args"])
     try:
         args = json.loads(raw)
@@ -399,7 +457,7 @@ def _env_args(f, path: str) -> dict[str, Any]:
     return args
 
 
-def _masks(f, path: str) -> dict[str, list[str]]:
+def _masks(f: Any, path: str) -> dict[str, list[str]]:
     if "mask" not in f:
         return {}
     demos = set(demo_names(f["data"])) if "data" in f else set()
@@ -413,7 +471,7 @@ def _masks(f, path: str) -> dict[str, list[str]]:
     return masks
 
 
-def _select(f, path: str, filter_key: str | None) -> list[str]:
+def _select(f: Any, path: str, filter_key: str | None) -> list[str]:
     if "data" not in f:
         raise RobomimicFormatError(f"{path}: no 'data' group; is this a robomimic dataset?")
     names = demo_names(f["data"])
@@ -421,13 +479,16 @@ def _select(f, path: str, filter_key: str | None) -> list[str]:
         return names
     masks = _masks(f, path)
     if filter_key not in masks:
-        raise RobomimicFormatError(f"{path}: no mask '{filter_key}'; filter keys in the file: {sorted(masks) or 'none'}")
+        raise RobomimicFormatError(
+            f"{path}: no mask '{filter_key}'; filter keys in the file: {sorted(masks) or 'none'}"
+        )
     wanted = set(masks[filter_key])
     return [n for n in names if n in wanted]
 
 
-def _read_demo(f, path: str, name: str, obs_keys: Sequence[str] | None, load_next_obs: bool,
-               require: Sequence[str]) -> Demo:
+def _read_demo(
+    f: Any, path: str, name: str, obs_keys: Sequence[str] | None, load_next_obs: bool, require: Sequence[str]
+) -> Demo:
     where = f"{path}: data/{name}"
     if name not in f["data"]:
         raise RobomimicFormatError(f"{path}: no demo '{name}'; demos: {demo_names(f['data'])[:10]}")
@@ -446,8 +507,10 @@ def _read_demo(f, path: str, name: str, obs_keys: Sequence[str] | None, load_nex
             raise RobomimicFormatError(f"{where}: missing '{group_name}/{missing[0]}' (present: {sorted(g.keys())})")
         return {k: g[k][()] for k in keys}
 
+    if "actions" not in grp:
+        raise RobomimicFormatError(f"{where}: missing 'actions' (present: {sorted(grp.keys())})")
     demo = Demo(
-        actions=grp["actions"][()] if "actions" in grp else None,
+        actions=grp["actions"][()],
         obs=read_obs("obs") or {},
         next_obs=read_obs("next_obs") if load_next_obs else None,
         states=grp["states"][()] if "states" in grp else None,
@@ -455,8 +518,6 @@ def _read_demo(f, path: str, name: str, obs_keys: Sequence[str] | None, load_nex
         dones=grp["dones"][()] if "dones" in grp else None,
         attrs={k: _attr(v) for k, v in grp.attrs.items()},
     )
-    if demo.actions is None:
-        raise RobomimicFormatError(f"{where}: missing 'actions' (present: {sorted(grp.keys())})")
     if "num_samples" not in grp.attrs:
         raise RobomimicFormatError(f"{where}: missing attribute 'num_samples'")
     n = int(grp.attrs["num_samples"])
@@ -470,7 +531,9 @@ def _check_demo_arrays(demo: Demo, where: str) -> None:
     """Dtypes and per-step lengths of one demo; raises naming the demo and key."""
     actions = np.asarray(demo.actions)
     if actions.ndim != 2 or not np.issubdtype(actions.dtype, np.floating):
-        raise RobomimicFormatError(f"{where}: 'actions' must be a float (N, Da) array, got {actions.dtype} {actions.shape}")
+        raise RobomimicFormatError(
+            f"{where}: 'actions' must be a float (N, Da) array, got {actions.dtype} {actions.shape}"
+        )
     n = actions.shape[0]
     if n == 0:
         raise RobomimicFormatError(f"{where}: 'actions' is empty")
@@ -488,7 +551,9 @@ def _check_demo_arrays(demo: Demo, where: str) -> None:
         if not ok:
             raise RobomimicFormatError(f"{where}: '{key}' must be {expected_kind[key]}, got dtype {arr.dtype}")
         if arr.shape[0] != n:
-            raise RobomimicFormatError(f"{where}: '{key}' has {arr.shape[0]} rows but 'actions' has {n} (truncated demo?)")
+            raise RobomimicFormatError(
+                f"{where}: '{key}' has {arr.shape[0]} rows but 'actions' has {n} (truncated demo?)"
+            )
     for group_name, obs in (("obs", demo.obs), ("next_obs", demo.next_obs)):
         for key, value in (obs or {}).items():
             arr = np.asarray(value)

@@ -1,8 +1,9 @@
 """What `mfp deploy` runs: a policy checkpoint (eager torch) or an `mfp export` directory (ONNX or .pt2)."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -15,8 +16,9 @@ from policies.checkpoint import CONFIG_FILE, load_policy
 BACKENDS = ("auto", "eager", "onnx", "pt2")
 
 
-def load_deploy_agent(path: str, backend: str = "auto", threads: int = 1,
-                      num_inference_steps: Optional[int] = None, device: str = "cpu") -> Any:
+def load_deploy_agent(
+    path: str, backend: str = "auto", threads: int = 1, num_inference_steps: int | None = None, device: str = "cpu"
+) -> Any:
     """The agent at ``path`` (``reset``, ``n_obs_steps``, ``n_action_steps``, ``shape_meta``, ``predict_action``).
 
     ``backend``: ``auto`` (eager for a checkpoint, ONNX for an export), ``eager``, ``onnx`` or ``pt2``; an export's
@@ -27,8 +29,9 @@ def load_deploy_agent(path: str, backend: str = "auto", threads: int = 1,
         raise InferenceError(f"'{path}' does not exist; pass a policy checkpoint or an `mfp export` directory")
     is_export = (Path(path) / META_FILE).is_file()
     if not (is_export or (Path(path) / CONFIG_FILE).is_file()):
-        raise InferenceError(f"'{path}' is neither a policy checkpoint ({CONFIG_FILE}) nor an `mfp export` directory "
-                             f"({META_FILE})")
+        raise InferenceError(
+            f"'{path}' is neither a policy checkpoint ({CONFIG_FILE}) nor an `mfp export` directory ({META_FILE})"
+        )
     torch.set_num_threads(threads)
     if is_export:
         if backend == "eager" or num_inference_steps is not None:
@@ -42,4 +45,3 @@ def load_deploy_agent(path: str, backend: str = "auto", threads: int = 1,
     if num_inference_steps is not None:
         policy.num_inference_steps = num_inference_steps
     return policy
-

@@ -1,4 +1,5 @@
 """The `mfp export` directory format, shared by the exporter and the runtime (no torch import here)."""
+
 from __future__ import annotations
 
 from core.errors import MfpError

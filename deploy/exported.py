@@ -3,11 +3,13 @@
 ``ExportedPolicy(dir).predict_action({key: (To, ...)})`` returns the executed chunk ``(n_action_steps, Da)`` like
 :meth:`policies.policy.Policy.predict_action`; the control loop and ``mfp deploy`` accept it in place of a policy.
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
@@ -29,7 +31,7 @@ class ExportedPolicy:
 
     backend = "onnx"
 
-    def __init__(self, path: str | Path, threads: int = 1, noise: str = "fixed", seed: Optional[int] = None) -> None:
+    def __init__(self, path: str | Path, threads: int = 1, noise: str = "fixed", seed: int | None = None) -> None:
         path = Path(path)
         meta_file = path / META_FILE
         if not meta_file.is_file():
@@ -57,7 +59,7 @@ class ExportedPolicy:
         """The graph's output ``(1, n_action_steps, Da)`` for named inputs."""
         return self._session.run([OUTPUT], feeds)[0]
 
-    def reset(self, seed: Optional[int] = None) -> None:
+    def reset(self, seed: int | None = None) -> None:
         """The graph keeps no state; with ``seed`` and random noise, the episode's noise stream restarts from it
         (the evaluation runner passes each episode's seed, so re-evaluating an export reproduces its episodes)."""
         if seed is not None:
@@ -69,19 +71,24 @@ class ExportedPolicy:
         for spec in self._inputs:
             name = spec["name"]
             if name == NOISE:
-                z = self._fixed_noise if self._noise_mode == "fixed" else \
-                    self._rng.standard_normal(spec["shape"]).astype(np.float32)
+                z = (
+                    self._fixed_noise
+                    if self._noise_mode == "fixed"
+                    else self._rng.standard_normal(spec["shape"]).astype(np.float32)
+                )
                 feeds[name] = z
                 continue
             if name not in obs:
                 raise SpecError(f"observation is missing key '{name}'; the export needs {self.shape_meta.obs.keys()}")
             x = np.asarray(obs[name])
             if x.ndim == len(spec["shape"]) - 1 and x.shape[0] > self.n_obs_steps:
-                x = x[-self.n_obs_steps:]
+                x = x[-self.n_obs_steps :]
             if list(x.shape) == spec["shape"][1:]:
                 x = x[None]  # (1, To, ...)
             if list(x.shape) != spec["shape"]:
-                raise SpecError(f"observation '{name}' has shape {tuple(np.shape(obs[name]))}; the export needs "
-                                f"{spec['shape'][1:]} (n_obs_steps, ...)")
+                raise SpecError(
+                    f"observation '{name}' has shape {tuple(np.shape(obs[name]))}; the export needs "
+                    f"{spec['shape'][1:]} (n_obs_steps, ...)"
+                )
             feeds[name] = np.ascontiguousarray(x, dtype=spec["dtype"])
         return self._run(feeds)[0]  # (n_action_steps, Da)

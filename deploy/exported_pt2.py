@@ -1,4 +1,5 @@
 """Run an `mfp export` directory's ``torch.export`` program (``model.pt2``) as an agent; needs torch."""
+
 from __future__ import annotations
 
 from pathlib import Path

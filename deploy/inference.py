@@ -10,6 +10,7 @@ control thread only ever waits for the OS; chunks come back over a ZeroMQ PAIR s
 bridge codec (:mod:`deploy.protocol`, no pickle), and the loop collects them with :meth:`InferenceWorker.poll` at
 each tick. The worker is ``python -m deploy.inference_worker address=... path=...``; it exits when its parent does.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,8 +20,9 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import zmq
@@ -39,7 +41,7 @@ class InferenceWorker(ABC):
     """Runs an agent on submitted observation histories ``{key: (To, ...)}``."""
 
     n_obs_steps: int
-    error: Optional[BaseException] = None
+    error: BaseException | None = None
 
     @abstractmethod
     def start(self, on_chunk: OnChunk) -> None:
@@ -54,7 +56,7 @@ class InferenceWorker(ABC):
     def idle(self) -> bool:
         """True when nothing is running or waiting."""
 
-    def poll(self) -> None:
+    def poll(self) -> None:  # noqa: B027  (optional hook: a thread delivers its chunks by itself)
         """Deliver finished chunks (called by the control thread each tick; a thread delivers by itself)."""
 
     @abstractmethod
@@ -69,11 +71,11 @@ class InferenceThread(InferenceWorker):
         self._agent = agent
         self.n_obs_steps = int(agent.n_obs_steps)
         self._cv = threading.Condition()
-        self._pending: Optional[tuple[dict, float]] = None
+        self._pending: tuple[dict, float] | None = None
         self._busy = False
         self._stopping = False
-        self._thread: Optional[threading.Thread] = None
-        self._on_chunk: Optional[OnChunk] = None
+        self._thread: threading.Thread | None = None
+        self._on_chunk: OnChunk | None = None
         self.error = None
 
     def start(self, on_chunk: OnChunk) -> None:
@@ -106,13 +108,15 @@ class InferenceThread(InferenceWorker):
                     self._cv.wait()
                 if self._stopping:
                     return
+                assert self._pending is not None and self._on_chunk is not None  # the wait above, start()
                 obs, obs_time = self._pending
+                on_chunk = self._on_chunk
                 self._pending, self._busy = None, True
             try:
                 t0 = time.monotonic()
                 chunk = np.asarray(self._agent.predict_action(obs), dtype=np.float64)
                 latency = time.monotonic() - t0
-                self._on_chunk(obs_time, chunk, latency)
+                on_chunk(obs_time, chunk, latency)
             # Any failure of the policy must reach the control thread, which stops the loop and reports it.
             except BaseException as e:
                 self.error = e
@@ -135,16 +139,30 @@ class InferenceProcess(InferenceWorker):
         startup_timeout_s: how long to wait for the worker to load the policy.
     """
 
-    def __init__(self, path: str | Path, backend: str = "auto", threads: int = 1,
-                 num_inference_steps: Optional[int] = None, realtime_priority: int = 0,
-                 startup_timeout_s: float = 180.0) -> None:
-        self._ctx = zmq.Context.instance()
+    def __init__(
+        self,
+        path: str | Path,
+        backend: str = "auto",
+        threads: int = 1,
+        num_inference_steps: int | None = None,
+        realtime_priority: int = 0,
+        startup_timeout_s: float = 180.0,
+    ) -> None:
+        self._ctx: zmq.Context = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PAIR)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind("tcp://127.0.0.1:*")
         address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        cmd = [sys.executable, "-m", "deploy.inference_worker", f"address={address}", f"path={path}", f"backend={backend}",
-               f"threads={threads}", f"realtime_priority={int(realtime_priority)}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "deploy.inference_worker",
+            f"address={address}",
+            f"path={path}",
+            f"backend={backend}",
+            f"threads={threads}",
+            f"realtime_priority={int(realtime_priority)}",
+        ]
         if num_inference_steps is not None:
             cmd.append(f"num_inference_steps={num_inference_steps}")
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -154,7 +172,7 @@ class InferenceProcess(InferenceWorker):
         self.error = None
         self._seq = 0
         self._in_flight: dict[int, float] = {}  # seq -> obs_time
-        self._on_chunk: Optional[OnChunk] = None
+        self._on_chunk: OnChunk | None = None
         reply = self._receive(startup_timeout_s, "start-up")
         if reply.type != "ready":
             self._fail_startup(f"the inference worker sent '{reply.type}' instead of 'ready'")
@@ -166,7 +184,7 @@ class InferenceProcess(InferenceWorker):
         self.stop()
         raise InferenceError(message)
 
-    def _receive(self, timeout_s: float, what: str):
+    def _receive(self, timeout_s: float, what: str) -> Any:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._sock.poll(100, zmq.POLLIN):
@@ -175,8 +193,10 @@ class InferenceProcess(InferenceWorker):
                     self._fail_startup(f"inference worker failed during {what}: {reply['message']}")
                 return reply
             if self._proc.poll() is not None:
-                self._fail_startup(f"inference worker exited with code {self._proc.returncode} during {what} "
-                                   "(its error output is above)")
+                self._fail_startup(
+                    f"inference worker exited with code {self._proc.returncode} during {what} "
+                    "(its error output is above)"
+                )
         self._fail_startup(f"inference worker did not finish {what} within {timeout_s:.0f} s")
 
     def start(self, on_chunk: OnChunk) -> None:

@@ -1,6 +1,7 @@
 """The inference worker process: ``python -m deploy.inference_worker address=... path=... [backend= threads=
 num_inference_steps= realtime_priority=]``. Loads the agent, answers ``infer`` with ``chunk`` until its parent exits.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ def main(argv: list[str]) -> int:
     """Worker: connect to ``address``, load the agent, answer ``infer`` with ``chunk`` until the parent is gone."""
     args = dict(a.split("=", 1) for a in argv)
     parent = os.getppid()
-    sock = zmq.Context.instance().socket(zmq.PAIR)
+    sock: zmq.Socket = zmq.Context.instance().socket(zmq.PAIR)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(args["address"])
     steps = int(args["num_inference_steps"]) if "num_inference_steps" in args else None
@@ -32,8 +33,9 @@ def main(argv: list[str]) -> int:
         sock.send(encode("error", code="internal", message=f"{type(e).__name__}: {e}"))
         time.sleep(0.5)
         return 1
-    sock.send(encode("ready", n_obs_steps=int(agent.n_obs_steps), n_action_steps=int(n_action),
-                     action_dim=int(action_dim)))
+    sock.send(
+        encode("ready", n_obs_steps=int(agent.n_obs_steps), n_action_steps=int(n_action), action_dim=int(action_dim))
+    )
     while os.getppid() == parent:
         if not sock.poll(200, zmq.POLLIN):
             continue

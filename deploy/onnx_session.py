@@ -1,4 +1,5 @@
 """An onnxruntime session configured for a control loop (CPU, pinned threads, quiet)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -11,13 +11,14 @@ arm resets to the next seed and carries on. Example::
 ``port=0`` picks a free port; the first line printed names the address (``sim-arm: serving ... on tcp://...``).
 ``command_log=FILE`` writes one JSON line per received command and per executed step (for tests and debugging).
 """
+
 from __future__ import annotations
 
 import json
 import threading
 import time
 from collections import deque
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -29,19 +30,33 @@ from envs.metaworld.env import MetaWorldEnv
 class SimArm:
     """Shared state between the simulation loop (main thread) and the bridge handler (server thread)."""
 
-    def __init__(self, task: str, hz: float, seed: int = 0, num_points: int = 512, camera: str = "corner2",
-                 max_episode_steps: int = 500, command_log: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        task: str,
+        hz: float,
+        seed: int = 0,
+        num_points: int = 512,
+        camera: str = "corner2",
+        max_episode_steps: int = 500,
+        command_log: str | None = None,
+    ) -> None:
         self.task, self.hz = task, float(hz)
         self.dt = 1.0 / self.hz
-        self.env = MetaWorldEnv(task, point_cloud_cameras=(camera,), num_points=num_points, seed=seed,
-                                max_episode_steps=max_episode_steps)
+        self.env = MetaWorldEnv(
+            task, point_cloud_cameras=(camera,), num_points=num_points, seed=seed, max_episode_steps=max_episode_steps
+        )
         self._lock = threading.Lock()
         self._commands: deque = deque(maxlen=2)
         self._gripper = 0.0
         obs, info = self.env.reset()
         self._obs, self._obs_time = obs, time.monotonic()
-        self._info: dict[str, Any] = {"episode": 0, "step": 0, "seed": int(info["seed"]), "success": False,
-                                      "reward": 0.0}
+        self._info: dict[str, Any] = {
+            "episode": 0,
+            "step": 0,
+            "seed": int(info["seed"]),
+            "success": False,
+            "reward": 0.0,
+        }
         self.steps = self.overruns = self.holds = 0
         self._log = open(command_log, "a", buffering=1) if command_log else None
 
@@ -55,8 +70,12 @@ class SimArm:
         if msg.type == "hello":
             with self._lock:
                 obs = self._obs
-            return "info", {"robot": f"sim_sawyer/{self.task}", "action_dim": 4, "control_hz": self.hz,
-                            "obs": spec_of(obs)}
+            return "info", {
+                "robot": f"sim_sawyer/{self.task}",
+                "action_dim": 4,
+                "control_hz": self.hz,
+                "obs": spec_of(obs),
+            }
         if msg.type == "get_obs":
             with self._lock:
                 obs, t, info = self._obs, self._obs_time, dict(self._info)
@@ -88,16 +107,24 @@ class SimArm:
         t = time.monotonic()
         with self._lock:
             self._obs, self._obs_time = obs, t
-            self._info.update(step=self._info["step"] + 1, success=bool(info["success"]) or self._info["success"],
-                              reward=float(reward))
+            self._info.update(
+                step=self._info["step"] + 1,
+                success=bool(info["success"]) or self._info["success"],
+                reward=float(reward),
+            )
         self.steps += 1
         self._write(type="step", t=t, action=action.tolist(), commanded=command is not None)
         if truncated:
             obs, info = self.env.reset()
             with self._lock:
                 self._obs, self._obs_time = obs, time.monotonic()
-                self._info = {"episode": self._info["episode"] + 1, "step": 0, "seed": int(info["seed"]),
-                              "success": False, "reward": 0.0}
+                self._info = {
+                    "episode": self._info["episode"] + 1,
+                    "step": 0,
+                    "seed": int(info["seed"]),
+                    "success": False,
+                    "reward": 0.0,
+                }
 
     def run(self, stop: threading.Event, duration_s: float = 0.0) -> None:
         """Step at ``hz`` until ``stop`` is set or ``duration_s`` (> 0) has passed."""

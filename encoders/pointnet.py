@@ -15,9 +15,10 @@ same gradients:
   again with autograd on those points only; the backward pass then costs a fraction of the dense one.
   Exporters and ``torch.compile`` see only the plain dense path.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,7 +72,7 @@ class PointNetEncoder(nn.Module):
 
         layers: list[nn.Module] = []
         widths = [self.in_channels, *(int(d) for d in hidden_dims)]
-        for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
             layers += [nn.Linear(d_in, d_out), nn.LayerNorm(d_out)]
             if i < len(widths) - 2:
                 layers.append(nn.ReLU(inplace=False))

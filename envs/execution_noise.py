@@ -4,6 +4,7 @@ The env executes the expert's command plus temporally correlated noise while the
 itself. The expert, a closed-loop controller, is then shown correcting drift it would not cause on its own, which
 is what a cloned policy needs after its own errors (Laskey et al., DART, 2017).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,7 +30,7 @@ class ExecutionNoise:
         self.state = self.rng.normal(0.0, self.std, self.dims)
 
     @classmethod
-    def for_episode(cls, std: float, seed: int) -> "ExecutionNoise":
+    def for_episode(cls, std: float, seed: int) -> ExecutionNoise:
         """The noise of the episode with demo seed ``seed``: its own stream (``seed`` + an offset), so the env's
         initial state and the expert's noise stay those of ``seed`` and a demo can be replayed exactly."""
         return cls(std, seed=seed + 7_919)

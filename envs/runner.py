@@ -1,4 +1,4 @@
-"""Evaluation runner: N Meta-World or robosuite episodes on fixed seeds, in parallel worker processes → ``eval_info.json``.
+"""Evaluation runner: N episodes of any suite's task on fixed seeds, in parallel worker processes → ``eval_info.json``.
 
 Works with any *agent*: an object with ``reset()``, ``n_obs_steps`` and ``predict_action(obs) -> (n, Da)`` where
 ``obs`` is ``{key: (To, ...)}`` (the last ``n_obs_steps`` observations, the first one repeated at episode start).
@@ -11,6 +11,7 @@ and agent. Pass the agent itself when it pickles (a ``Policy`` does), or a zero-
 ``functools.partial(training.evaluation.load_agent, "runs/x/policy")``. An agent that reads the simulator
 (a robosuite scripted expert) may define ``bind_env(env)``; each worker calls it once, after building its env.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -20,15 +21,17 @@ import multiprocessing
 import os
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
 from core.atomic_write import write_text
 from envs.suites import suite_for_task
+
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """95 % (by default) Wilson score interval of a success rate; (0, 1) when ``n == 0``."""
@@ -46,11 +49,11 @@ def evaluate(
     task: str,
     seeds: Sequence[int],
     n_workers: int = 2,
-    out_dir: Optional[str | os.PathLike] = None,
-    video_dir: Optional[str | os.PathLike] = None,
+    out_dir: str | os.PathLike | None = None,
+    video_dir: str | os.PathLike | None = None,
     n_videos: int = 0,
-    max_steps: Optional[int] = None,
-    env_kwargs: Optional[Mapping[str, Any]] = None,
+    max_steps: int | None = None,
+    env_kwargs: Mapping[str, Any] | None = None,
     threads_per_worker: int = 1,
     progress: bool = False,
     label: str = "",
@@ -104,16 +107,19 @@ def evaluate(
             os.environ[k] = str(threads_per_worker)
         try:
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=ctx,
-                                     initializer=_init_worker, initargs=setup) as pool:
+            with ProcessPoolExecutor(
+                max_workers=min(n_workers, len(jobs)), mp_context=ctx, initializer=_init_worker, initargs=setup
+            ) as pool:
                 futures = [pool.submit(_run_job, *job) for job in jobs]
                 for fut in as_completed(futures):
                     results.append(fut.result())
                     if bar is not None:
                         bar.update(1)
         except BrokenProcessPool as e:
-            raise RuntimeError("an evaluation worker died while building its env or agent, or crashed; its "
-                               "traceback is printed above (run with n_workers=0 to debug in this process)") from e
+            raise RuntimeError(
+                "an evaluation worker died while building its env or agent, or crashed; its "
+                "traceback is printed above (run with n_workers=0 to debug in this process)"
+            ) from e
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -130,8 +136,15 @@ def evaluate(
     return info
 
 
-def _summarize(results: list[dict], task: str, elapsed: float, label: str, max_steps: int, n_workers: int,
-               env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+def _summarize(
+    results: list[dict],
+    task: str,
+    elapsed: float,
+    label: str,
+    max_steps: int,
+    n_workers: int,
+    env_kwargs: Mapping[str, Any],
+) -> dict[str, Any]:
     latencies = np.concatenate([np.asarray(r.pop("latencies_s"), dtype=np.float64) for r in results])
     spans = np.array([r.pop("_span") for r in results])
     episodes_s = float(spans[:, 1].max() - spans[:, 0].min())  # from the first episode start: no worker start-up
@@ -164,9 +177,13 @@ def _summarize(results: list[dict], task: str, elapsed: float, label: str, max_s
         "per_episode": results,
         "aggregated": aggregated,
         "video_paths": [r["video"] for r in results if r["video"]],
-        "config": {"max_steps": max_steps, "n_workers": n_workers, "seeds": [r["seed"] for r in results],
-                   "env_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in env_kwargs.items()},
-                   "latency": "wall time of each predict_action call, first call per worker excluded"},
+        "config": {
+            "max_steps": max_steps,
+            "n_workers": n_workers,
+            "seeds": [r["seed"] for r in results],
+            "env_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in env_kwargs.items()},
+            "latency": "wall time of each predict_action call, first call per worker excluded",
+        },
     }
 
 
@@ -184,7 +201,9 @@ def _init_worker(agent: Any, task: str, env_kwargs: Mapping[str, Any], max_steps
         agent = agent()
     for attr in ("reset", "predict_action"):
         if not callable(getattr(agent, attr, None)):
-            raise TypeError(f"agent {type(agent).__name__} lacks {attr}(); see the agent interface in docs/ARCHITECTURE.md")
+            raise TypeError(
+                f"agent {type(agent).__name__} lacks {attr}(); see the agent interface in docs/ARCHITECTURE.md"
+            )
     env = _worker.get("env")
     if env is not None:
         env.close()
@@ -195,18 +214,35 @@ def _init_worker(agent: Any, task: str, env_kwargs: Mapping[str, Any], max_steps
     keys = list(meta.obs) if meta is not None else env.obs_keys
     missing = [k for k in keys if k not in env.obs_keys]
     if missing:
-        raise ValueError(f"the agent needs observation key(s) {missing} that this env does not produce "
-                         f"({env.obs_keys}); pass matching env_kwargs (see Suite.env_kwargs)")
+        raise ValueError(
+            f"the agent needs observation key(s) {missing} that this env does not produce "
+            f"({env.obs_keys}); pass matching env_kwargs (see Suite.env_kwargs)"
+        )
     reset_takes_seed = "seed" in inspect.signature(agent.reset).parameters
-    _worker.update(env=env, agent=agent, keys=keys, n_obs=int(getattr(agent, "n_obs_steps", 1)),
-                   reset_takes_seed=reset_takes_seed, max_steps=max_steps, warm=False)
+    _worker.update(
+        env=env,
+        agent=agent,
+        keys=keys,
+        n_obs=int(getattr(agent, "n_obs_steps", 1)),
+        reset_takes_seed=reset_takes_seed,
+        max_steps=max_steps,
+        warm=False,
+    )
 
 
-def _run_job(episode_ix: int, seed: int, video_dir: Optional[str]) -> dict[str, Any]:
+def _run_job(episode_ix: int, seed: int, video_dir: str | None) -> dict[str, Any]:
     w = _worker
     env, agent, keys, n_obs = w["env"], w["agent"], w["keys"], w["n_obs"]
-    result: dict[str, Any] = {"episode_ix": episode_ix, "seed": seed, "success": False, "steps": 0,
-                              "sum_reward": 0.0, "max_reward": 0.0, "failure": None, "video": None}
+    result: dict[str, Any] = {
+        "episode_ix": episode_ix,
+        "seed": seed,
+        "success": False,
+        "steps": 0,
+        "sum_reward": 0.0,
+        "max_reward": 0.0,
+        "failure": None,
+        "video": None,
+    }
     latencies: list[float] = []
     frames: list[np.ndarray] = []
     rewards: list[float] = []
@@ -250,14 +286,14 @@ def _run_job(episode_ix: int, seed: int, video_dir: Optional[str]) -> dict[str, 
         result["failure"] = result["failure"] or f"episode error {type(e).__name__}: {e}"
     if rewards:
         result["sum_reward"], result["max_reward"] = float(np.sum(rewards)), float(np.max(rewards))
-    if frames:
+    if frames and video_dir is not None:
         result["video"] = _write_video(frames, Path(video_dir) / f"episode_{episode_ix:03d}_seed{seed}.mp4")
     result["latencies_s"] = latencies
     result["_span"] = (t_start, time.time())
     return result
 
 
-def _check_chunk(chunk: Any, action_dim: int) -> tuple[np.ndarray, Optional[str]]:
+def _check_chunk(chunk: Any, action_dim: int) -> tuple[np.ndarray, str | None]:
     """(actions (n, Da) float32, None) or (_, reason) for a chunk the env cannot execute."""
     if hasattr(chunk, "detach"):
         chunk = chunk.detach().cpu().numpy()
@@ -277,24 +313,23 @@ def _check_chunk(chunk: Any, action_dim: int) -> tuple[np.ndarray, Optional[str]
     return arr, None
 
 
-def _write_video(frames: list[np.ndarray], path: Path, fps: int = 30) -> Optional[str]:
+def _write_video(frames: list[np.ndarray], path: Path, fps: int = 30) -> str | None:
     import warnings
 
     try:
         import imageio.v2 as imageio
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        imageio.mimwrite(str(path), frames, fps=fps, macro_block_size=1)
+        imageio.mimwrite(str(path), list(frames), fps=fps, macro_block_size=1)
         return str(path)
     except Exception as e:  # missing ffmpeg must not lose the evaluation
-        warnings.warn(f"could not write video {path}: {e} (pip install imageio-ffmpeg)", RuntimeWarning)
+        warnings.warn(f"could not write video {path}: {e} (pip install imageio-ffmpeg)", RuntimeWarning, stacklevel=2)
         return None
 
 
-def _progress_bar(total: int, task: str, enabled: bool):
+def _progress_bar(total: int, task: str, enabled: bool) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=f"eval {task}", unit="ep", dynamic_ncols=True)
-

@@ -5,13 +5,15 @@ import path and imports one only when it is asked for, so ``import envs.suites``
 that used to ask "is this a robosuite task?" asks the registry instead: :func:`suite_for_task` for a task name,
 :func:`get_suite` for a suite name (``task.suite`` in the training config).
 """
+
 from __future__ import annotations
 
 import difflib
 import importlib
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 from core.errors import MfpError
 from core.spec import ShapeMeta
@@ -48,7 +50,7 @@ class Suite(ABC):
         """The benchmark's own rollout horizon for ``task`` (the evaluation's default step limit)."""
 
     @abstractmethod
-    def env_kwargs(self, shape_meta: ShapeMeta, recorded: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    def env_kwargs(self, shape_meta: ShapeMeta, recorded: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Constructor arguments of :meth:`make_env` that produce the observations ``shape_meta`` declares;
         ``recorded`` holds settings a checkpoint's task metadata recorded (e.g. a point-cloud crop box)."""
 
@@ -68,7 +70,13 @@ class Suite(ABC):
 
     @abstractmethod
     def ensure_demos(
-        self, task: str, path: Path, n_demos: int, obs_keys: Sequence[str], num_points: int, image_size: int,
+        self,
+        task: str,
+        path: Path,
+        n_demos: int,
+        obs_keys: Sequence[str],
+        num_points: int,
+        image_size: int,
         max_steps: int,
     ) -> None:
         """Write (or complete) ``n_demos`` scripted-expert demos of ``task`` at ``path`` in this suite's format."""
@@ -120,6 +128,9 @@ def suite_for_task(task: str) -> Suite:
         if suite.owns(task):
             return suite
     close = [m for name in _SUITES for m in get_suite(name).suggest(task)]
-    hint = f"did you mean: {', '.join(close)}?" if close else "; ".join(
-        f"{name}: e.g. {', '.join(get_suite(name).task_names()[:3])}" for name in _SUITES)
+    hint = (
+        f"did you mean: {', '.join(close)}?"
+        if close
+        else "; ".join(f"{name}: e.g. {', '.join(get_suite(name).task_names()[:3])}" for name in _SUITES)
+    )
     raise UnknownTaskError(f"unknown task '{task}'; {hint}")

@@ -3,6 +3,7 @@
 Commands that take hydra overrides (`key=value`) are hydra apps; the dispatcher only rewrites argv so hydra
 sees the sub-command's own name.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -39,7 +40,11 @@ _reuse_freed_memory()
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "collect": ("mfp.commands.collect", "main", "generate scripted-expert demonstrations into a zarr dataset"),
     "merge": ("mfp.commands.merge", "main", "concatenate robomimic HDF5 files of one task into one"),
-    "train": ("mfp.commands.train", "main", "collect demos if missing, train, evaluate (hydra overrides: task.env=... policy=...)"),
+    "train": (
+        "mfp.commands.train",
+        "main",
+        "collect demos if missing, train, evaluate (hydra overrides: task.env=... policy=...)",
+    ),
     "eval": ("mfp.commands.eval", "main", "evaluate a checkpoint or the scripted expert on fixed seeds"),
     "export": ("mfp.commands.export", "main", "export a checkpoint to ONNX and torch.export with parity checks"),
     "deploy": ("mfp.commands.deploy", "main", "run the real-time control loop against a robot bridge"),

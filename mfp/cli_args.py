@@ -1,9 +1,11 @@
 """``key=value`` command-line overrides onto a typed dataclass (hydra style, via OmegaConf); unknown keys fail."""
+
 from __future__ import annotations
 
 import dataclasses
 import sys
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar, cast
 
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -17,8 +19,11 @@ def usage(schema: type, command: str) -> str:
     if schema.__doc__ and not schema.__doc__.startswith(schema.__name__ + "("):
         lines += [schema.__doc__.strip(), ""]
     for f in dataclasses.fields(schema):  # ClassVar attributes (e.g. REMOVED) are not fields
-        default = f.default if f.default is not dataclasses.MISSING else (
-            f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+        default = (
+            f.default
+            if f.default is not dataclasses.MISSING
+            else (f.default_factory() if f.default_factory is not dataclasses.MISSING else "(required)")
+        )
         type_name = getattr(f.type, "__name__", str(f.type))
         lines.append(f"  {f'{f.name}={default}':<28} {type_name:<6} {f.metadata.get('help', '')}".rstrip())
     return "\n".join(lines)
@@ -45,7 +50,7 @@ def parse_overrides(schema: type[T], argv: Sequence[str], command: str) -> T:
         raise SystemExit(2)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.from_cli(argv))
-        return OmegaConf.to_object(merged)
+        return cast(T, OmegaConf.to_object(merged))
     except (OmegaConfBaseException, ValueError, TypeError) as e:
         print(f"{command}: {e}\n\n{usage(schema, command)}", file=sys.stderr)
         raise SystemExit(2) from None

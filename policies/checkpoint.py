@@ -9,22 +9,24 @@ Layout::
 Loading rebuilds the model through :func:`policies.factory.build_policy` and loads strictly; any mismatch raises
 :class:`CheckpointError` naming the keys or shapes.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, cast
 
 import torch
 from omegaconf import OmegaConf
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from core.spec import ShapeMeta, SpecError
 from core.atomic_write import interrupted_swap, replace_dir
+from core.spec import ShapeMeta, SpecError
 from policies.config import PolicyConfig
 from policies.normalizer import NormalizerError
 from policies.policy import Policy
@@ -39,7 +41,9 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is missing, corrupt, or does not match the model its config describes."""
 
 
-def save_policy(policy: Policy, cfg: PolicyConfig, path: str | os.PathLike, metadata: Optional[Mapping[str, Any]] = None) -> Path:
+def save_policy(
+    policy: Policy, cfg: PolicyConfig, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``policy`` to directory ``path`` atomically: a temporary sibling, swapped into place in one step."""
     path = Path(path)
     for stale in path.parent.glob(f".{path.name}.tmp-*") if path.parent.is_dir() else []:
@@ -67,8 +71,10 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_dir():
         previous = interrupted_swap(path)
         if previous is not None:
-            raise CheckpointError(f"checkpoint directory '{path}' is missing: a save was killed while replacing it; "
-                                  f"the previous checkpoint is '{previous}' (rename it to '{path.name}')")
+            raise CheckpointError(
+                f"checkpoint directory '{path}' is missing: a save was killed while replacing it; "
+                f"the previous checkpoint is '{previous}' (rename it to '{path.name}')"
+            )
         raise CheckpointError(f"checkpoint directory '{path}' does not exist; pass the directory written by training")
     if not file.is_file():
         raise CheckpointError(f"'{path}' has no {CONFIG_FILE}; is this a policy checkpoint directory?")
@@ -89,8 +95,19 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
 # All but one shaped training only, so a checkpoint that used them still runs as it was evaluated: the keys are
 # dropped on load, with the weights only training used. x-prediction changes what the network outputs: refused.
 _REMOVED_TRAINING_ONLY = {
-    "meanflow": ("ratio_one_step", "cfg_omega", "cfg_kappa", "cond_drop_prob", "cfg_t_min", "cfg_t_max", "jvp_tangent",
-                 "fm_warmup_frac", "alpha_anneal_frac", "cond_grad", "x_t_floor"),
+    "meanflow": (
+        "ratio_one_step",
+        "cfg_omega",
+        "cfg_kappa",
+        "cond_drop_prob",
+        "cfg_t_min",
+        "cfg_t_max",
+        "jvp_tangent",
+        "fm_warmup_frac",
+        "alpha_anneal_frac",
+        "cond_grad",
+        "x_t_floor",
+    ),
     "": ("aux_regression_weight",),
 }
 _REMOVED_WEIGHTS = ("head.null_cond", "aux_regression.")
@@ -100,8 +117,10 @@ def _drop_removed_settings(d: Mapping[str, Any]) -> dict[str, Any]:
     d = dict(d)
     meanflow = dict(d.get("meanflow") or {})
     if meanflow.get("prediction", "u") != "u":
-        raise CheckpointError("this checkpoint's MeanFlow head predicts x (policy.meanflow.prediction=x), which this "
-                              "version no longer builds (it did not help: docs/results/ablation-x-prediction/)")
+        raise CheckpointError(
+            "this checkpoint's MeanFlow head predicts x (policy.meanflow.prediction=x), which this "
+            "version no longer builds (it did not help: docs/results/ablation-x-prediction/)"
+        )
     meanflow.pop("prediction", None)
     for section, keys in _REMOVED_TRAINING_ONLY.items():
         target = meanflow if section == "meanflow" else d
@@ -118,7 +137,7 @@ def policy_config_from_dict(d: Mapping[str, Any]) -> PolicyConfig:
     current = _drop_removed_settings(d)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(PolicyConfig), OmegaConf.create(current))
-        return OmegaConf.to_object(merged)
+        return cast(PolicyConfig, OmegaConf.to_object(merged))
     except Exception as e:  # omegaconf raises several error types; all mean "config does not fit the schema"
         raise CheckpointError(f"policy config does not match this package's PolicyConfig: {e}") from e
 
@@ -168,17 +187,22 @@ def _check_normalizer_keys(policy: Policy, path: Path) -> None:
     if have != expected:
         raise CheckpointError(
             f"{path / NORMALIZER_FILE}: normalizer keys {sorted(have)} do not match the policy's "
-            f"observation/action keys {sorted(expected)} (missing {sorted(expected - have)}, extra {sorted(have - expected)})"
+            f"observation/action keys {sorted(expected)} (missing {sorted(expected - have)}, "
+            f"extra {sorted(have - expected)})"
         )
     for key, spec in policy.shape_meta.obs.items():
         if spec.type == "rgb":
             continue
         n = policy.normalizer.stats(key)["min"].shape
         if n != (spec.shape[-1],):
-            raise CheckpointError(f"normalizer stats for '{key}' have shape {tuple(n)}; shape_meta needs ({spec.shape[-1]},)")
+            raise CheckpointError(
+                f"normalizer stats for '{key}' have shape {tuple(n)}; shape_meta needs ({spec.shape[-1]},)"
+            )
     a = policy.normalizer.stats("action")["min"].shape
     if a != (policy.shape_meta.action_dim,):
-        raise CheckpointError(f"normalizer stats for 'action' have shape {tuple(a)}; expected ({policy.shape_meta.action_dim},)")
+        raise CheckpointError(
+            f"normalizer stats for 'action' have shape {tuple(a)}; expected ({policy.shape_meta.action_dim},)"
+        )
 
 
 def _load_strict(policy: Policy, weights: Mapping[str, torch.Tensor], file: Path) -> None:
@@ -193,8 +217,10 @@ def _load_strict(policy: Policy, weights: Mapping[str, torch.Tensor], file: Path
         if unexpected:
             details.append(f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
         if wrong:
-            details.append("shape mismatch " + ", ".join(
-                f"{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:8]))
+            details.append(
+                "shape mismatch "
+                + ", ".join(f"{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:8])
+            )
         raise CheckpointError(f"'{file}' does not match the model built from config.json: " + "; ".join(details))
     full = dict(weights)
     full.update({k: v for k, v in policy.state_dict().items() if k.startswith("normalizer.")})

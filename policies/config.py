@@ -4,10 +4,10 @@ Hydra composes these (as part of ``training.config.TrainConfig``); the factory r
 builds receives plain arguments. Each dataclass validates itself on construction, so a typo or an out-of-range value
 fails before anything runs. One home per setting: its default, validation and documentation are here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from core.errors import ConfigError, check_choice, check_int, check_number
 from encoders.dispersive import DISPERSIVE_VARIANTS
@@ -182,7 +182,7 @@ class PolicyConfig:
     flow: FlowConfig = field(default_factory=FlowConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     # Optional override of the head's default number of sampling steps at inference.
-    num_inference_steps: Optional[int] = None
+    num_inference_steps: int | None = None
     # Noise/time draws per encoded observation in the training loss (MAR's "diffusion batch multiplier"): the head
     # sees batch_size * k samples while the encoder, most of a CPU step, still runs once per observation. Heads that
     # draw nothing (regression) train on each observation once whatever k is.
@@ -204,7 +204,7 @@ class PolicyConfig:
                 f"be <= policy.horizon ({self.horizon})"
             )
 
-    def head_config(self) -> Optional[object]:
+    def head_config(self) -> object | None:
         """The settings of the chosen head (``None`` for a head without settings, e.g. regression)."""
         from policies.heads.base import head_entry
 

@@ -1,14 +1,15 @@
 """The one way to build a policy from its config: used by train, eval, export and deploy alike."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Mapping, Optional
 
 import numpy as np
 
 from core.spec import ShapeMeta
 from encoders.dispersive import DispersiveLoss
-from policies.backbones import ConditionalUnet1D, MLPBackbone
+from policies.backbones import Backbone, ConditionalUnet1D, MLPBackbone
 from policies.config import PolicyConfig
 from policies.heads import make_head, n_time_inputs_for
 from policies.normalizer import LinearNormalizer
@@ -19,7 +20,7 @@ from policies.policy import Policy
 def build_policy(
     cfg: PolicyConfig,
     shape_meta: ShapeMeta,
-    stats: Optional[Mapping[str, Mapping[str, np.ndarray]]] = None,
+    stats: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> Policy:
     """Build encoder, backbone, head and normalizer from ``cfg``; fit the normalizer when ``stats`` is given.
 
@@ -31,7 +32,7 @@ def build_policy(
     b = cfg.backbone
     n_times = n_time_inputs_for(cfg.head)
     if b.type == "unet":
-        backbone = ConditionalUnet1D(
+        backbone: Backbone = ConditionalUnet1D(
             input_dim=shape_meta.action_dim,
             global_cond_dim=cond_dim,
             n_time_inputs=n_times,

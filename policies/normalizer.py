@@ -3,9 +3,10 @@
 An ``nn.Module`` whose statistics are buffers, so they travel in the policy's state_dict and in its
 checkpoint: a saved policy always carries the stats it was trained with.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
@@ -31,14 +32,18 @@ class LinearNormalizer(nn.Module):
     def keys(self) -> list[str]:
         return list(self._keys)
 
-    def fit(self, stats: Mapping[str, Mapping[str, np.ndarray]], output_range: tuple[float, float] = (-1.0, 1.0)) -> None:
+    def fit(
+        self, stats: Mapping[str, Mapping[str, np.ndarray]], output_range: tuple[float, float] = (-1.0, 1.0)
+    ) -> None:
         """Set scale/offset from ``{key: {"min": array, "max": array}}`` (per-feature limits over the training set)."""
         lo_out, hi_out = output_range
         for key, s in stats.items():
             lo = torch.as_tensor(np.asarray(s["min"]), dtype=torch.float32)
             hi = torch.as_tensor(np.asarray(s["max"]), dtype=torch.float32)
             if lo.shape != hi.shape:
-                raise NormalizerError(f"normalizer stats for '{key}': min shape {tuple(lo.shape)} != max {tuple(hi.shape)}")
+                raise NormalizerError(
+                    f"normalizer stats for '{key}': min shape {tuple(lo.shape)} != max {tuple(hi.shape)}"
+                )
             if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
                 raise NormalizerError(f"normalizer stats for '{key}' contain NaN or inf; check the dataset")
             rng = hi - lo
@@ -79,14 +84,15 @@ class LinearNormalizer(nn.Module):
 
     @staticmethod
     def _check_broadcast(key: str, x: torch.Tensor, scale: torch.Tensor) -> None:
-        """Stats broadcast over leading dims: (D,) over (..., D); point stats (3,) over (..., N, 3); (C,1,1) over images."""
+        """Stats broadcast over leading dims: (D,) over (..., D); points (3,) over (..., N, 3); (C,1,1) over images."""
         try:
             ok = torch.broadcast_shapes(x.shape, scale.shape) == x.shape
         except RuntimeError:
             ok = False
         if not ok:
             raise NormalizerError(
-                f"'{key}': data shape {tuple(x.shape)} does not broadcast with the normalizer's shape {tuple(scale.shape)}"
+                f"'{key}': data shape {tuple(x.shape)} does not broadcast with the normalizer's shape "
+                f"{tuple(scale.shape)}"
             )
 
     def state_tensors(self) -> dict[str, torch.Tensor]:

@@ -4,9 +4,11 @@ One leaf encoder per observation key, chosen by the key's type in ``shape_meta``
 rgb -> ResNet-18 per camera, optionally one shared by all cameras, low_dim -> state MLP). Each frame of the
 (B, To) history is encoded once: the leaf encoders see B * To samples in one call.
 """
+
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import cast
 
 import torch
 from torch import nn
@@ -70,9 +72,7 @@ class ObservationEncoder(nn.Module):
             if spec.type == "point_cloud":
                 channels = spec.shape[1]
                 if use_point_color and channels != 6:
-                    raise SpecError(
-                        f"use_point_color=True needs '{key}' of shape (N, 6) (xyz + rgb), got {spec.shape}"
-                    )
+                    raise SpecError(f"use_point_color=True needs '{key}' of shape (N, 6) (xyz + rgb), got {spec.shape}")
                 if channels not in (3, 6):
                     raise SpecError(
                         f"point cloud '{key}' must have 3 (xyz) or 6 (xyz + rgb) channels, got {spec.shape}"
@@ -92,9 +92,9 @@ class ObservationEncoder(nn.Module):
         self.step_dim = sum(self._encoder(k).output_dim for k in self.keys)
         self.output_dim = self.n_obs_steps * self.step_dim
 
-    def _encoder(self, key: str) -> nn.Module:
+    def _encoder(self, key: str) -> PointNetEncoder | ImageEncoder | StateEncoder:
         if key in self.encoders:
-            return self.encoders[key]
+            return cast("PointNetEncoder | ImageEncoder | StateEncoder", self.encoders[key])
         assert self.shared_image is not None
         return self.shared_image
 

@@ -3,20 +3,24 @@
 Training calls :meth:`Policy.compute_loss`; evaluation, export and deployment call :meth:`Policy.predict_action`
 (a whole executed chunk per call) or :meth:`Policy.select_action` (one action per call, served from a queue).
 """
+
 from __future__ import annotations
 
 import contextlib
 from collections import deque
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from core.spec import ShapeMeta, SpecError
-from encoders.dispersive import OBS_EMBEDDING, FeatureTap, regularized_loss
+from encoders.dispersive import OBS_EMBEDDING, DispersiveLoss, FeatureTap, regularized_loss
+from policies.heads.base import ActionHead
 from policies.normalizer import LinearNormalizer
-
+from policies.obs_encoder import ObservationEncoder
 
 
 class Policy(nn.Module):
@@ -29,16 +33,16 @@ class Policy(nn.Module):
     def __init__(
         self,
         shape_meta: ShapeMeta,
-        obs_encoder: nn.Module,
-        head: nn.Module,
+        obs_encoder: ObservationEncoder,
+        head: ActionHead,
         normalizer: LinearNormalizer,
         horizon: int,
         n_obs_steps: int,
         n_action_steps: int,
-        dispersive: Optional[nn.Module] = None,
+        dispersive: DispersiveLoss | None = None,
         dispersive_weight: float = 0.0,
         dispersive_layers: Sequence[str] = (OBS_EMBEDDING,),
-        num_inference_steps: Optional[int] = None,
+        num_inference_steps: int | None = None,
         samples_per_obs: int = 1,
     ) -> None:
         super().__init__()
@@ -58,8 +62,8 @@ class Policy(nn.Module):
         # its own noise and time draws (the encoder's gradient sums over the copies).
         self.samples_per_obs = int(samples_per_obs)
         # reset(seed=...) makes the episode's sampling noise a function of its seed (reproducible evaluation).
-        self._episode_seed: Optional[int] = None
-        self._episode_generator: Optional[torch.Generator] = None
+        self._episode_seed: int | None = None
+        self._episode_generator: torch.Generator | None = None
         self.dispersive_weight = float(dispersive_weight)
         self.dispersive = dispersive if self.dispersive_weight > 0 else None
         self._disperse_embedding = OBS_EMBEDDING in dispersive_layers
@@ -71,7 +75,9 @@ class Policy(nn.Module):
         self._action_queue: deque = deque()
 
     # ------------------------------------------------------------------ training
-    def compute_loss(self, batch: Mapping[str, Any], diagnostics: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(
+        self, batch: Mapping[str, Any], diagnostics: bool = False
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss on a batch ``{"obs": {key: (B, To, ...)}, "action": (B, H, Da)}`` in raw (unnormalized) units."""
         obs, actions = batch["obs"], batch["action"]
         self.shape_meta.check_obs(obs, leading_dims=2)
@@ -96,7 +102,7 @@ class Policy(nn.Module):
             metrics.update(collapse_metrics(cond.detach(), prefix="embedding"))
         return loss, metrics
 
-    def _capture(self):
+    def _capture(self) -> AbstractContextManager[list[torch.Tensor]]:
         """Hooks on the configured backbone blocks for the duration of one loss computation."""
         return self._tap.capture() if self._tap is not None else contextlib.nullcontext([])
 
@@ -122,9 +128,9 @@ class Policy(nn.Module):
     def predict_action(
         self,
         obs: Mapping[str, Any],
-        num_steps: Optional[int] = None,
-        noise: Optional[torch.Tensor] = None,
-        generator: Optional[torch.Generator] = None,
+        num_steps: int | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> Any:
         """Executed action chunk from an observation history.
 
@@ -174,15 +180,17 @@ class Policy(nn.Module):
         while len(self._obs_history) < self.n_obs_steps:
             self._obs_history.appendleft(obs)
         if not self._action_queue:
-            history = {key: _stack([o[key] for o in self._obs_history], axis=-len(spec.shape) - 1)
-                       for key, spec in self.shape_meta.obs.items()}
+            history = {
+                key: _stack([o[key] for o in self._obs_history], axis=-len(spec.shape) - 1)
+                for key, spec in self.shape_meta.obs.items()
+            }
             chunk = self.predict_action(history)  # (B, n, Da) or (n, Da)
             steps = chunk.shape[-2]
             for i in range(steps):
                 self._action_queue.append(chunk[..., i, :])
         return self._action_queue.popleft()
 
-    def reset(self, seed: Optional[int] = None) -> None:
+    def reset(self, seed: int | None = None) -> None:
         """Clear the observation history and the action queue (call at every episode start).
 
         With ``seed``, the episode's sampling noise is drawn from a generator seeded with it instead of torch's global
@@ -193,7 +201,7 @@ class Policy(nn.Module):
         self._episode_seed = None if seed is None else int(seed)
         self._episode_generator = None
 
-    def _episode_rng(self, device: torch.device) -> Optional[torch.Generator]:
+    def _episode_rng(self, device: torch.device) -> torch.Generator | None:
         """The episode's generator (made on first use, on the device the noise is drawn on); None without a seed."""
         if self._episode_seed is None:
             return None

@@ -1,4 +1,5 @@
 """`mfp bench policy`: whole policies built as `mfp train` builds them, timed on synthetic demos of the real spec."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,29 @@ from training.tasks import task_shape_meta
 
 def test_bench_policy_tiny_run_writes_train_and_latency(tmp_path, capsys) -> None:
     out = tmp_path / "policy.json"
-    argv = ["--cases", "metaworld-cpu", "--methods", "meanflow,ddim", "--steps", "2", "--warmup", "1", "--calls", "3",
-            "--batch", "4", "--episodes", "2", "--episode-len", "12", "--out", str(out),
-            "policy.backbone.hidden_dim=32", "policy.encoder.point_hidden_dims=[16,32]", "task.num_points=64"]
+    argv = [
+        "--cases",
+        "metaworld-cpu",
+        "--methods",
+        "meanflow,ddim",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--calls",
+        "3",
+        "--batch",
+        "4",
+        "--episodes",
+        "2",
+        "--episode-len",
+        "12",
+        "--out",
+        str(out),
+        "policy.backbone.hidden_dim=32",
+        "policy.encoder.point_hidden_dims=[16,32]",
+        "task.num_points=64",
+    ]
     assert bench.main(argv) == 0
     rows = json.loads(out.read_text())["cases"]["metaworld-cpu"]
     assert set(rows) == {"meanflow", "ddim"}

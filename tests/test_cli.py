@@ -1,4 +1,5 @@
 """The `mfp` dispatcher: help, close-match suggestions, and clean one-line errors for the package's own errors."""
+
 import pytest
 
 from core.seeds import EVAL_SEED_BASE, eval_seeds

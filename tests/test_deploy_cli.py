@@ -1,11 +1,13 @@
 """`mfp deploy|export|sim-arm` argument handling: typed key=value overrides, clear refusals."""
+
 from __future__ import annotations
 
 import pytest
 
-from mfp.cli_args import parse_overrides
 from deploy.safety import resolve_limits
-from mfp.commands.deploy import DeployConfig, main as deploy_main
+from mfp.cli_args import parse_overrides
+from mfp.commands.deploy import DeployConfig
+from mfp.commands.deploy import main as deploy_main
 from mfp.commands.sim_arm import SimArmConfig
 
 

@@ -1,4 +1,5 @@
 """`mfp export`: one graph to ONNX and torch.export, parity with eager checked, metadata enough to run it alone."""
+
 from __future__ import annotations
 
 import json
@@ -7,22 +8,26 @@ import numpy as np
 import pytest
 import torch
 
-from demos.replay_buffer import ReplayBuffer
 from core.spec import ShapeMeta
+from demos.replay_buffer import ReplayBuffer
 from deploy.export import export_policy
 from deploy.export_format import META_FILE, ExportError
-from mfp.commands.export import main
 from deploy.exported import ExportedPolicy
 from deploy.exported_pt2 import ExportedProgram
-from policies.config import EncoderConfig
+from mfp.commands.export import main
 from policies.checkpoint import load_policy, save_policy
-from policies.config import BackboneConfig, PolicyConfig
+from policies.config import BackboneConfig, EncoderConfig, PolicyConfig
 from policies.factory import build_policy
 
-SHAPE_META = ShapeMeta.from_dict({
-    "obs": {"point_cloud": {"type": "point_cloud", "shape": [64, 3]}, "agent_pos": {"type": "low_dim", "shape": [4]}},
-    "action": {"shape": [4]},
-})
+SHAPE_META = ShapeMeta.from_dict(
+    {
+        "obs": {
+            "point_cloud": {"type": "point_cloud", "shape": [64, 3]},
+            "agent_pos": {"type": "low_dim", "shape": [4]},
+        },
+        "action": {"shape": [4]},
+    }
+)
 
 
 def _dataset(path, n_steps: int = 30) -> ReplayBuffer:
@@ -32,9 +37,11 @@ def _dataset(path, n_steps: int = 30) -> ReplayBuffer:
     pc = rng.uniform([-0.5, 0.4, 0.0], [0.5, 0.9, 0.3], size=(n_steps, 64, 3)).astype(np.float32)
     pos = np.stack([0.3 * t, 0.6 + 0.1 * t, 0.2 - 0.1 * t, t], axis=1).astype(np.float32)
     action = np.clip(rng.normal(0, 0.5, size=(n_steps, 4)), -1, 1).astype(np.float32)
-    buffer = ReplayBuffer.create(path, {"point_cloud": ((64, 3), np.float32), "agent_pos": ((4,), np.float32),
-                                        "action": ((4,), np.float32)},
-                                 attrs={"obs_types": {"point_cloud": "point_cloud", "agent_pos": "low_dim"}})
+    buffer = ReplayBuffer.create(
+        path,
+        {"point_cloud": ((64, 3), np.float32), "agent_pos": ((4,), np.float32), "action": ((4,), np.float32)},
+        attrs={"obs_types": {"point_cloud": "point_cloud", "agent_pos": "low_dim"}},
+    )
     buffer.add_episode({"point_cloud": pc, "agent_pos": pos, "action": action})
     return buffer
 
@@ -47,15 +54,22 @@ def exported(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("export")
     data = ReplayBuffer.load(_dataset(root / "demo.zarr").path)
-    stats = {k: {"min": data[k].reshape(-1, data[k].shape[-1]).min(0), "max": data[k].reshape(-1, data[k].shape[-1]).max(0)}
-             for k in ("point_cloud", "agent_pos", "action")}
-    cfg = PolicyConfig(head="meanflow", horizon=4, n_obs_steps=2, n_action_steps=3,
-                       backbone=BackboneConfig(type="unet", down_dims=[16, 32], n_groups=4, time_embed_dim=16),
-                       encoder=EncoderConfig(point_hidden_dims=[16, 32], point_out_dim=16, state_hidden_dim=16,
-                                             state_out_dim=8))
+    stats = {
+        k: {"min": data[k].reshape(-1, data[k].shape[-1]).min(0), "max": data[k].reshape(-1, data[k].shape[-1]).max(0)}
+        for k in ("point_cloud", "agent_pos", "action")
+    }
+    cfg = PolicyConfig(
+        head="meanflow",
+        horizon=4,
+        n_obs_steps=2,
+        n_action_steps=3,
+        backbone=BackboneConfig(type="unet", down_dims=[16, 32], n_groups=4, time_embed_dim=16),
+        encoder=EncoderConfig(point_hidden_dims=[16, 32], point_out_dim=16, state_hidden_dim=16, state_out_dim=8),
+    )
     ckpt = save_policy(build_policy(cfg, SHAPE_META, stats), cfg, root / "policy", metadata={"code": TRAINED_BY})
-    assert main([f"checkpoint={ckpt}", f"out={root / 'export'}", f"data={root / 'demo.zarr'}", "n_check=6",
-                 "hz=50"]) == 0
+    assert (
+        main([f"checkpoint={ckpt}", f"out={root / 'export'}", f"data={root / 'demo.zarr'}", "n_check=6", "hz=50"]) == 0
+    )
     return ckpt, root / "export", data
 
 
@@ -64,7 +78,10 @@ def test_export_writes_graphs_and_the_metadata_to_run_them(exported):
     meta = json.loads((out / META_FILE).read_text())
     assert (out / meta["files"]["onnx"]).is_file() and (out / meta["files"]["pt2"]).is_file()
     assert [(i["name"], i["shape"]) for i in meta["inputs"]] == [
-        ("point_cloud", [1, 2, 64, 3]), ("agent_pos", [1, 2, 4]), ("noise", [1, 4, 4])]
+        ("point_cloud", [1, 2, 64, 3]),
+        ("agent_pos", [1, 2, 4]),
+        ("noise", [1, 4, 4]),
+    ]
     assert meta["n_obs_steps"] == 2 and meta["n_action_steps"] == 3 and meta["control_hz"] == 50
     assert meta["num_inference_steps"] == 1 and len(meta["normalizer"]["sha256"]) == 64
     assert meta["trained_by"] == TRAINED_BY  # the deployed graph names the commit that trained it
@@ -104,3 +121,27 @@ def test_parity_failure_is_loud_and_writes_nothing(exported, tmp_path):
     with pytest.raises(ExportError, match="does not match eager"):
         export_policy(ckpt, tmp_path / "strict", n_check=4, tolerance=1e-12, formats=("onnx",))
     assert not (tmp_path / "strict").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_the_onnx_runtime_runs_an_export_without_torch(exported):
+    """A robot computer needs numpy and onnxruntime only: running an export imports neither torch nor the
+    training code (the import-linter contract says so statically; this runs it)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _, out, data = exported
+    np.savez(out.parent / "obs.npz", point_cloud=data["point_cloud"][:2], agent_pos=data["agent_pos"][:2])
+    code = (
+        "import sys, numpy as np\n"
+        "from deploy.exported import ExportedPolicy\n"
+        f"obs = dict(np.load({str(out.parent / 'obs.npz')!r}))\n"
+        f"chunk = ExportedPolicy({str(out)!r}).predict_action(obs)\n"
+        "assert chunk.shape == (3, 4), chunk.shape\n"
+        "heavy = sorted(m for m in ('torch', 'omegaconf', 'hydra', 'policies', 'training') if m in sys.modules)\n"
+        "print(heavy)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

@@ -1,5 +1,6 @@
 """Evaluating a saved policy (training.evaluation): the checkpoint sets task, observations and step limit; the
 inference options; reproducible episodes whatever the number of workers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,15 +15,28 @@ STATE_ONLY = {"point_cloud_cameras": (), "image_cameras": ()}
 
 
 def test_env_kwargs_follow_the_policy_observations():
-    sm = ShapeMeta.from_dict({"obs": {"point_cloud": {"type": "point_cloud", "shape": [256, 6]},
-                                      "image": {"type": "rgb", "shape": [3, 96, 96]},
-                                      "image_corner3": {"type": "rgb", "shape": [3, 96, 96]},
-                                      "agent_pos": {"type": "low_dim", "shape": [4]}},
-                              "action": {"shape": [4]}})
+    sm = ShapeMeta.from_dict(
+        {
+            "obs": {
+                "point_cloud": {"type": "point_cloud", "shape": [256, 6]},
+                "image": {"type": "rgb", "shape": [3, 96, 96]},
+                "image_corner3": {"type": "rgb", "shape": [3, 96, 96]},
+                "agent_pos": {"type": "low_dim", "shape": [4]},
+            },
+            "action": {"shape": [4]},
+        }
+    )
     kw = get_suite("metaworld").env_kwargs(sm)
-    assert kw == {"point_cloud_cameras": ("corner2",), "num_points": 256, "use_point_color": True,
-                  "image_cameras": ("corner2", "corner3"), "image_size": 96}
-    state_only = ShapeMeta.from_dict({"obs": {"agent_pos": {"type": "low_dim", "shape": [4]}}, "action": {"shape": [4]}})
+    assert kw == {
+        "point_cloud_cameras": ("corner2",),
+        "num_points": 256,
+        "use_point_color": True,
+        "image_cameras": ("corner2", "corner3"),
+        "image_size": 96,
+    }
+    state_only = ShapeMeta.from_dict(
+        {"obs": {"agent_pos": {"type": "low_dim", "shape": [4]}}, "action": {"shape": [4]}}
+    )
     assert get_suite("metaworld").env_kwargs(state_only) == STATE_ONLY
 
 
@@ -41,8 +55,13 @@ def test_saved_policy_is_evaluated_from_its_checkpoint(tmp_path):
     assert policy.predict_action(obs).shape == (1, 4)
     most = cfg.horizon - cfg.n_obs_steps + 1
     with pytest.raises(ValueError, match=f"at most {most}"):
-        evaluate_checkpoint(tmp_path / "policy", episodes=1, n_workers=0, options=InferenceOptions(n_action_steps=most + 1),
-                            out_dir=tmp_path / "bad")
+        evaluate_checkpoint(
+            tmp_path / "policy",
+            episodes=1,
+            n_workers=0,
+            options=InferenceOptions(n_action_steps=most + 1),
+            out_dir=tmp_path / "bad",
+        )
     assert not (tmp_path / "bad").exists()  # refused before anything was written
 
     sampling = load_agent(str(tmp_path / "policy"))
@@ -68,8 +87,11 @@ def _untrained_checkpoint(path, task: str = "reach-v3", steps: int = 6):
     full = metaworld_shape_meta(task, num_points=64)
     sm = ShapeMeta(obs={k: full.obs[k] for k in ("point_cloud", "agent_pos")}, action_dim=4)
     cfg = PolicyConfig(backbone=BackboneConfig(type="mlp", hidden_dim=32, n_layers=2))
-    stats = {"point_cloud": {"min": -np.ones(3), "max": np.ones(3)}, "agent_pos": {"min": -np.ones(4), "max": np.ones(4)},
-             "action": {"min": -np.ones(4), "max": np.ones(4)}}
+    stats = {
+        "point_cloud": {"min": -np.ones(3), "max": np.ones(3)},
+        "agent_pos": {"min": -np.ones(4), "max": np.ones(4)},
+        "action": {"min": -np.ones(4), "max": np.ones(4)},
+    }
     save_policy(build_policy(cfg, sm, stats), cfg, path, metadata={"task": {"env": task, "max_episode_steps": steps}})
     return cfg
 
@@ -94,5 +116,3 @@ def test_evaluating_a_checkpoint_twice_gives_the_same_episodes_whatever_the_work
     assert not np.array_equal(first[0], policy.predict_action(obs))
     policy.reset()  # no seed: torch's global generator, as before
     assert not np.array_equal(policy.predict_action(obs), policy.predict_action(obs))
-
-

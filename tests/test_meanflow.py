@@ -1,4 +1,5 @@
 """MeanFlow head: the JVP, the target and loss, (t, r) sampling, and one-step / k-step sampling."""
+
 from __future__ import annotations
 
 import pytest
@@ -83,7 +84,7 @@ def test_jvp_modes_give_identical_gradients() -> None:
         head = make_head(jvp_mode=mode)
         loss, _ = head.loss_from(*draws(8))
         grads[mode] = torch.autograd.grad(loss, list(head.backbone.parameters()))
-    for a, b in zip(grads["primal"], grads["separate"]):
+    for a, b in zip(grads["primal"], grads["separate"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
     assert sum(float(g.abs().sum()) for g in grads["primal"]) > 0
 
@@ -100,8 +101,13 @@ def test_all_r_equal_t_is_flow_matching_with_adaptive_weight() -> None:
 
 # ------------------------------------------------------------------ (t, r) sampling
 @settings(max_examples=25, deadline=None)
-@given(batch=st.integers(1, 300), ratio=st.floats(0.0, 1.0), p_mean=st.floats(-2, 2), p_std=st.floats(0.1, 2),
-       t_dist=st.sampled_from(["logit_normal", "uniform"]))
+@given(
+    batch=st.integers(1, 300),
+    ratio=st.floats(0.0, 1.0),
+    p_mean=st.floats(-2, 2),
+    p_std=st.floats(0.1, 2),
+    t_dist=st.sampled_from(["logit_normal", "uniform"]),
+)
 def test_t_r_sampling_invariants(batch: int, ratio: float, p_mean: float, p_std: float, t_dist: str) -> None:
     cfg = MeanFlowConfig(ratio_r_eq_t=ratio, p_mean=p_mean, p_std=p_std, t_dist=t_dist)
     head = MeanFlowHead(MLPBackbone(DA, H, C, 2, hidden_dim=8, n_layers=1, time_embed_dim=4), H, cfg)
@@ -134,12 +140,19 @@ def test_uniform_t_r_are_order_statistics_and_reach_the_one_step_corner() -> Non
         MeanFlowConfig(t_dist="beta")
 
 
-@pytest.mark.parametrize("settings_, match", [
-    ({"adaptive_p": -1.0}, "adaptive_p"), ({"adaptive_p": float("nan")}, "adaptive_p"),
-    ({"adaptive_p": 1.0, "adaptive_c": 0.0}, "adaptive_c"), ({"adaptive_p": 0.5, "adaptive_c": float("nan")}, "adaptive_c"),
-    ({"ratio_r_eq_t": 1.5}, "ratio_r_eq_t"), ({"p_std": 0.0}, "p_std"), ({"num_inference_steps": 0}, "num_inference_steps"),
-    ({"jvp_mode": "dual"}, "jvp_mode"),
-])
+@pytest.mark.parametrize(
+    "settings_, match",
+    [
+        ({"adaptive_p": -1.0}, "adaptive_p"),
+        ({"adaptive_p": float("nan")}, "adaptive_p"),
+        ({"adaptive_p": 1.0, "adaptive_c": 0.0}, "adaptive_c"),
+        ({"adaptive_p": 0.5, "adaptive_c": float("nan")}, "adaptive_c"),
+        ({"ratio_r_eq_t": 1.5}, "ratio_r_eq_t"),
+        ({"p_std": 0.0}, "p_std"),
+        ({"num_inference_steps": 0}, "num_inference_steps"),
+        ({"jvp_mode": "dual"}, "jvp_mode"),
+    ],
+)
 def test_meanflow_config_refuses_values_that_cannot_work(settings_: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         MeanFlowConfig(**settings_)

@@ -1,13 +1,14 @@
 """Policy API and portable checkpoints, parametrized over every registered head and both backbones."""
+
 import json
 import shutil
 
 import numpy as np
 import pytest
 import torch
+from conftest import random_batch, random_stats
 from safetensors.torch import load_file, save_file
 
-from conftest import random_batch, random_stats
 from core.spec import SpecError
 from policies.checkpoint import CheckpointError, load_policy, save_policy
 from policies.config import BackboneConfig, EncoderConfig, PolicyConfig
@@ -23,7 +24,9 @@ def tiny_config(head: str, backbone: str = "mlp") -> PolicyConfig:
         horizon=4,
         n_obs_steps=2,
         n_action_steps=3,
-        backbone=BackboneConfig(type=backbone, down_dims=[16, 32], hidden_dim=32, n_layers=2, time_embed_dim=16, n_groups=4),
+        backbone=BackboneConfig(
+            type=backbone, down_dims=[16, 32], hidden_dim=32, n_layers=2, time_embed_dim=16, n_groups=4
+        ),
         encoder=EncoderConfig(point_hidden_dims=[16, 32], point_out_dim=16, state_hidden_dim=16, state_out_dim=16),
     )
 
@@ -262,8 +265,15 @@ def test_a_checkpoint_saved_with_removed_settings_still_loads_and_acts_the_same(
     policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta)).eval()
     save_policy(policy, cfg, tmp_path / "new")
     config = json.loads((tmp_path / "new" / "config.json").read_text())
-    config["policy"]["meanflow"].update(cfg_omega=1.0, cond_drop_prob=0.1, fm_warmup_frac=0.5, prediction="u",
-                                        x_t_floor=0.05, jvp_tangent="conditional", cond_grad="all")
+    config["policy"]["meanflow"].update(
+        cfg_omega=1.0,
+        cond_drop_prob=0.1,
+        fm_warmup_frac=0.5,
+        prediction="u",
+        x_t_floor=0.05,
+        jvp_tangent="conditional",
+        cond_grad="all",
+    )
     config["policy"]["aux_regression_weight"] = 0.5
     shutil.copytree(tmp_path / "new", tmp_path / "old")
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))

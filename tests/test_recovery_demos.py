@@ -1,5 +1,6 @@
 """DART-style recovery demos: the env executes the expert's command plus correlated noise, the file records the
 command. Checked on the noise process itself, on a real robosuite Lift episode and on a real Meta-World dataset."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,8 +12,12 @@ from envs.execution_noise import ExecutionNoise
 
 
 @settings(max_examples=40, deadline=None)
-@given(std=st.floats(0.0, 2.0), corr=st.floats(0.0, 0.99), seed=st.integers(0, 2**31 - 1),
-       action=st.lists(st.floats(-1.0, 1.0), min_size=7, max_size=7))
+@given(
+    std=st.floats(0.0, 2.0),
+    corr=st.floats(0.0, 0.99),
+    seed=st.integers(0, 2**31 - 1),
+    action=st.lists(st.floats(-1.0, 1.0), min_size=7, max_size=7),
+)
 def test_noise_moves_only_translation_and_stays_in_the_action_box(std, corr, seed, action):
     a = np.asarray(action)
     noise = ExecutionNoise(std, corr, seed=seed)
@@ -40,8 +45,8 @@ def test_noise_is_seeded_correlated_and_has_the_asked_std():
 @pytest.mark.parametrize("bad", [-0.1, float("nan")])
 def test_negative_or_nan_execution_noise_is_refused_before_any_env_is_built(bad, tmp_path):
     from envs.metaworld.collect import collect
-    from mfp.commands.collect import main
     from envs.robosuite.collect import collect_robomimic
+    from mfp.commands.collect import main
 
     with pytest.raises(ValueError, match="execution_noise must be >= 0"):
         collect_robomimic("lift", 1, str(tmp_path / "x.hdf5"), execution_noise=bad, verbose=False)
@@ -83,8 +88,8 @@ def test_metaworld_recovery_dataset_holds_the_commands_and_refuses_mixing_with_c
     """`mfp collect task=<Meta-World task> execution_noise=S`: the zarr records the expert's commands and its
     setting; replaying the labels plus the episode's noise stream reproduces the recorded states, the labels alone
     do not; appending clean demos to it is refused."""
-    from envs.metaworld.collect import collect
     from demos.replay_buffer import ReplayBuffer, ReplayBufferError
+    from envs.metaworld.collect import collect
     from envs.metaworld.env import MetaWorldEnv
 
     path = tmp_path / "reach-dart.zarr"
@@ -96,9 +101,16 @@ def test_metaworld_recovery_dataset_holds_the_commands_and_refuses_mixing_with_c
     episode = rb.get_episode(0)
     actions, recorded = episode["action"], episode["agent_pos"]
 
-    env = MetaWorldEnv("reach-v3", point_cloud_cameras=["corner2"], num_points=64, image_cameras=[], depth_size=64,
-                       max_episode_steps=100)
+    env = MetaWorldEnv(
+        "reach-v3",
+        point_cloud_cameras=["corner2"],
+        num_points=64,
+        image_cameras=[],
+        depth_size=64,
+        max_episode_steps=100,
+    )
     try:
+
         def replay(perturb) -> np.ndarray:
             obs, _ = env.reset(seed=seed)
             path_ = [obs["agent_pos"]]

@@ -1,4 +1,5 @@
 """robomimic HDF5 reader/writer: round trips, clear errors on broken files, the training view, real collection."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,12 @@ from demos.robomimic_hdf5 import (  # noqa: E402
     write_robomimic,
 )
 
-ENV_ARGS = {"env_name": "Lift", "env_version": "1.5.1", "type": 1,
-            "env_kwargs": {"robots": "Panda", "camera_names": ["agentview"], "camera_heights": 8}}
+ENV_ARGS = {
+    "env_name": "Lift",
+    "env_version": "1.5.1",
+    "type": 1,
+    "env_kwargs": {"robots": "Panda", "camera_names": ["agentview"], "camera_heights": 8},
+}
 
 
 def make_demo(rng: np.random.Generator, n: int, image: int = 8, obj_dim: int = 10, seed: int = 0) -> Demo:
@@ -68,8 +73,13 @@ def demo_file(tmp_path):
     rng = np.random.default_rng(0)
     demos = [make_demo(rng, n, seed=i) for i, n in enumerate([5, 3, 7])]
     path = tmp_path / "demo.hdf5"
-    names = write_robomimic(path, demos, ENV_ARGS, masks={"train": ["demo_0", "demo_2"], "valid": ["demo_1"]},
-                            file_attrs={"creator": "test"})
+    names = write_robomimic(
+        path,
+        demos,
+        ENV_ARGS,
+        masks={"train": ["demo_0", "demo_2"], "valid": ["demo_1"]},
+        file_attrs={"creator": "test"},
+    )
     return path, demos, names
 
 
@@ -81,7 +91,7 @@ def test_round_trip_arrays_and_attributes(demo_file):
     assert f.total == 15
     assert f.masks == {"train": ["demo_0", "demo_2"], "valid": ["demo_1"]}
     assert f.file_attrs == {"creator": "test"}
-    for name, demo in zip(names, demos):
+    for name, demo in zip(names, demos, strict=True):
         assert_demo_equal(demo, f.demos[name])
 
 
@@ -100,8 +110,12 @@ def test_layout_is_robomimics(demo_file):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=4), obj_dim=st.integers(1, 20),
-       image=st.integers(1, 10), seed=st.integers(0, 2**16))
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=4),
+    obj_dim=st.integers(1, 20),
+    image=st.integers(1, 10),
+    seed=st.integers(0, 2**16),
+)
 def test_round_trip_property(tmp_path_factory, lengths, obj_dim, image, seed):
     rng = np.random.default_rng(seed)
     demos = [make_demo(rng, n, image=image, obj_dim=obj_dim, seed=i) for i, n in enumerate(lengths)]
@@ -109,7 +123,7 @@ def test_round_trip_property(tmp_path_factory, lengths, obj_dim, image, seed):
     names = write_robomimic(path, demos, ENV_ARGS)
     f = read_robomimic(path)
     assert f.total == sum(lengths)
-    for name, demo in zip(names, demos):
+    for name, demo in zip(names, demos, strict=True):
         assert_demo_equal(demo, f.demos[name])
 
 
@@ -183,7 +197,7 @@ def test_replay_buffer_view_and_zarr_conversion(tmp_path, demo_file):
     assert is_robomimic_file(path) and not is_robomimic_file(tmp_path)
     rb = load_replay_buffer(path, obs_keys=["agentview_image", "object"], filter_key="train")
     assert rb.n_episodes == 2 and list(rb.episode_ends) == [5, 12] and list(rb.episode_seeds) == [0, 2]
-    assert rb.attrs["task"] == "lift" and rb.attrs["obs_types"] == {"agentview_image": "rgb", "object": "low_dim"}
+    assert rb.attrs["task"] == "Lift" and rb.attrs["obs_types"] == {"agentview_image": "rgb", "object": "low_dim"}
     ep = rb.get_episode(1)
     np.testing.assert_array_equal(ep["agentview_image"], demos[2].obs["agentview_image"].transpose(0, 3, 1, 2))
     assert ep["agentview_image"].shape == (7, 3, 8, 8) and ep["agentview_image"].dtype == np.uint8
@@ -194,7 +208,7 @@ def test_replay_buffer_view_and_zarr_conversion(tmp_path, demo_file):
     }
     n = convert_to_zarr(path, tmp_path / "d.zarr", obs_keys=["agentview_image", "object"])
     z = ReplayBuffer.load(tmp_path / "d.zarr")
-    assert n == 3 and list(z.episode_ends) == [5, 8, 15] and z.attrs["task"] == "lift"
+    assert n == 3 and list(z.episode_ends) == [5, 8, 15] and z.attrs["task"] == "Lift"
     np.testing.assert_array_equal(z.get_episode(2)["agentview_image"], ep["agentview_image"])
 
 
@@ -218,7 +232,7 @@ def test_merge_keeps_every_demo_and_its_provenance(demo_file, tmp_path):
     assert summary["total_demos"] == 5 and summary["samples"] == 15 + 10
     f = read_robomimic(out)
     assert list(f.demos) == [f"demo_{i}" for i in range(5)] and f.total == 25 and f.env_args == ENV_ARGS
-    for merged, original, source in zip(f.demos.values(), [*demos, *extra], [path] * 3 + [other] * 2):
+    for merged, original, source in zip(f.demos.values(), [*demos, *extra], [path] * 3 + [other] * 2, strict=True):
         np.testing.assert_array_equal(merged.actions, original.actions)
         np.testing.assert_array_equal(merged.obs["agentview_image"], original.obs["agentview_image"])
         np.testing.assert_array_equal(merged.next_obs["object"], original.next_obs["object"])
@@ -342,8 +356,15 @@ def test_runner_evaluates_robosuite_tasks(collected_lift, tmp_path):
 
     out, summary = collected_lift
     seed = summary["seeds"][1]
-    info = evaluate(ReplayAgent(out), "robomimic/lift", seeds=[seed], n_workers=1, out_dir=tmp_path,
-                    env_kwargs={"cameras": ("agentview",), "image_size": 32}, label="replay")
+    info = evaluate(
+        ReplayAgent(out),
+        "robomimic/lift",
+        seeds=[seed],
+        n_workers=1,
+        out_dir=tmp_path,
+        env_kwargs={"cameras": ("agentview",), "image_size": 32},
+        label="replay",
+    )
     assert info["task"] == "lift" and info["config"]["max_steps"] == 400
     assert info["aggregated"]["n_success"] == 1 and info["aggregated"]["n_agent_failures"] == 0
     assert info["per_episode"][0]["steps"] == len(read_robomimic(out).demos["demo_1"])
@@ -363,7 +384,7 @@ def test_sequence_dataset_trains_from_the_hdf5_file(collected_lift):
     batch = ds.sample_batch(np.random.default_rng(0), 4)
     assert tuple(batch["obs"]["agentview_image"].shape) == (4, 2, 3, 32, 32)
     assert tuple(batch["obs"]["object"].shape) == (4, 2, 10) and tuple(batch["action"].shape) == (4, 8, 7)
-    assert ds.attrs["task"] == "lift"
+    assert ds.attrs["task"] == "Lift"  # robomimic's env_name, as the file records it
     first = read_robomimic(out).demos["demo_0"]
     sample = ds[0]  # the first window starts one padded frame before demo_0's first step
     image = sample["obs"]["agentview_image"]

@@ -1,4 +1,5 @@
 """robosuite environments and scripted experts: real simulators, real rendering (EGL), no mocks."""
+
 from __future__ import annotations
 
 import json
@@ -114,7 +115,7 @@ def test_an_episode_does_not_depend_on_the_episodes_before_it(lift_env):
     finally:
         fresh_env.close()
     assert len(fresh) == len(after_history)
-    for t, (a, b) in enumerate(zip(after_history, fresh)):
+    for t, (a, b) in enumerate(zip(after_history, fresh, strict=True)):
         assert a.keys() == b.keys()
         for key in a:
             np.testing.assert_array_equal(a[key], b[key], err_msg=f"step {t}, {key}")
@@ -214,11 +215,20 @@ def test_scripted_experts_succeed_over_seeds(task):
 
 
 def test_mfp_eval_runs_the_robosuite_expert_with_a_video(tmp_path):
-    """`mfp eval policy=expert task=robomimic/lift`: workers bind the expert to their own env; a video needs a camera."""
+    """`mfp eval policy=expert task=robomimic/lift`: workers bind the expert to their own env; videos need a camera."""
     from mfp.commands.eval import EvalCliConfig, run
 
-    info = run(EvalCliConfig(task="robomimic/lift", policy="expert", n_episodes=2, n_workers=1, n_videos=1,
-                             out=str(tmp_path), progress=False))
+    info = run(
+        EvalCliConfig(
+            task="robomimic/lift",
+            policy="expert",
+            n_episodes=2,
+            n_workers=1,
+            n_videos=1,
+            out=str(tmp_path),
+            progress=False,
+        )
+    )
     assert info["aggregated"]["n_success"] == 2, info["per_episode"]
     assert (tmp_path / "eval_info.json").exists()
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 1

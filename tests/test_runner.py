@@ -1,4 +1,5 @@
 """Evaluation runner: scripted expert in worker processes, broken agents, history stacking, eval CLI."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.spec import ShapeMeta
+from core.seeds import DEMO_SEED_BASE, EVAL_SEED_BASE, demo_seeds, eval_seeds, is_demo_seed
 from envs.metaworld.expert import ScriptedExpert
 from envs.runner import evaluate, wilson_interval
-from core.seeds import DEMO_SEED_BASE, EVAL_SEED_BASE, demo_seeds, eval_seeds, is_demo_seed
 
 STATE_ONLY = {"point_cloud_cameras": (), "image_cameras": ()}
 
@@ -65,8 +65,17 @@ def test_seed_ranges_are_disjoint():
 
 def test_expert_in_worker_processes_writes_eval_info_and_video(tmp_path):
     seeds = eval_seeds(3)
-    info = evaluate(ScriptedExpert("reach-v3"), "reach-v3", seeds, n_workers=2, out_dir=tmp_path, n_videos=1,
-                    max_steps=150, env_kwargs=STATE_ONLY, label="expert")
+    info = evaluate(
+        ScriptedExpert("reach-v3"),
+        "reach-v3",
+        seeds,
+        n_workers=2,
+        out_dir=tmp_path,
+        n_videos=1,
+        max_steps=150,
+        env_kwargs=STATE_ONLY,
+        label="expert",
+    )
     agg = info["aggregated"]
     assert agg["n_success"] == 3 and agg["pc_success"] == 100.0
     assert [e["seed"] for e in info["per_episode"]] == seeds
@@ -81,8 +90,10 @@ def test_expert_in_worker_processes_writes_eval_info_and_video(tmp_path):
     assert len(frames) == info["per_episode"][0]["steps"] + 1 and frames[0].shape == (256, 256, 3)
 
 
-@pytest.mark.parametrize("agent, reason", [(NaNAgent(), "NaN"), (WrongShapeAgent(), r"shape \(2, 3\)"),
-                                           (RaisingAgent(), "RuntimeError: boom")])
+@pytest.mark.parametrize(
+    "agent, reason",
+    [(NaNAgent(), "NaN"), (WrongShapeAgent(), r"shape \(2, 3\)"), (RaisingAgent(), "RuntimeError: boom")],
+)
 def test_broken_agents_fail_their_episodes_and_the_run_continues(agent, reason):
     info = evaluate(agent, "reach-v3", eval_seeds(2), n_workers=0, max_steps=20, env_kwargs=STATE_ONLY)
     assert info["aggregated"]["n_episodes"] == 2 and info["aggregated"]["n_success"] == 0
@@ -127,8 +138,20 @@ def test_wilson_interval_known_values():
 def test_eval_cli_runs_the_expert(tmp_path, capsys):
     from mfp.commands.eval import main
 
-    assert main(["task=reach-v3", "policy=expert", "n_episodes=2", "n_workers=1", f"out={tmp_path}",
-                 "n_videos=0", "progress=false"]) == 0
+    assert (
+        main(
+            [
+                "task=reach-v3",
+                "policy=expert",
+                "n_episodes=2",
+                "n_workers=1",
+                f"out={tmp_path}",
+                "n_videos=0",
+                "progress=false",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "success 2/2 = 100.0 %" in out and "95 % CI" in out
     assert json.loads((tmp_path / "eval_info.json").read_text())["config"]["seeds"] == eval_seeds(2)

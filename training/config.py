@@ -1,8 +1,9 @@
 """Typed schema of `mfp train` (hydra composes `configs/train.yaml` onto it; unknown keys fail)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import cast
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
@@ -50,7 +51,7 @@ class EvalConfig:
 class WandbConfig:
     mode: str = "offline"  # offline | online | disabled
     project: str = "meanflow-policy"
-    entity: Optional[str] = None
+    entity: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in ("offline", "online", "disabled"):
@@ -102,7 +103,7 @@ ConfigStore.instance().store(name="train_schema", node=TrainConfig)
 
 def config_from_hydra(cfg: DictConfig) -> TrainConfig:
     """Resolve interpolations and convert to the typed dataclass (runs every __post_init__ validation)."""
-    return OmegaConf.to_object(cfg)
+    return cast(TrainConfig, OmegaConf.to_object(cfg))
 
 
 def compose_train_config(overrides: list[str]) -> TrainConfig:

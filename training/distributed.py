@@ -5,6 +5,7 @@ We do not wrap the policy in ``DistributedDataParallel``: the training entry poi
 rank starts from rank 0's parameters and averages gradients with one flat all-reduce after ``backward()`` — correct
 for every head, and tested by checking that parameters stay bit-identical across ranks.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,9 @@ def resolve_device(device: str, key: str = "device") -> torch.device:
         if dev.index is None:
             dev = torch.device("cuda", local_rank())
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"{key}={device} resolves to GPU {dev.index}, but only {torch.cuda.device_count()} "
-                             "GPU(s) are visible")
+            raise ValueError(
+                f"{key}={device} resolves to GPU {dev.index}, but only {torch.cuda.device_count()} GPU(s) are visible"
+            )
     return dev
 
 
@@ -94,7 +96,7 @@ def all_reduce_gradients(model: nn.Module) -> None:
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= dist.get_world_size()
     offset = 0
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         n = g.numel()
         p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n

@@ -1,11 +1,13 @@
 """Evaluating a saved policy: load the checkpoint in each worker, build the env its observations need, run the
 fixed evaluation seeds (:func:`envs.runner.evaluate`). The runner sees only an agent; loading is done here."""
+
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import torch
 
@@ -39,8 +41,10 @@ class InferenceOptions:
         """Raise :class:`ConfigError` unless ``n_action_steps`` fits the policy's chunk."""
         most = horizon - n_obs_steps + 1
         if self.n_action_steps > most:
-            raise ConfigError(f"n_action_steps={self.n_action_steps} exceeds what this policy predicts: horizon "
-                              f"{horizon} with {n_obs_steps} observation steps leaves at most {most}")
+            raise ConfigError(
+                f"n_action_steps={self.n_action_steps} exceeds what this policy predicts: horizon "
+                f"{horizon} with {n_obs_steps} observation steps leaves at most {most}"
+            )
 
     def label(self) -> str:
         parts = [f"{k}={v}" for k, v in (("num_steps", self.num_steps), ("n_action_steps", self.n_action_steps)) if v]
@@ -55,9 +59,9 @@ class HeldNoiseAgent:
         self.policy = policy
         self.n_obs_steps = policy.n_obs_steps
         self.shape_meta = policy.shape_meta
-        self._noise: Optional[torch.Tensor] = None
+        self._noise: torch.Tensor | None = None
 
-    def reset(self, seed: Optional[int] = None) -> None:
+    def reset(self, seed: int | None = None) -> None:
         self.policy.reset(seed=seed)
         self._noise = None
 
@@ -83,11 +87,11 @@ def evaluate_checkpoint(
     policy_dir: str | os.PathLike,
     episodes: int = 50,
     n_workers: int = 2,
-    out_dir: Optional[str | os.PathLike] = None,
+    out_dir: str | os.PathLike | None = None,
     n_videos: int = 0,
     seed0: int = 0,
-    max_steps: Optional[int] = None,
-    task: Optional[str] = None,
+    max_steps: int | None = None,
+    task: str | None = None,
     device: str = "cpu",
     progress: bool = False,
     options: InferenceOptions = InferenceOptions(),
@@ -113,5 +117,15 @@ def evaluate_checkpoint(
     options.check_fits(int(policy_cfg["horizon"]), int(policy_cfg["n_obs_steps"]))
     agent = functools.partial(load_agent, str(policy_dir), options, device)
     label = f"checkpoint:{policy_dir}" + (f" ({options.label()})" if options.label() else "")
-    return evaluate(agent, task, eval_seeds(episodes, seed0), n_workers=n_workers, out_dir=out_dir,
-                    n_videos=n_videos, max_steps=max_steps, env_kwargs=env_kwargs, progress=progress, label=label)
+    return evaluate(
+        agent,
+        task,
+        eval_seeds(episodes, seed0),
+        n_workers=n_workers,
+        out_dir=out_dir,
+        n_videos=n_videos,
+        max_steps=max_steps,
+        env_kwargs=env_kwargs,
+        progress=progress,
+        label=label,
+    )

@@ -3,15 +3,16 @@
 Everything here fails before training starts: an unknown task, a dataset whose keys or shapes do not match the
 task's observation spec, a dataset collected for another task.
 """
+
 from __future__ import annotations
 
 import fcntl
-import os
 import shutil
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any
 
 from core.spec import ShapeMeta
 from demos.replay_buffer import ReplayBufferError
@@ -28,7 +29,7 @@ class TaskDataError(ValueError):
 class TaskData:
     shape_meta: ShapeMeta
     train: Any  # SequenceDataset: stats(), sample_batch(rng, batch_size)
-    val: Optional[Any]
+    val: Any | None
 
 
 def task_shape_meta(task: TaskConfig) -> ShapeMeta:
@@ -52,8 +53,10 @@ def ensure_demos(task: TaskConfig) -> Path:
     if path.exists() and not _needs_more_demos(path, task):
         return path
     if not path.exists() and not task.collect_if_missing:
-        raise TaskDataError(f"dataset '{path}' does not exist; fix task.dataset or set task.collect_if_missing=true "
-                            f"to generate scripted-expert demos there")
+        raise TaskDataError(
+            f"dataset '{path}' does not exist; fix task.dataset or set task.collect_if_missing=true "
+            f"to generate scripted-expert demos there"
+        )
     suite = get_suite(task.suite)
     with _collection_lock(path):
         if path.exists() and not _needs_more_demos(path, task):
@@ -64,14 +67,17 @@ def ensure_demos(task: TaskConfig) -> Path:
         what = "not found: collecting" if existing is None else f"holds {existing} episodes: completing it to"
         print(f"[data] {path} {what} {task.n_demos} scripted-expert demos of {task.suite} {task.env}")
         try:
-            suite.ensure_demos(task.env, path, task.n_demos, task.obs_keys, task.num_points, task.image_size,
-                               task.max_episode_steps)
+            suite.ensure_demos(
+                task.env, path, task.n_demos, task.obs_keys, task.num_points, task.image_size, task.max_episode_steps
+            )
         except ReplayBufferError as e:
             if existing is None:
                 raise
-            raise TaskDataError(f"'{path}' holds {existing} of task.n_demos={task.n_demos} episodes and cannot be "
-                                f"completed with this task's settings ({e}); set task.n_demos={existing} to train "
-                                "on them, or point task.dataset elsewhere") from e
+            raise TaskDataError(
+                f"'{path}' holds {existing} of task.n_demos={task.n_demos} episodes and cannot be "
+                f"completed with this task's settings ({e}); set task.n_demos={existing} to train "
+                "on them, or point task.dataset elsewhere"
+            ) from e
     return path
 
 

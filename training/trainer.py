@@ -8,15 +8,17 @@ Outputs under ``output_dir``::
     eval/eval_info.json   final evaluation of ``policy/`` on fixed seeds (+ videos)
     metrics.jsonl         one JSON line per log interval (cut back to the resumed step on resume)
 """
+
 from __future__ import annotations
 
 import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -27,6 +29,7 @@ from policies.checkpoint import save_policy
 from policies.factory import build_policy
 from training import distributed
 from training.config import TrainConfig
+from training.evaluation import evaluate_checkpoint
 from training.provenance import code_version
 from training.state import (
     STATE_FILE,
@@ -37,7 +40,6 @@ from training.state import (
     save_train_state,
     untouched_global_rng,
 )
-from training.evaluation import evaluate_checkpoint
 from training.tasks import TaskData, load_task_data
 
 POLICY_DIR = "policy"
@@ -76,13 +78,14 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 class Trainer:
     """Owns the run: ``Trainer(cfg).fit()`` trains to ``cfg.num_steps`` and returns a summary dict."""
 
-    def __init__(self, cfg: TrainConfig, data: Optional[TaskData] = None) -> None:
+    def __init__(self, cfg: TrainConfig, data: TaskData | None = None) -> None:
         self.cfg = cfg
         self.code = code_version()  # now: the tree can change while a long run trains with the code it imported
         self.out = Path(cfg.output_dir)
         self.device = distributed.resolve_device(cfg.device)
-        self.eval_device = (distributed.resolve_device(cfg.eval.device, "eval.device") if cfg.eval.device
-                            else self.device)
+        self.eval_device = (
+            distributed.resolve_device(cfg.eval.device, "eval.device") if cfg.eval.device else self.device
+        )
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # NCCL and bare "cuda" tensors use the current device
         distributed.init(cfg.device)
@@ -109,15 +112,17 @@ class Trainer:
         )
         self.ema.ema_model.eval()
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.betas[0], cfg.betas[1])
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, cosine_with_warmup(cfg.warmup_steps, cfg.num_steps)
         )
         self.step = 0
-        self._logger = None
+        self._logger: _Logger | None = None  # opened by fit()
 
     # ------------------------------------------------------------------ state
-    def state_dict(self, rngs: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+    def state_dict(self, rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Everything a resume needs; ``rngs`` is every rank's RNG states (default: this process's alone)."""
         return {
             "step": self.step,
@@ -148,8 +153,10 @@ class Trainer:
             # Another number of processes than the run was saved with: its sampling cannot continue exactly, so each
             # rank draws fresh streams (distinct per rank and per resume step) instead of all copying rank 0's.
             self.np_rng = seed_everything(self.cfg.seed + distributed.rank() + 7919 * int(state["step"]))
-            print(f"[train] resuming a run saved by {len(rngs)} process(es) on {distributed.world_size()}: batch and "
-                  "noise sampling restart from fresh seeds (the run is not bit-identical to an uninterrupted one)")
+            print(
+                f"[train] resuming a run saved by {len(rngs)} process(es) on {distributed.world_size()}: batch and "
+                "noise sampling restart from fresh seeds (the run is not bit-identical to an uninterrupted one)"
+            )
         self.step = int(state["step"])
 
     def save_checkpoint(self) -> None:
@@ -200,10 +207,10 @@ class Trainer:
         self.ema.update()
         self.step += 1
         metrics["grad_norm"] = float(grad_norm)
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["lr"] = float(self.scheduler.get_last_lr()[0])
         return metrics
 
-    def fit(self, on_step: Optional[Callable[[int, dict[str, float]], None]] = None) -> dict[str, Any]:
+    def fit(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
         """Train until ``cfg.num_steps``; checkpoint every ``checkpoint_every`` steps and at the end."""
         cfg = self.cfg
         self._prepare_output()
@@ -224,7 +231,7 @@ class Trainer:
                     progress.set_postfix(loss=f"{metrics['loss']:.4f}")
                 if self.step % cfg.log_every == 0 or diag:
                     metrics["steps_per_s"] = (self.step - steps0) / (time.perf_counter() - t0)
-                    self._logger.log(self.step, metrics)
+                    self._log(self.step, metrics)
                 if self.step % cfg.checkpoint_every == 0 and self.step < cfg.num_steps:
                     self.save_checkpoint()
                 if cfg.eval.every_steps > 0 and self.step % cfg.eval.every_steps == 0 and self.step < cfg.num_steps:
@@ -242,10 +249,10 @@ class Trainer:
             "policy_dir": str(self.out / POLICY_DIR),
             "code": self.code,
         }
-        self._logger.log(self.step, {"train/steps_per_s": summary["steps_per_s"]})
+        self._log(self.step, {"train/steps_per_s": summary["steps_per_s"]})
         return summary
 
-    def evaluate(self, episodes: int, name: str = "eval", videos: Optional[int] = None) -> Optional[dict[str, Any]]:
+    def evaluate(self, episodes: int, name: str = "eval", videos: int | None = None) -> dict[str, Any] | None:
         """Evaluate the saved EMA policy on fixed eval seeds; returns the runner's summary (main rank only).
 
         Leaves the global RNGs as it found them, so a run with periodic evaluations trains the same weights as one
@@ -255,14 +262,24 @@ class Trainer:
             return None
         with untouched_global_rng(self.device):
             info = evaluate_checkpoint(
-                self.out / POLICY_DIR, episodes=episodes, n_workers=self.cfg.eval.workers, out_dir=self.out / name,
-                n_videos=self.cfg.eval.videos if videos is None else videos, max_steps=self.cfg.task.max_episode_steps,
-                task=self.cfg.task.env, device=str(self.eval_device),
+                self.out / POLICY_DIR,
+                episodes=episodes,
+                n_workers=self.cfg.eval.workers,
+                out_dir=self.out / name,
+                n_videos=self.cfg.eval.videos if videos is None else videos,
+                max_steps=self.cfg.task.max_episode_steps,
+                task=self.cfg.task.env,
+                device=str(self.eval_device),
             )
-        self._logger.log(self.step, {f"{name}/success_rate": info["aggregated"]["pc_success"] / 100.0})
+        self._log(self.step, {f"{name}/success_rate": info["aggregated"]["pc_success"] / 100.0})
         for i, video in enumerate(info.get("video_paths", [])):
-            self._logger.log_video(f"{name}/video_{i}", Path(video), self.step)
+            if self._logger is not None:
+                self._logger.log_video(f"{name}/video_{i}", Path(video), self.step)
         return info
+
+    def _log(self, step: int, metrics: dict[str, Any]) -> None:
+        if self._logger is not None:
+            self._logger.log(step, metrics)
 
     def close(self) -> None:
         if self._logger is not None:
@@ -270,7 +287,7 @@ class Trainer:
         distributed.shutdown()
 
 
-def _progress(total: int, initial: int, enabled: bool):
+def _progress(total: int, initial: int, enabled: bool) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
@@ -291,7 +308,7 @@ class _Logger:
             self.run = wandb.init(
                 project=cfg.wandb.project,
                 entity=cfg.wandb.entity,
-                mode=cfg.wandb.mode,
+                mode=cast(Literal["online", "offline", "disabled"], cfg.wandb.mode),
                 dir=str(out),
                 config=asdict(cfg),
                 name=out.name,
@@ -300,7 +317,7 @@ class _Logger:
             )
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        if not self.enabled:
+        if self.file is None:
             return
         self.file.write(json.dumps({"step": step, **metrics}) + "\n")
         self.file.flush()

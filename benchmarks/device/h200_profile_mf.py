@@ -1,21 +1,47 @@
 """Where a MeanFlow training step spends its GPU time, flow matching beside it (profiler tables to stdout)."""
+
+import pathlib
 import sys
-import argparse
+import tempfile
+
 import torch
 from torch.profiler import ProfilerActivity, profile
+
 from mfp.bench import policy as bench
 
 device = sys.argv[1] if len(sys.argv) > 1 else "cuda"
 extra = sys.argv[2:]
 acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
 key = "cuda_time_total" if device.startswith("cuda") else "cpu_time_total"
-for method, over in (("flow", []), ("meanflow", ["policy.meanflow.jvp_mode=separate"]), ("meanflow", ["policy.meanflow.jvp_mode=primal"])):
-    args = bench.parse_args(["--device", device, "--threads", "8", "--cases", "metaworld-gpu", "--amp", "off",
-                             "--episodes", "4", "--episode-len", "50", *over, *extra])
-    import tempfile, pathlib
+for method, over in (
+    ("flow", []),
+    ("meanflow", ["policy.meanflow.jvp_mode=separate"]),
+    ("meanflow", ["policy.meanflow.jvp_mode=primal"]),
+):
+    args = bench.parse_args(
+        [
+            "--device",
+            device,
+            "--threads",
+            "8",
+            "--cases",
+            "metaworld-gpu",
+            "--amp",
+            "off",
+            "--episodes",
+            "4",
+            "--episode-len",
+            "50",
+            *over,
+            *extra,
+        ]
+    )
     with tempfile.TemporaryDirectory() as tmp:
         trainer, cfg = bench.build_trainer("metaworld-gpu", method, args, pathlib.Path(tmp) / "r")
-    step = lambda: trainer.train_step(trainer.data.train.sample_batch(trainer.np_rng, cfg.batch_size))
+
+    def step(trainer=trainer, cfg=cfg):
+        return trainer.train_step(trainer.data.train.sample_batch(trainer.np_rng, cfg.batch_size))
+
     for _ in range(3):
         step()
     bench._sync(trainer.device)

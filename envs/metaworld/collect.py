@@ -6,24 +6,38 @@ Only successful episodes are kept (DP3's rule: success with at least ``min_succe
 demos show the expert correcting drift. Episodes are appended one at a time and crash-safe, so rerunning the
 same command after an interruption continues to the requested count.
 """
+
 from __future__ import annotations
 
-import sys
 import time
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
-from envs.execution_noise import ExecutionNoise, check_execution_noise
+from core.spec import ACTION, ShapeMeta
 from demos.replay_buffer import ReplayBuffer, ReplayBufferError
-from core.spec import ACTION
+from envs.execution_noise import ExecutionNoise, check_execution_noise
+from envs.metaworld.env import MetaWorldEnv, metaworld_version
+from envs.metaworld.expert import ScriptedExpert
 
 # Attributes that must agree between an existing dataset and a rerun that appends to it.
-_MATCHING_ATTRS = ("task", "num_points", "point_cloud_cameras", "image_cameras", "image_size", "depth_size",
-                   "use_point_color", "crop_box", "max_steps", "action_noise", "execution_noise", "min_success_steps",
-                   "stop_on_success")
+_MATCHING_ATTRS = (
+    "task",
+    "num_points",
+    "point_cloud_cameras",
+    "image_cameras",
+    "image_size",
+    "depth_size",
+    "use_point_color",
+    "crop_box",
+    "max_steps",
+    "action_noise",
+    "execution_noise",
+    "min_success_steps",
+    "stop_on_success",
+)
 # Values of keys that datasets written before the key existed were collected with.
 _ATTR_DEFAULTS = {"execution_noise": 0.0}
 
@@ -39,7 +53,7 @@ def collect(
     image_size: int = 84,
     depth_size: int = 128,
     use_point_color: bool = False,
-    crop_box: Optional[Sequence[Sequence[float]]] = None,
+    crop_box: Sequence[Sequence[float]] | None = None,
     max_steps: int = 200,
     action_noise: float = 0.0,
     execution_noise: float = 0.0,
@@ -54,16 +68,21 @@ def collect(
     An existing dataset at ``out_path`` is continued (its settings must match these); episode seeds continue
     after the largest seed it holds. Raises ``RuntimeError`` if ``max_attempts`` episodes do not suffice.
     """
-    from envs.metaworld.expert import ScriptedExpert
-    from envs.metaworld.env import MetaWorldEnv, metaworld_version
     from core.seeds import EVAL_SEED_BASE, demo_seeds
 
     execution_noise = check_execution_noise(execution_noise)  # before the env is built
     out_path = Path(out_path)
     env = MetaWorldEnv(
-        task, point_cloud_cameras=point_cloud_cameras, num_points=num_points, image_cameras=image_cameras,
-        image_size=image_size, crop_box=crop_box, use_point_color=use_point_color, depth_size=depth_size,
-        max_episode_steps=max_steps, video_size=16,
+        task,
+        point_cloud_cameras=point_cloud_cameras,
+        num_points=num_points,
+        image_cameras=image_cameras,
+        image_size=image_size,
+        crop_box=crop_box,
+        use_point_color=use_point_color,
+        depth_size=depth_size,
+        max_episode_steps=max_steps,
+        video_size=16,
     )
     expert = ScriptedExpert(env.task, noise_std=action_noise)
     meta = env.shape_meta(env.obs_keys)
@@ -96,11 +115,13 @@ def collect(
             if attempts >= budget:
                 raise RuntimeError(
                     f"{env.task}: only {rb.n_episodes}/{n_episodes} successful episodes after {attempts} attempts "
-                    f"(seeds up to {next_seed - 1}); raise max_attempts or lower action_noise / execution_noise")
+                    f"(seeds up to {next_seed - 1}); raise max_attempts or lower action_noise / execution_noise"
+                )
             if next_seed >= EVAL_SEED_BASE:
                 raise RuntimeError(f"demo seeds exhausted at {next_seed} (eval seeds start at {EVAL_SEED_BASE})")
-            episode, n_success = _run_episode(env, expert, next_seed, min_success_steps, stop_on_success,
-                                              execution_noise)
+            episode, n_success = _run_episode(
+                env, expert, next_seed, min_success_steps, stop_on_success, execution_noise
+            )
             attempts += 1
             if n_success >= min_success_steps:
                 rb.add_episode(episode, seed=next_seed)
@@ -126,8 +147,14 @@ def collect(
     }
 
 
-def _run_episode(env, expert, seed: int, min_success_steps: int, stop_on_success: bool,
-                 execution_noise: float = 0.0) -> tuple[dict, int]:
+def _run_episode(
+    env: MetaWorldEnv,
+    expert: ScriptedExpert,
+    seed: int,
+    min_success_steps: int,
+    stop_on_success: bool,
+    execution_noise: float = 0.0,
+) -> tuple[dict, int]:
     """One expert episode: ``{key: (T, ...)}`` with the observation before each action (the expert's command),
     and its success count."""
     obs, _ = env.reset(seed=seed)
@@ -148,15 +175,18 @@ def _run_episode(env, expert, seed: int, min_success_steps: int, stop_on_success
     return {key: np.stack(values) for key, values in steps.items()}, n_success
 
 
-def _open_or_create(path: Path, env, meta, settings: dict, overwrite: bool, mw_version: str) -> ReplayBuffer:
+def _open_or_create(
+    path: Path, env: MetaWorldEnv, meta: ShapeMeta, settings: dict, overwrite: bool, mw_version: str
+) -> ReplayBuffer:
     if path.exists() and not overwrite:
         rb = ReplayBuffer.open(path, mode="a")
         stored = {k: rb.attrs.get(k, _ATTR_DEFAULTS.get(k)) for k in _MATCHING_ATTRS}
         diff = {k: (stored[k], v) for k, v in settings.items() if k in _MATCHING_ATTRS and stored[k] != v}
         if diff:
             details = "; ".join(f"{k}: dataset {a!r} vs now {b!r}" for k, (a, b) in diff.items())
-            raise ReplayBufferError(f"'{path}' was collected with other settings ({details}); "
-                                    f"use another out path or overwrite=true")
+            raise ReplayBufferError(
+                f"'{path}' was collected with other settings ({details}); use another out path or overwrite=true"
+            )
         return rb
     keys = {key: (spec.shape, np.uint8 if spec.type == "rgb" else np.float32) for key, spec in meta.obs.items()}
     keys[ACTION] = ((meta.action_dim,), np.float32)
@@ -175,7 +205,7 @@ def _open_or_create(path: Path, env, meta, settings: dict, overwrite: bool, mw_v
     return ReplayBuffer.create(path, keys, attrs, overwrite=overwrite)
 
 
-def _progress_bar(total: int, initial: int, task: str, enabled: bool):
+def _progress_bar(total: int, initial: int, task: str, enabled: bool) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm

@@ -11,22 +11,23 @@ Observation dict (keys from :mod:`core.spec`):
   DP3 recipe leaves it out, ``configs/task/metaworld_goal.yaml`` adds it;
 - ``full_state`` (39,) float32: Meta-World's goal-observable state vector (what the scripted experts read).
 """
+
 from __future__ import annotations
 
 import difflib
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
+import metaworld  # noqa: E402  (after envs.render)
+import metaworld.env_dict as _mw_envs  # noqa: E402
+import mujoco  # noqa: E402
 import numpy as np
 
 from core.spec import AGENT_POS, FULL_STATE, GOAL_POS, IMAGE, POINT_CLOUD, ObsSpec, ShapeMeta
 from envs import pointcloud as pc
-from envs.suites import UnknownTaskError
 from envs.render import OffscreenRenderer  # sets MUJOCO_GL before metaworld imports mujoco
-
-import metaworld  # noqa: E402  (after envs.render)
-import mujoco  # noqa: E402
-import metaworld.env_dict as _mw_envs  # noqa: E402
+from envs.suites import UnknownTaskError
 
 ACTION_DIM = 4
 STATE_DIM = 39
@@ -115,7 +116,7 @@ class MetaWorldEnv(gym.Env):
         num_points: int = 512,
         image_cameras: Sequence[str] = (),
         image_size: int = 84,
-        crop_box: Optional[Sequence[Sequence[float]]] = None,
+        crop_box: Sequence[Sequence[float]] | None = None,
         use_point_color: bool = False,
         seed: int = 0,
         depth_size: int = 128,
@@ -136,8 +137,7 @@ class MetaWorldEnv(gym.Env):
         self.depth_size = int(depth_size)
         self.use_point_color = bool(use_point_color)
         self.max_episode_steps = int(max_episode_steps)
-        self.crop_box = (pc.crop_box_for_task(self.task) if crop_box is None
-                         else np.asarray(crop_box, dtype=np.float64))
+        self.crop_box = pc.crop_box_for_task(self.task) if crop_box is None else np.asarray(crop_box, dtype=np.float64)
         if self.crop_box.shape != (2, 3) or not np.all(self.crop_box[0] < self.crop_box[1]):
             raise ValueError(f"crop_box must be [[x_min, y_min, z_min], [x_max, y_max, z_max]], got {crop_box}")
         self.video_camera = video_camera
@@ -145,20 +145,25 @@ class MetaWorldEnv(gym.Env):
 
         self._env = _make_goal_observable(self.task)
         self.model, self.data = self._env.model, self._env.data
-        side = max([self.depth_size if self.point_cloud_cameras else 0,
-                    self.image_size if self.image_cameras else 0, self.video_size])
+        side = max(
+            [
+                self.depth_size if self.point_cloud_cameras else 0,
+                self.image_size if self.image_cameras else 0,
+                self.video_size,
+            ]
+        )
         self._renderer = OffscreenRenderer(self.model, side, side, fast=fast_render)
         self._pc_cam_ids = [self._renderer.camera_id(c) for c in self.point_cloud_cameras]
         self._img_cam_ids = [self._renderer.camera_id(c) for c in self.image_cameras]
         self._video_cam_id = self._renderer.camera_id(video_camera)
 
         self._next_seed = int(seed)
-        self.episode_seed: Optional[int] = None
+        self.episode_seed: int | None = None
         self._steps = 0
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
-        self.observation_space = gym.spaces.Dict({
-            key: _space(spec) for key, spec in self.shape_meta(self.obs_keys).obs.items()
-        })
+        self.observation_space = gym.spaces.Dict(
+            {key: _space(spec) for key, spec in self.shape_meta(self.obs_keys).obs.items()}
+        )
 
     # ------------------------------------------------------------------ spec
     @property
@@ -168,7 +173,7 @@ class MetaWorldEnv(gym.Env):
         keys += [image_key(c, i) for i, c in enumerate(self.image_cameras)]
         return keys + [AGENT_POS, GOAL_POS, FULL_STATE]
 
-    def shape_meta(self, obs_keys: Optional[Sequence[str]] = None) -> ShapeMeta:
+    def shape_meta(self, obs_keys: Sequence[str] | None = None) -> ShapeMeta:
         """The :class:`ShapeMeta` of ``obs_keys`` (default: every key but the privileged ``goal_pos`` and
         ``full_state``), action dim 4."""
         if obs_keys is None:
@@ -176,19 +181,22 @@ class MetaWorldEnv(gym.Env):
         unknown = [k for k in obs_keys if k not in self.obs_keys]
         if unknown:
             raise KeyError(f"observation key(s) {unknown} are not produced by this env; it produces {self.obs_keys}")
-        full = metaworld_shape_meta(self.task, self.num_points, self.image_size, self.use_point_color,
-                                    self.image_cameras)
+        full = metaworld_shape_meta(
+            self.task, self.num_points, self.image_size, self.use_point_color, self.image_cameras
+        )
         return ShapeMeta(obs={k: full.obs[k] for k in obs_keys}, action_dim=ACTION_DIM)
 
     def camera_params(self) -> dict[str, Any]:
         """Intrinsics/pose of the point-cloud and image cameras (JSON-ready, for dataset attributes)."""
         return {
-            "point_cloud": dict(pc.camera_params(self.model, self.point_cloud_cameras, self.depth_size, self.depth_size)),
+            "point_cloud": dict(
+                pc.camera_params(self.model, self.point_cloud_cameras, self.depth_size, self.depth_size)
+            ),
             "image": dict(pc.camera_params(self.model, self.image_cameras, self.image_size, self.image_size)),
         }
 
     # ------------------------------------------------------------------ gymnasium API
-    def reset(self, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[dict[str, np.ndarray], dict]:
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
         if seed is None:
             seed = self._next_seed
         seed = int(seed)
@@ -236,9 +244,10 @@ class MetaWorldEnv(gym.Env):
         obs: dict[str, np.ndarray] = {}
         if self.point_cloud_cameras:
             obs[POINT_CLOUD] = self.point_cloud()
-        for i, (cam, cam_id) in enumerate(zip(self.image_cameras, self._img_cam_ids)):
+        for i, (cam, cam_id) in enumerate(zip(self.image_cameras, self._img_cam_ids, strict=True)):
             obs[image_key(cam, i)] = np.ascontiguousarray(
-                self._camera_rgb(cam_id, self.image_size).transpose(2, 0, 1))  # (3, H, W)
+                self._camera_rgb(cam_id, self.image_size).transpose(2, 0, 1)
+            )  # (3, H, W)
         state = np.asarray(state, dtype=np.float32)
         obs[AGENT_POS] = state[:AGENT_POS_DIM].copy()
         obs[GOAL_POS] = state[-GOAL_DIM:].copy()
@@ -249,8 +258,10 @@ class MetaWorldEnv(gym.Env):
         """(num_points, 3|6) float32 workspace cloud of the current simulator state."""
         clouds = []
         for cam_id in self._pc_cam_ids:
-            rgb, depth = self._renderer.render(self.data, cam_id, self.depth_size, self.depth_size,
-                                               rgb=self.use_point_color, depth=True)
+            rgb, depth = self._renderer.render(
+                self.data, cam_id, self.depth_size, self.depth_size, rgb=self.use_point_color, depth=True
+            )
+            assert depth is not None  # asked for above
             clouds.append(pc.mujoco_points(self.model, self.data, cam_id, depth, self._renderer.reversed_z, rgb=rgb))
         try:
             return pc.workspace_point_cloud(clouds, self.crop_box, self.num_points)
@@ -259,6 +270,7 @@ class MetaWorldEnv(gym.Env):
 
     def _camera_rgb(self, cam_id: int, size: int) -> np.ndarray:
         rgb, _ = self._renderer.render(self.data, cam_id, size, size, rgb=True, depth=False)
+        assert rgb is not None  # asked for above
         if self._upside_down(cam_id):
             rgb = np.ascontiguousarray(rgb[::-1, ::-1])
         return rgb
@@ -270,7 +282,7 @@ class MetaWorldEnv(gym.Env):
 
     # ------------------------------------------------------------------ simulator access (tests, experts)
     @property
-    def unwrapped_metaworld(self):
+    def unwrapped_metaworld(self) -> Any:
         """The underlying metaworld ``SawyerXYZEnv``."""
         return self._env
 
@@ -279,7 +291,7 @@ class MetaWorldEnv(gym.Env):
         return np.asarray(self._env._get_pos_objects()[:3], dtype=np.float64)
 
 
-def _make_goal_observable(task: str):
+def _make_goal_observable(task: str) -> Any:
     """A metaworld v3 env set up as MT1 sets its tasks up (goal in the state, task kwargs applied)."""
     env = _mw_envs.ALL_V3_ENVIRONMENTS[task](render_mode=None)
     kwargs = dict(_mw_envs.ML1_ARGS_KWARGS[task]["kwargs"])

@@ -3,10 +3,12 @@
 An agent has ``reset()``, ``n_obs_steps`` and ``predict_action(obs) -> (n, Da)``; the expert reads only
 ``full_state`` and returns one action per call.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -26,17 +28,18 @@ class ScriptedExpert:
 
     n_obs_steps = 1
 
-    def __init__(self, task: str, noise_std: float = 0.0, seed: Optional[int] = None) -> None:
+    def __init__(self, task: str, noise_std: float = 0.0, seed: int | None = None) -> None:
         from metaworld.policies import ENV_POLICY_MAP
 
         self.task = check_task(task)
         if noise_std < 0:
             raise ValueError(f"noise_std must be >= 0, got {noise_std}")
         self.noise_std = float(noise_std)
-        self._policy = ENV_POLICY_MAP[self.task]()
+        policy_class: Any = ENV_POLICY_MAP[self.task]  # a concrete subclass per task; the map is typed by the base
+        self._policy = policy_class()
         self._rng = np.random.default_rng(seed)
 
-    def reset(self, seed: Optional[int] = None) -> None:
+    def reset(self, seed: int | None = None) -> None:
         """Start an episode; ``seed`` re-seeds the action noise."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)

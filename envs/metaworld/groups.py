@@ -9,6 +9,7 @@ which DP3 and LeRobot follow, also puts basketball, bin-picking, box-close, coff
 sweep-into in Medium and pick-out-of-hole and push-back in Hard. Those tasks are placed here as Seo et al. place
 them (the DESIGN lists are a subset of these), so an Easy average never contains a Medium or Hard task.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -17,8 +18,19 @@ GROUPS = ("easy", "medium", "hard", "very_hard")
 GROUP_LABELS = {"easy": "Easy", "medium": "Medium", "hard": "Hard", "very_hard": "Very hard"}
 
 # Task base names (without "-v3"); every task not listed here is Easy.
-MEDIUM = ("basketball", "bin-picking", "box-close", "coffee-pull", "coffee-push", "hammer", "peg-insert-side",
-          "push-wall", "soccer", "sweep", "sweep-into")
+MEDIUM = (
+    "basketball",
+    "bin-picking",
+    "box-close",
+    "coffee-pull",
+    "coffee-push",
+    "hammer",
+    "peg-insert-side",
+    "push-wall",
+    "soccer",
+    "sweep",
+    "sweep-into",
+)
 HARD = ("assembly", "hand-insert", "pick-out-of-hole", "pick-place", "push", "push-back")
 VERY_HARD = ("disassemble", "pick-place-wall", "shelf-place", "stick-pull", "stick-push")
 VERSION_SUFFIX = "-v3"

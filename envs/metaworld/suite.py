@@ -1,8 +1,10 @@
 """Meta-World v3 as a registered suite (:mod:`envs.suites`): DP3's observation recipe, 200-step episodes, zarr demos."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 from core.spec import IMAGE, POINT_CLOUD, ShapeMeta
 from envs.suites import Suite
@@ -35,7 +37,7 @@ class MetaWorldSuite(Suite):
     def max_steps(self, task: str) -> int:
         return MAX_STEPS
 
-    def env_kwargs(self, shape_meta: ShapeMeta, recorded: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    def env_kwargs(self, shape_meta: ShapeMeta, recorded: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """``point_cloud`` (N, 3|6) sets the point count and colour; ``image`` is camera corner2 and
         ``image_<camera>`` keys name their camera; the image size comes from the (3, H, W) shape. A crop box, point
         cloud cameras or depth size recorded with a checkpoint's task override the defaults."""
@@ -43,13 +45,14 @@ class MetaWorldSuite(Suite):
         cameras, sizes = [], set()
         for key, spec in shape_meta.obs.items():
             if key == POINT_CLOUD:
-                kwargs.update(point_cloud_cameras=("corner2",), num_points=spec.shape[0],
-                              use_point_color=spec.shape[1] == 6)
+                kwargs.update(
+                    point_cloud_cameras=("corner2",), num_points=spec.shape[0], use_point_color=spec.shape[1] == 6
+                )
             elif spec.type == "rgb":
                 if spec.shape[1] != spec.shape[2]:
                     raise ValueError(f"'{key}': Meta-World images are square, shape_meta says {spec.shape}")
                 sizes.add(spec.shape[1])
-                cameras.append("corner2" if key == IMAGE else key[len(IMAGE) + 1:])
+                cameras.append("corner2" if key == IMAGE else key[len(IMAGE) + 1 :])
         if len(sizes) > 1:
             raise ValueError(f"image keys of different sizes {sorted(sizes)} are not supported by MetaWorldEnv")
         if cameras:
@@ -75,15 +78,29 @@ class MetaWorldSuite(Suite):
         return ScriptedExpert(task, noise_std=action_noise)
 
     def ensure_demos(
-        self, task: str, path: Path, n_demos: int, obs_keys: Sequence[str], num_points: int, image_size: int,
+        self,
+        task: str,
+        path: Path,
+        n_demos: int,
+        obs_keys: Sequence[str],
+        num_points: int,
+        image_size: int,
         max_steps: int,
     ) -> None:
         """Collect (or complete, after a killed collection) ``n_demos`` episodes into the zarr at ``path``."""
         from envs.metaworld.collect import collect
 
         image_cameras = ("corner2",) if any(k.startswith(IMAGE) for k in obs_keys) else ()
-        collect(task=task, n_episodes=n_demos, out_path=str(path), seed0=0, num_points=num_points,
-                image_cameras=image_cameras, image_size=image_size, max_steps=max_steps)
+        collect(
+            task=task,
+            n_episodes=n_demos,
+            out_path=str(path),
+            seed0=0,
+            num_points=num_points,
+            image_cameras=image_cameras,
+            image_size=image_size,
+            max_steps=max_steps,
+        )
 
     def needs_more_demos(self, path: Path, task: str, n_demos: int) -> bool:
         """A zarr this collector wrote for ``task`` that holds fewer than ``n_demos`` episodes."""

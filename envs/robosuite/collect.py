@@ -11,22 +11,25 @@ The expert, a closed-loop waypoint controller, is then shown in states it would 
 them, which is what a cloned policy needs after its own errors (it re-grasps after a miss, but at the noise that
 keeps it successful, 0.1 on Can, no demo held a miss).
 """
+
 from __future__ import annotations
 
-import sys
 import time
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
-from envs.execution_noise import ExecutionNoise, check_execution_noise
-from demos.robomimic_hdf5 import Demo, RobomimicWriter, split_masks
 from core.seeds import demo_seeds
+from demos.robomimic_hdf5 import Demo, RobomimicWriter, split_masks
+from envs.execution_noise import ExecutionNoise, check_execution_noise
+from envs.robosuite.env import RobosuiteEnv
+from envs.robosuite.experts import make_expert
 
 
-def record_episode(env, expert, seed: int, max_steps: int | None = None,
-                   execution_noise: float = 0.0) -> tuple[Demo, bool]:
+def record_episode(
+    env: RobosuiteEnv, expert: Any, seed: int, max_steps: int | None = None, execution_noise: float = 0.0
+) -> tuple[Demo, bool]:
     """Run ``expert`` in ``env`` from ``seed`` until success or ``max_steps``; returns the demo and success.
 
     ``obs[t]`` and ``states[t]`` are taken before ``actions[t]``; ``next_obs[t]``, ``rewards[t]`` after it;
@@ -89,8 +92,6 @@ def collect_robomimic(
     (default ``2 * n_episodes + 10``). ``execution_noise``: see the module docstring. Returns a summary: demos,
     attempts, seeds, failed seeds, seconds.
     """
-    from envs.robosuite.env import RobosuiteEnv
-    from envs.robosuite.experts import make_expert
 
     task = task.split("/", 1)[1] if task.startswith("robomimic/") else task
     if n_episodes < 1:
@@ -103,8 +104,12 @@ def collect_robomimic(
     kept_seeds: list[int] = []
     failed: list[int] = []
     steps = 0
-    with RobomimicWriter(out_path, env.env_args(), overwrite=overwrite,
-                         file_attrs={"creator": "meanflow-policy envs.robosuite.collect", "task": env.task}) as writer:
+    with RobomimicWriter(
+        out_path,
+        env.env_args(),
+        overwrite=overwrite,
+        file_attrs={"creator": "meanflow-policy envs.robosuite.collect", "task": env.task},
+    ) as writer:
         for seed in demo_seeds(max_attempts, start=seed0):
             if len(kept_seeds) == n_episodes:
                 break
@@ -116,7 +121,9 @@ def collect_robomimic(
             kept_seeds.append(seed)
             steps += len(demo)
             if verbose:
-                print(f"[collect] {env.task} seed {seed}: {len(demo)} steps ({len(kept_seeds)}/{n_episodes})", flush=True)
+                print(
+                    f"[collect] {env.task} seed {seed}: {len(demo)} steps ({len(kept_seeds)}/{n_episodes})", flush=True
+                )
         masks = split_masks(writer.demo_names, val_ratio, seed=seed0)
         for key, names in masks.items():
             writer.set_mask(key, names)
@@ -127,10 +134,20 @@ def collect_robomimic(
             f"only {len(kept_seeds)} of {n_episodes} {task} episodes succeeded in {max_attempts} attempts "
             f"(failed seeds {failed[:10]}); {out_path} holds the successful ones"
         )
-    summary = {"task": env.task, "path": out_path, "execution_noise": execution_noise, "demos": len(kept_seeds),
-               "attempts": len(kept_seeds) + len(failed), "seeds": kept_seeds, "failed_seeds": failed,
-               "steps": steps, "seconds": seconds}
+    summary = {
+        "task": env.task,
+        "path": out_path,
+        "execution_noise": execution_noise,
+        "demos": len(kept_seeds),
+        "attempts": len(kept_seeds) + len(failed),
+        "seeds": kept_seeds,
+        "failed_seeds": failed,
+        "steps": steps,
+        "seconds": seconds,
+    }
     if verbose:
-        print(f"[collect] wrote {len(kept_seeds)} demos ({steps} steps) to {out_path} in {seconds:.1f} s; "
-              f"{len(failed)} failed attempts")
+        print(
+            f"[collect] wrote {len(kept_seeds)} demos ({steps} steps) to {out_path} in {seconds:.1f} s; "
+            f"{len(failed)} failed attempts"
+        )
     return summary

@@ -10,13 +10,15 @@ reset (object placements, joint noise). :class:`RobosuiteEnv` seeds that generat
 and for each reset (the episode seed) only, so a (model_seed, seed) pair gives one initial state in any process,
 whatever ran before. Resets keep the model (robosuite's ``hard_reset=False``: a hard reset costs ~2 s here).
 """
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -62,7 +64,7 @@ class RobosuiteEnvError(ValueError):
 
 def task_info(task: str) -> TaskInfo:
     """Look up a task by our short name (``lift``, ``robomimic/lift``) or robosuite's env name (``Lift``)."""
-    task = task[len(TASK_PREFIX):] if task.startswith(TASK_PREFIX) else task
+    task = task[len(TASK_PREFIX) :] if task.startswith(TASK_PREFIX) else task
     if task in TASKS:
         return TASKS[task]
     for info in TASKS.values():
@@ -88,7 +90,9 @@ def env_kwargs_from_shape_meta(shape_meta: ShapeMeta) -> dict[str, Any]:
         if spec.type != "rgb":
             continue
         if not key.endswith("_image") or spec.shape[1] != spec.shape[2]:
-            raise RobosuiteEnvError(f"'{key}' {spec.shape}: robosuite images are '<camera>_image' keys, square (3, H, W)")
+            raise RobosuiteEnvError(
+                f"'{key}' {spec.shape}: robosuite images are '<camera>_image' keys, square (3, H, W)"
+            )
         cameras.append(key[: -len("_image")])
         sizes.add(spec.shape[1])
     if len(sizes) > 1:
@@ -116,7 +120,7 @@ def robosuite_shape_meta(
     return ShapeMeta(obs=specs, action_dim=ACTION_DIM)
 
 
-def _import_robosuite():
+def _import_robosuite() -> Any:
     try:
         import robosuite
     except ImportError as e:  # pragma: no cover - depends on the install
@@ -133,8 +137,10 @@ def default_controller_config() -> dict[str, Any]:
     cfg = load_composite_controller_config(robot="Panda")
     arm = cfg["body_parts"]["right"]
     if arm["type"] != "OSC_POSE" or arm["input_type"] != "delta":
-        raise RobosuiteEnvError(f"robosuite's default Panda controller is {arm['type']}/{arm['input_type']}, "
-                                "expected OSC_POSE/delta; pass controller_configs explicitly")
+        raise RobosuiteEnvError(
+            f"robosuite's default Panda controller is {arm['type']}/{arm['input_type']}, "
+            "expected OSC_POSE/delta; pass controller_configs explicitly"
+        )
     return cfg
 
 
@@ -212,18 +218,20 @@ class RobosuiteEnv:
             with _global_numpy_seed(self.model_seed):
                 self._env = robosuite.make(info.env_name, **self.env_kwargs)
         except (AssertionError, ValueError) as e:
-            raise RobosuiteEnvError(f"robosuite could not build '{info.env_name}' with cameras {self.cameras}: {e}") from e
+            raise RobosuiteEnvError(
+                f"robosuite could not build '{info.env_name}' with cameras {self.cameras}: {e}"
+            ) from e
         self._steps = 0
         self._obs_cache: dict[str, np.ndarray] | None = None
 
     # ------------------------------------------------------------------ robosuite access
     @property
-    def sim(self):
+    def sim(self) -> Any:
         """The robosuite ``MjSim`` (scripted experts read object poses from it)."""
         return self._env.sim
 
     @property
-    def robosuite_env(self):
+    def robosuite_env(self) -> Any:
         """The wrapped robosuite environment."""
         return self._env
 
@@ -247,8 +255,9 @@ class RobosuiteEnv:
         return ShapeMeta(obs=specs, action_dim=ACTION_DIM)
 
     # ------------------------------------------------------------------ episode
-    def reset(self, seed: int | None = None, options: Mapping[str, Any] | None = None
-              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def reset(
+        self, seed: int | None = None, options: Mapping[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Start an episode from the initial state that ``seed`` determines; returns ``(obs, info)``.
         ``options`` is accepted for the gymnasium signature and unused."""
         if seed is None:
@@ -362,7 +371,7 @@ class RobosuiteEnv:
         cameras: Sequence[str] | None = None,
         seed: int = 0,
         fast_render: bool | None = None,
-    ) -> "RobosuiteEnv":
+    ) -> RobosuiteEnv:
         """Rebuild the environment a robomimic dataset was recorded in (its ``data.attrs["env_args"]``).
 
         Cameras and image size default to the dataset's; ``fast_render`` to ours when the file says nothing

@@ -7,9 +7,11 @@ diversity: per-episode waypoint offsets and speed, and Gaussian noise on every t
 Experts are agents (``reset()``, ``n_obs_steps = 1``, ``predict_action(obs) -> (1, 7)``) so the evaluation
 runner and the collectors drive them like a policy. ``make_expert(env, seed)`` picks the expert of the env's task.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -96,7 +98,7 @@ class WaypointExpert:
             action = self._hold()
         return action.reshape(1, ACTION_DIM).astype(np.float32)
 
-    def plan(self) -> Iterator[np.ndarray]:
+    def plan(self) -> Generator[np.ndarray, None, None]:
         """Yield the episode's actions (each (7,))."""
         raise NotImplementedError
 
@@ -119,8 +121,9 @@ class WaypointExpert:
         return _quat_xyzw_yaw(np.r_[q_wxyz[1:], q_wxyz[0]])
 
     # ------------------------------------------------------------------ motion primitives
-    def _action(self, target_pos: np.ndarray, yaw: float, gripper: float, gain: float = 12.0,
-                rot_gain: float = 2.0) -> np.ndarray:
+    def _action(
+        self, target_pos: np.ndarray, yaw: float, gripper: float, gain: float = 12.0, rot_gain: float = 2.0
+    ) -> np.ndarray:
         """Saturated P-law: translation ``gain`` action units per metre of error, rotation ``rot_gain`` per
         action-scale radian; the target orientation points the gripper down at ``yaw``."""
         base_R = np.array(self.env.sim.data.xmat[self._base_body]).reshape(3, 3)
@@ -136,8 +139,9 @@ class WaypointExpert:
     def _hold(self) -> np.ndarray:
         return np.concatenate([np.zeros(6), [self._gripper]])
 
-    def goto(self, target, yaw: float, gripper: float, tol: float = 0.01, max_steps: int = 80,
-             yaw_tol: float = 0.05) -> Iterator[np.ndarray]:
+    def goto(
+        self, target: Any, yaw: float, gripper: float, tol: float = 0.01, max_steps: int = 80, yaw_tol: float = 0.05
+    ) -> Iterator[np.ndarray]:
         """Move the gripper site to ``target`` (array or callable returning one) and ``yaw``; stop within ``tol``."""
         for _ in range(max_steps):
             pos = target() if callable(target) else target
@@ -153,7 +157,14 @@ class WaypointExpert:
         for _ in range(steps):
             yield self._action(hold, yaw, gripper)
 
-    def pick(self, grasp_point, grasp_yaw, carry_height: float, held, attempts: int = 3):
+    def pick(
+        self,
+        grasp_point: Callable[[], np.ndarray],
+        grasp_yaw: Callable[[], float],
+        carry_height: float,
+        held: Callable[[], bool],
+        attempts: int = 3,
+    ) -> Generator[np.ndarray, None, bool]:
         """Top-down grasp at ``grasp_point()`` with ``grasp_yaw()`` (re-read on every attempt), then rise to
         ``carry_height`` above the grasp; retry when ``held()`` says the object did not come along.
         A generator whose return value is whether the object is held."""
@@ -178,12 +189,14 @@ class WaypointExpert:
 class LiftExpert(WaypointExpert):
     """Lift: grasp the cube from above with the fingers square to its faces, lift it 15 cm."""
 
-    def plan(self) -> Iterator[np.ndarray]:
+    def plan(self) -> Generator[np.ndarray, None, None]:
         env = self.env.robosuite_env
         cube_id = env.cube_body_id
         table_z = env.model.mujoco_arena.table_offset[2]
         yield from self.pick(
-            grasp_point=lambda: self.body_pos(cube_id) + self.jitter() + np.r_[0.0, 0.0, self.rng.uniform(-0.005, 0.003)],
+            grasp_point=lambda: (
+                self.body_pos(cube_id) + self.jitter() + np.r_[0.0, 0.0, self.rng.uniform(-0.005, 0.003)]
+            ),
             grasp_yaw=lambda: _nearest_yaw(self.body_yaw(cube_id), self.eef_yaw(), np.pi / 2),
             carry_height=self.rng.uniform(0.12, 0.2),
             held=lambda: self.body_pos(cube_id)[2] > table_z + 0.04,
@@ -193,7 +206,7 @@ class LiftExpert(WaypointExpert):
 class CanExpert(WaypointExpert):
     """PickPlaceCan: grasp the can from above, carry it over the bin wall and drop it into its bin quadrant."""
 
-    def plan(self) -> Iterator[np.ndarray]:
+    def plan(self) -> Generator[np.ndarray, None, None]:
         env = self.env.robosuite_env
         can_id = env.obj_body_id[env.obj_to_use]
         rest_z = self.body_pos(can_id)[2]
@@ -215,7 +228,7 @@ class CanExpert(WaypointExpert):
         yield from self.goto(np.r_[goal, carry_z], yaw, OPEN, tol=0.02)
 
     @staticmethod
-    def _drop_point(env) -> np.ndarray:
+    def _drop_point(env: Any) -> np.ndarray:
         """(x, y) inside the can's quadrant of the target bin (robosuite's ``not_in_bin`` geometry), off-centre
         towards the robot: the quadrant's centre is at the edge of the Panda's reach at carrying height."""
         bin_id = env.object_id
@@ -230,7 +243,7 @@ class CanExpert(WaypointExpert):
 class SquareExpert(WaypointExpert):
     """NutAssemblySquare: grasp the nut's handle, carry the nut over the square peg and lower it around the peg."""
 
-    def plan(self) -> Iterator[np.ndarray]:
+    def plan(self) -> Generator[np.ndarray, None, None]:
         env = self.env.robosuite_env
         nut_id = env.obj_body_id["SquareNut"]
         handle_site = env.sim.model.site_name2id("SquareNut_handle_site")
@@ -242,7 +255,9 @@ class SquareExpert(WaypointExpert):
         def grasp_point() -> np.ndarray:
             # A little outwards along the handle: at its middle a finger can land on the nut's ring.
             handle = np.array(env.sim.data.site_xpos[handle_site])
-            out = np.r_[np.cos(self._handle_dir(nut_id, handle_site)), np.sin(self._handle_dir(nut_id, handle_site)), 0.0]
+            out = np.r_[
+                np.cos(self._handle_dir(nut_id, handle_site)), np.sin(self._handle_dir(nut_id, handle_site)), 0.0
+            ]
             return handle + 0.008 * out + self.jitter(0.5) + np.r_[0.0, 0.0, self.rng.uniform(-0.004, 0.002)]
 
         carry_z = peg[2] + self.rng.uniform(0.2, 0.24)
@@ -256,7 +271,9 @@ class SquareExpert(WaypointExpert):
             return
         # Turn the handle to the side of the nut nearest the robot's reach (−x, ±y): the peg is far out.
         handle_dir = self._handle_dir(nut_id, handle_site)
-        want_dir = min((np.pi / 2, np.pi, -np.pi / 2), key=lambda d: abs(_nearest_yaw(d, handle_dir, 2 * np.pi) - handle_dir))
+        want_dir = min(
+            (np.pi / 2, np.pi, -np.pi / 2), key=lambda d: abs(_nearest_yaw(d, handle_dir, 2 * np.pi) - handle_dir)
+        )
         aim = self.jitter(0.5)[:2]
         yield from self._align_over_peg(nut_id, handle_site, peg[:2] + aim, want_dir, carry_z, tol=0.004, max_steps=150)
         drop_z = self.eef_pos()[2] - (self.body_pos(nut_id)[2] - (env.table_offset[2] + 0.02))
@@ -268,8 +285,9 @@ class SquareExpert(WaypointExpert):
         d = np.array(self.env.sim.data.site_xpos[handle_site]) - self.body_pos(nut_id)
         return float(np.arctan2(d[1], d[0]))
 
-    def _align_over_peg(self, nut_id: int, handle_site: int, goal_xy: np.ndarray, want_dir: float, z: float,
-                        tol: float, max_steps: int) -> Iterator[np.ndarray]:
+    def _align_over_peg(
+        self, nut_id: int, handle_site: int, goal_xy: np.ndarray, want_dir: float, z: float, tol: float, max_steps: int
+    ) -> Iterator[np.ndarray]:
         """Closed loop on the held nut: move the gripper by the nut centre's xy error and turn it by the
         handle's heading error until the nut is over ``goal_xy`` at gripper height ``z``."""
         for _ in range(max_steps):

@@ -1,11 +1,13 @@
 """robosuite (robomimic's tasks) as a registered suite (:mod:`envs.suites`): images + proprioception, robomimic's
 rollout horizons, demos written in robomimic's HDF5 layout."""
+
 from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 from core.spec import ShapeMeta
 from envs.suites import Suite, UnknownTaskError
@@ -47,7 +49,7 @@ class RobosuiteSuite(Suite):
 
         return task_info(task).max_steps
 
-    def env_kwargs(self, shape_meta: ShapeMeta, recorded: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    def env_kwargs(self, shape_meta: ShapeMeta, recorded: Mapping[str, Any] | None = None) -> dict[str, Any]:
         from envs.robosuite.env import env_kwargs_from_shape_meta
 
         return env_kwargs_from_shape_meta(shape_meta)
@@ -67,7 +69,13 @@ class RobosuiteSuite(Suite):
         return RobosuiteExpertAgent(task, action_noise=action_noise)
 
     def ensure_demos(
-        self, task: str, path: Path, n_demos: int, obs_keys: Sequence[str], num_points: int, image_size: int,
+        self,
+        task: str,
+        path: Path,
+        n_demos: int,
+        obs_keys: Sequence[str],
+        num_points: int,
+        image_size: int,
         max_steps: int,
     ) -> None:
         """Collect ``n_demos`` demos beside ``path`` and rename the finished file into place: robomimic's HDF5 writer

@@ -4,6 +4,7 @@
 ``encoders``, ``robomimic``) lives in the checkout's ``benchmarks/`` folder, which is not installed: from a checkout
 ``mfp bench success ...`` runs ``python -m benchmarks.success ...`` there; elsewhere it says where to find it.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -38,7 +39,10 @@ def main(argv: list[str]) -> int:
 def _run_from_checkout(module: str, argv: list[str]) -> int:
     """Run a research benchmark from the checkout in the working directory, or say where it lives."""
     if not (Path.cwd() / module.replace(".", "/")).with_suffix(".py").is_file():
-        print(f"mfp bench: '{module.split('.')[-1]}' is part of the research harness in a checkout's benchmarks/ "
-              f"folder (not installed): from the repository root run `python -m {module} ...`", file=sys.stderr)
+        print(
+            f"mfp bench: '{module.split('.')[-1]}' is part of the research harness in a checkout's benchmarks/ "
+            f"folder (not installed): from the repository root run `python -m {module} ...`",
+            file=sys.stderr,
+        )
         return 2
     return subprocess.call([sys.executable, "-m", module, *argv], cwd=Path.cwd())

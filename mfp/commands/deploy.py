@@ -9,13 +9,13 @@ Before moving anything it checks that the robot's observation keys and shapes, a
 agree with the policy, and refuses to start otherwise. Exit codes: 0 done, 2 bad arguments or mismatch,
 3 robot connection lost, 4 inference or robot error.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 from core.atomic_write import write_text
 from deploy.agents import load_deploy_agent
@@ -44,15 +44,17 @@ class DeployConfig:
     latency_offset_s: float = field(default=0.0, metadata={"help": "added to every action timestamp"})
     deadline_s: float = field(default=0.2, metadata={"help": "watchdog: max age of the observation behind an action"})
     timeout_s: float = field(default=0.5, metadata={"help": "bridge reply timeout (no reply = connection lost)"})
-    num_inference_steps: Optional[int] = field(default=None, metadata={"help": "override the head's NFE"})
+    num_inference_steps: int | None = field(default=None, metadata={"help": "override the head's NFE"})
     threads: int = field(default=1, metadata={"help": "torch threads for inference"})
     inference: str = field(default="process", metadata={"help": "process (own interpreter) | thread"})
-    realtime_priority: int = field(default=0, metadata={
-        "help": ">0: SCHED_FIFO control thread at this priority, inference worker one below (CAP_SYS_NICE)"})
+    realtime_priority: int = field(
+        default=0,
+        metadata={"help": ">0: SCHED_FIFO control thread at this priority, inference worker one below (CAP_SYS_NICE)"},
+    )
     device: str = field(default="cpu", metadata={"help": "inference device"})
     allow_remote: bool = field(default=False, metadata={"help": "allow a non-loopback robot address"})
-    record: Optional[str] = field(default=None, metadata={"help": "append the run as an episode to this zarr"})
-    stats: Optional[str] = field(default=None, metadata={"help": "write timing statistics JSON here"})
+    record: str | None = field(default=None, metadata={"help": "append the run as an episode to this zarr"})
+    stats: str | None = field(default=None, metadata={"help": "write timing statistics JSON here"})
 
 
 def main(argv: list[str]) -> int:
@@ -77,11 +79,18 @@ def main(argv: list[str]) -> int:
     agent = policy
     if cfg.inference == "process":
         if cfg.device != "cpu":
-            print("mfp deploy: inference=process runs on the CPU; use inference=thread for other devices", file=sys.stderr)
+            print(
+                "mfp deploy: inference=process runs on the CPU; use inference=thread for other devices", file=sys.stderr
+            )
             return EXIT_USAGE
         try:
-            agent = InferenceProcess(cfg.checkpoint, cfg.backend, cfg.threads, cfg.num_inference_steps,
-                                     realtime_priority=max(0, cfg.realtime_priority - 1))
+            agent = InferenceProcess(
+                cfg.checkpoint,
+                cfg.backend,
+                cfg.threads,
+                cfg.num_inference_steps,
+                realtime_priority=max(0, cfg.realtime_priority - 1),
+            )
         except InferenceError as e:
             print(f"mfp deploy: {e}", file=sys.stderr)
             return EXIT_FAILURE
@@ -101,13 +110,29 @@ def main(argv: list[str]) -> int:
             logging.warning("the robot runs at %g Hz, the loop at %g Hz", robot.info.control_hz, cfg.hz)
         recorder = None
         if cfg.record:
-            recorder = EpisodeRecorder(cfg.record, {k: s.type for k, s in policy.shape_meta.obs.items()},
-                                       attrs={"robot": robot.info.name, "hz": cfg.hz, "checkpoint": str(cfg.checkpoint),
-                                              "limits": limits.name})
-        loop = ControlLoop(robot, agent, SafetyLayer(limits, 1.0 / cfg.hz), cfg.hz,
-                           obs_keys=list(policy.shape_meta.obs), blend=cfg.blend, ensemble_decay=cfg.ensemble_decay,
-                           latency_offset_s=cfg.latency_offset_s, deadline_s=cfg.deadline_s, recorder=recorder,
-                           realtime_priority=cfg.realtime_priority)
+            recorder = EpisodeRecorder(
+                cfg.record,
+                {k: s.type for k, s in policy.shape_meta.obs.items()},
+                attrs={
+                    "robot": robot.info.name,
+                    "hz": cfg.hz,
+                    "checkpoint": str(cfg.checkpoint),
+                    "limits": limits.name,
+                },
+            )
+        loop = ControlLoop(
+            robot,
+            agent,
+            SafetyLayer(limits, 1.0 / cfg.hz),
+            cfg.hz,
+            obs_keys=list(policy.shape_meta.obs),
+            blend=cfg.blend,
+            ensemble_decay=cfg.ensemble_decay,
+            latency_offset_s=cfg.latency_offset_s,
+            deadline_s=cfg.deadline_s,
+            recorder=recorder,
+            realtime_priority=cfg.realtime_priority,
+        )
         stats = loop.run(cfg.duration_s)
     except (ValueError, SafetyError) as e:
         print(f"mfp deploy: {e}", file=sys.stderr)
@@ -122,7 +147,8 @@ def main(argv: list[str]) -> int:
     if recorder is not None:
         buffer = recorder.save(seed=int(summary["robot"]["last_info"].get("seed", -1)))
         if buffer is not None:
-            print(f"[deploy] recorded {buffer.episode_lengths[-1]} steps as episode {buffer.n_episodes - 1} of {cfg.record}")
+            steps, episode = buffer.episode_lengths[-1], buffer.n_episodes - 1
+            print(f"[deploy] recorded {steps} steps as episode {episode} of {cfg.record}")
     print(f"[deploy] {stats.format()}")
     if cfg.stats:
         write_text(cfg.stats, json.dumps(summary, indent=2, default=str))

@@ -4,11 +4,11 @@
 
 See :mod:`deploy.export` for what the graph holds and how parity is checked.
 """
+
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 
@@ -22,28 +22,38 @@ from policies.checkpoint import CheckpointError
 class ExportConfig:
     checkpoint: str = field(default="???", metadata={"help": "policy checkpoint directory (required)"})
     out: str = field(default="???", metadata={"help": "output directory (required)"})
-    data: Optional[str] = field(default=None, metadata={"help": "zarr dataset with recorded observations for parity"})
+    data: str | None = field(default=None, metadata={"help": "zarr dataset with recorded observations for parity"})
     n_check: int = field(default=16, metadata={"help": "observation windows checked for parity"})
     tolerance: float = field(default=1e-4, metadata={"help": "max abs error allowed against eager"})
     hz: float = field(default=10.0, metadata={"help": "control rate recorded in the metadata"})
-    num_inference_steps: Optional[int] = field(default=None, metadata={"help": "NFE baked into the graph"})
+    num_inference_steps: int | None = field(default=None, metadata={"help": "NFE baked into the graph"})
     seed: int = field(default=0, metadata={"help": "seed of the fixed noise stored with the export"})
     opset: int = field(default=18, metadata={"help": "ONNX opset"})
     formats: list = field(default_factory=lambda: ["onnx", "pt2"], metadata={"help": "onnx and/or pt2"})
-
-
 
 
 def main(argv: list[str]) -> int:
     cfg = parse_overrides(ExportConfig, argv, "mfp export")
     torch.set_num_threads(1)
     try:
-        meta = export_policy(cfg.checkpoint, cfg.out, cfg.data, cfg.n_check, cfg.tolerance, cfg.hz,
-                             cfg.num_inference_steps, cfg.seed, cfg.opset, tuple(cfg.formats))
+        meta = export_policy(
+            cfg.checkpoint,
+            cfg.out,
+            cfg.data,
+            cfg.n_check,
+            cfg.tolerance,
+            cfg.hz,
+            cfg.num_inference_steps,
+            cfg.seed,
+            cfg.opset,
+            tuple(cfg.formats),
+        )
     except (ExportError, CheckpointError) as e:
         print(f"mfp export: FAILED: {e}", file=sys.stderr)
         return 1
     errs = ", ".join(f"{k} {v:.2e}" for k, v in meta["parity"]["max_abs_error"].items())
-    print(f"[export] {', '.join(meta['files'].values())} -> {cfg.out}; parity max abs error vs eager: {errs} "
-          f"(tolerance {cfg.tolerance:g}, {meta['parity']['n_windows']} windows, {meta['parity']['source']})")
+    print(
+        f"[export] {', '.join(meta['files'].values())} -> {cfg.out}; parity max abs error vs eager: {errs} "
+        f"(tolerance {cfg.tolerance:g}, {meta['parity']['n_windows']} windows, {meta['parity']['source']})"
+    )
     return 0

@@ -1,7 +1,8 @@
 """`mfp merge`: concatenate robomimic HDF5 files of one task (e.g. clean demos plus recovery demos) into one.
 
-    mfp merge inputs=[data/robomimic-can-50demos.hdf5,data/can-recovery.hdf5] out=data/robomimic-can-100demos.hdf5
+mfp merge inputs=[data/robomimic-can-50demos.hdf5,data/can-recovery.hdf5] out=data/robomimic-can-100demos.hdf5
 """
+
 from __future__ import annotations
 
 import sys
@@ -27,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg: MergeConfig = parse_overrides(MergeConfig, argv, "mfp merge")
     try:
-        summary = merge_robomimic(cfg.inputs, cfg.out, val_ratio=cfg.val_ratio, seed=cfg.seed,
-                                  overwrite=cfg.overwrite)
+        summary = merge_robomimic(cfg.inputs, cfg.out, val_ratio=cfg.val_ratio, seed=cfg.seed, overwrite=cfg.overwrite)
     except (FileExistsError, FileNotFoundError) as e:
         print(f"mfp merge: {e}", file=sys.stderr)
         return 2

@@ -6,13 +6,13 @@
 ``port=0`` picks a free port; the first line printed names the address (``sim-arm: serving ... on tcp://...``).
 ``command_log=FILE`` writes one JSON line per received command and per executed step (for tests and debugging).
 """
+
 from __future__ import annotations
 
 import os
 import signal
 import threading
 from dataclasses import dataclass, field
-from typing import Optional
 
 from deploy.bridge import BridgeServer
 from deploy.inference import set_realtime_priority
@@ -33,14 +33,21 @@ class SimArmConfig:
     max_episode_steps: int = field(default=500, metadata={"help": "steps before the arm resets to the next seed"})
     duration_s: float = field(default=0.0, metadata={"help": "stop after this long (0 = until SIGINT/SIGTERM)"})
     realtime_priority: int = field(default=0, metadata={"help": ">0: SCHED_FIFO simulation thread, like a robot's"})
-    command_log: Optional[str] = field(default=None, metadata={"help": "JSON-lines log of commands and steps"})
+    command_log: str | None = field(default=None, metadata={"help": "JSON-lines log of commands and steps"})
 
 
 def main(argv: list[str]) -> int:
     cfg = parse_overrides(SimArmConfig, argv, "mfp sim-arm")
     os.environ.setdefault("MUJOCO_GL", "egl")
-    arm = SimArm(cfg.task, cfg.hz, seed=cfg.seed, num_points=cfg.num_points, camera=cfg.camera,
-                 max_episode_steps=cfg.max_episode_steps, command_log=cfg.command_log)
+    arm = SimArm(
+        cfg.task,
+        cfg.hz,
+        seed=cfg.seed,
+        num_points=cfg.num_points,
+        camera=cfg.camera,
+        max_episode_steps=cfg.max_episode_steps,
+        command_log=cfg.command_log,
+    )
     server = BridgeServer(arm.handle, f"tcp://{cfg.host}:{cfg.port}", allow_remote=cfg.allow_remote)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -55,7 +62,10 @@ def main(argv: list[str]) -> int:
         stop.set()
         serving.join(timeout=1.0)
         server.close()
-        print(f"sim-arm: {arm.steps} steps, {arm.overruns} overruns, {arm.holds} holds, "
-              f"{server.requests} requests ({server.errors} errors)", flush=True)
+        print(
+            f"sim-arm: {arm.steps} steps, {arm.overruns} overruns, {arm.holds} holds, "
+            f"{server.requests} requests ({server.errors} errors)",
+            flush=True,
+        )
         arm.close()
     return 0

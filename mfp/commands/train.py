@@ -3,6 +3,7 @@
 Multi-GPU: `torchrun --nproc_per_node=N -m mfp train ...` (the trainer averages gradients explicitly).
 Sweeps: `mfp train -m seed=0,1,2 hydra/launcher=joblib_local` (or `slurm`).
 """
+
 from __future__ import annotations
 
 import json
@@ -24,16 +25,20 @@ def _hydra_main(cfg: DictConfig) -> float:
     try:
         summary = trainer.fit()
         if distributed.is_main():
-            print(f"[train] {summary['steps']} steps in {summary['train_seconds']:.0f} s "
-                  f"({summary['steps_per_s']:.2f} steps/s); EMA policy at {summary['policy_dir']}")
+            print(
+                f"[train] {summary['steps']} steps in {summary['train_seconds']:.0f} s "
+                f"({summary['steps_per_s']:.2f} steps/s); EMA policy at {summary['policy_dir']}"
+            )
             info = trainer.evaluate(train_cfg.eval.episodes, "eval")
             if info is not None:
                 agg = info["aggregated"]
                 summary["eval"] = agg
-                print(f"[eval] success {agg['pc_success']:.1f} % over {agg['n_episodes']} episodes "
-                      f"(95 % CI {agg['ci95_low'] * 100:.1f}-{agg['ci95_high'] * 100:.1f} %); policy latency per "
-                      f"call p50 {agg['latency_ms_p50']:.2f} ms, p99 {agg['latency_ms_p99']:.2f} ms "
-                      f"(batch 1, observation history in, action chunk out, inside the eval workers)")
+                print(
+                    f"[eval] success {agg['pc_success']:.1f} % over {agg['n_episodes']} episodes "
+                    f"(95 % CI {agg['ci95_low'] * 100:.1f}-{agg['ci95_high'] * 100:.1f} %); policy latency per "
+                    f"call p50 {agg['latency_ms_p50']:.2f} ms, p99 {agg['latency_ms_p99']:.2f} ms "
+                    f"(batch 1, observation history in, action chunk out, inside the eval workers)"
+                )
             write_text(trainer.out / "summary.json", json.dumps(summary, indent=2, default=str))
         return float(summary.get("eval", {}).get("pc_success", 0.0))
     finally:

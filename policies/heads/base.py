@@ -4,14 +4,18 @@ A head turns a backbone (``forward(x (B, H, Da), times (B, K), cond (B, C)) -> (
 model of normalized action chunks: ``compute_loss(actions, cond)`` for training, ``sample(cond, ...)`` for inference.
 Each head module registers itself with :func:`register_head`; this module imports none of them.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 from torch import nn
+
+from policies.backbones import Backbone
 
 
 class ActionHead(nn.Module, ABC):
@@ -23,7 +27,7 @@ class ActionHead(nn.Module, ABC):
 
     default_num_steps: int = 1
 
-    def __init__(self, backbone: nn.Module, horizon: int) -> None:
+    def __init__(self, backbone: Backbone, horizon: int) -> None:
         super().__init__()
         for attr in ("input_dim", "global_cond_dim", "n_time_inputs"):
             if not hasattr(backbone, attr):
@@ -82,7 +86,7 @@ class ActionHead(nn.Module, ABC):
         return torch.randn(shape, generator=generator, device=cond.device, dtype=cond.dtype)
 
 
-HeadBuilder = Callable[[nn.Module, int, Any], ActionHead]
+HeadBuilder = Callable[[Backbone, int, Any], ActionHead]
 
 
 @dataclass(frozen=True)
@@ -95,8 +99,8 @@ class HeadEntry:
     """
 
     build: HeadBuilder
-    config_type: Optional[type]
-    config_field: Optional[str]
+    config_type: type | None
+    config_field: str | None
     n_time_inputs: int
     draws_noise: bool
 
@@ -129,7 +133,7 @@ def n_time_inputs_for(name: str) -> int:
     return head_entry(name).n_time_inputs
 
 
-def make_head(name: str, backbone: nn.Module, cfg: Any, horizon: int | None = None) -> ActionHead:
+def make_head(name: str, backbone: Backbone, cfg: Any, horizon: int | None = None) -> ActionHead:
     """Build head ``name`` on ``backbone`` from its config dataclass (``None`` for a head without settings).
 
     ``horizon`` (the chunk length H) may be omitted only for a backbone that knows it (``MLPBackbone``).

@@ -5,14 +5,16 @@ with diffusers' conventions: ``squaredcos_cap_v2`` betas capped at 0.999, DDIM t
 reversed, final alpha = 1 ("set_alpha_to_one"), DDPM posterior variance "fixed_small", optional clipping of the
 predicted clean sample to [-1, 1]. The backbone sees the step index as time ``t / T`` in [0, 1).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from policies.backbones import Backbone
 from policies.config import DiffusionConfig
 from policies.heads.base import ActionHead, HeadEntry, register_head
 
@@ -37,7 +39,9 @@ def make_betas(num_train_timesteps: int, schedule: str) -> torch.Tensor:
 class DiffusionHead(ActionHead):
     """Predicts the clean chunk ("sample", DP3) or the noise ("epsilon") from ``x_t``; samples with DDPM or DDIM."""
 
-    def __init__(self, backbone: nn.Module, horizon: int, cfg: DiffusionConfig, sampler: str = "ddim") -> None:
+    alphas_cumprod: torch.Tensor
+
+    def __init__(self, backbone: Backbone, horizon: int, cfg: DiffusionConfig, sampler: str = "ddim") -> None:
         super().__init__(backbone, horizon)
         if backbone.n_time_inputs != 1:
             raise ValueError(f"diffusion needs a backbone with n_time_inputs=1, got {backbone.n_time_inputs}")
@@ -120,13 +124,21 @@ class DiffusionHead(ActionHead):
         return x
 
 
-def _builder(sampler: str):
-    def build(backbone: nn.Module, horizon: int, cfg: DiffusionConfig) -> DiffusionHead:
+def _builder(sampler: str) -> Callable[[Backbone, int, DiffusionConfig], DiffusionHead]:
+    def build(backbone: Backbone, horizon: int, cfg: DiffusionConfig) -> DiffusionHead:
         return DiffusionHead(backbone, horizon, cfg, sampler=sampler)
 
     return build
 
 
 for _sampler in SAMPLERS:
-    register_head(_sampler, HeadEntry(build=_builder(_sampler), config_type=DiffusionConfig, config_field="diffusion",
-                                      n_time_inputs=1, draws_noise=True))
+    register_head(
+        _sampler,
+        HeadEntry(
+            build=_builder(_sampler),
+            config_type=DiffusionConfig,
+            config_field="diffusion",
+            n_time_inputs=1,
+            draws_noise=True,
+        ),
+    )

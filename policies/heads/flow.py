@@ -3,12 +3,13 @@
 ``z_t = (1 - t) x + t eps``; the network regresses the conditional velocity ``v = eps - x``; sampling integrates
 ``dz/dt = v`` from t = 1 to 0 with k Euler steps.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from policies.backbones import Backbone
 from policies.config import FlowConfig
 from policies.heads.base import ActionHead, HeadEntry, register_head
 
@@ -16,7 +17,7 @@ from policies.heads.base import ActionHead, HeadEntry, register_head
 class FlowHead(ActionHead):
     """Rectified-flow head: velocity regression, Euler sampling (``num_inference_steps`` by default)."""
 
-    def __init__(self, backbone: nn.Module, horizon: int, cfg: FlowConfig) -> None:
+    def __init__(self, backbone: Backbone, horizon: int, cfg: FlowConfig) -> None:
         super().__init__(backbone, horizon)
         if backbone.n_time_inputs != 1:
             raise ValueError(f"flow matching needs a backbone with n_time_inputs=1, got {backbone.n_time_inputs}")
@@ -58,5 +59,6 @@ class FlowHead(ActionHead):
         return z
 
 
-register_head("flow", HeadEntry(build=FlowHead, config_type=FlowConfig, config_field="flow", n_time_inputs=1,
-                                draws_noise=True))
+register_head(
+    "flow", HeadEntry(build=FlowHead, config_type=FlowConfig, config_field="flow", n_time_inputs=1, draws_noise=True)
+)

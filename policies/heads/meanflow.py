@@ -5,12 +5,13 @@ velocity ``u(z_t, r, t) = 1 / (t - r) * int_r^t v dtau`` conditioned on ``(t, t 
 ``u_tgt = v - clip(t - r, 0, 1) * du/dt`` with ``du/dt`` from ``torch.func.jvp`` along tangents ``(v, 1, 0)``.
 One network evaluation then maps noise to an action chunk: ``a = eps - u(eps, t=1, h=1)``.
 """
+
 from __future__ import annotations
 
 import torch
-from torch import nn
 from torch.func import jvp
 
+from policies.backbones import Backbone
 from policies.config import MeanFlowConfig
 from policies.heads.base import ActionHead, HeadEntry, register_head
 
@@ -24,10 +25,12 @@ class MeanFlowHead(ActionHead):
     the du/dt term is multiplied by zero, so it is not computed.
     """
 
-    def __init__(self, backbone: nn.Module, horizon: int, cfg: MeanFlowConfig) -> None:
+    def __init__(self, backbone: Backbone, horizon: int, cfg: MeanFlowConfig) -> None:
         super().__init__(backbone, horizon)
         if backbone.n_time_inputs != 2:
-            raise ValueError(f"MeanFlow conditions on (t, t - r): the backbone needs n_time_inputs=2, got {backbone.n_time_inputs}")
+            raise ValueError(
+                f"MeanFlow conditions on (t, t - r): the backbone needs n_time_inputs=2, got {backbone.n_time_inputs}"
+            )
         self.cfg = cfg
         self.default_num_steps = int(cfg.num_inference_steps)
 
@@ -108,9 +111,9 @@ class MeanFlowHead(ActionHead):
         if self.cfg.jvp_mode == "separate":
             u_pred = self.u(z, t, r, cond)
             with torch.no_grad():
-                _, dudt = jvp(u_fn, (zj, tj, rj), tangents)
+                dudt = jvp(u_fn, (zj, tj, rj), tangents)[1]
             return u_pred, dudt
-        u_j, dudt = jvp(u_fn, (zj, tj, rj), tangents)
+        u_j, dudt = jvp(u_fn, (zj, tj, rj), tangents)[:2]
         if n_jvp == z.shape[0]:
             return u_j, dudt.detach()
         u_rest = self.u(z[n_jvp:], t[n_jvp:], r[n_jvp:], cond[n_jvp:])
@@ -137,5 +140,9 @@ class MeanFlowHead(ActionHead):
         return z
 
 
-register_head("meanflow", HeadEntry(build=MeanFlowHead, config_type=MeanFlowConfig, config_field="meanflow",
-                                    n_time_inputs=2, draws_noise=True))
+register_head(
+    "meanflow",
+    HeadEntry(
+        build=MeanFlowHead, config_type=MeanFlowConfig, config_field="meanflow", n_time_inputs=2, draws_noise=True
+    ),
+)

@@ -3,12 +3,13 @@
 The honest floor every generative head must beat: it cannot represent several modes and predicts their mean.
 The backbone gets a zero chunk and zero time, so only the condition carries information.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from policies.backbones import Backbone
 from policies.heads.base import ActionHead, HeadEntry, register_head
 
 
@@ -17,7 +18,7 @@ class RegressionHead(ActionHead):
 
     default_num_steps = 1
 
-    def __init__(self, backbone: nn.Module, horizon: int, cfg: None = None) -> None:
+    def __init__(self, backbone: Backbone, horizon: int, cfg: None = None) -> None:
         super().__init__(backbone, horizon)
         if backbone.n_time_inputs != 1:
             raise ValueError(f"regression needs a backbone with n_time_inputs=1, got {backbone.n_time_inputs}")
@@ -50,5 +51,7 @@ class RegressionHead(ActionHead):
         return self.predict(cond)
 
 
-register_head("regression", HeadEntry(build=RegressionHead, config_type=None, config_field=None, n_time_inputs=1,
-                                      draws_noise=False))
+register_head(
+    "regression",
+    HeadEntry(build=RegressionHead, config_type=None, config_field=None, n_time_inputs=1, draws_noise=False),
+)
