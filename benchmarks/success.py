@@ -892,3 +892,7 @@ def _host() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

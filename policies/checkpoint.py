@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from core.atomic_write import interrupted_swap, replace_dir
 from core.spec import ShapeMeta, SpecError
-from policies.config import PolicyConfig
+from policies.config import REMOVED_SETTINGS, PolicyConfig
 from policies.normalizer import NormalizerError
 from policies.policy import Policy
 
@@ -91,49 +91,31 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return config
 
 
-# Settings that earlier versions saved and this one dropped (tried and not kept; their runs are in docs/RESULTS.md).
-# All but one shaped training only, so a checkpoint that used them still runs as it was evaluated: the keys are
-# dropped on load, with the weights only training used. x-prediction changes what the network outputs: refused.
-_REMOVED_TRAINING_ONLY = {
-    "meanflow": (
-        "ratio_one_step",
-        "cfg_omega",
-        "cfg_kappa",
-        "cond_drop_prob",
-        "cfg_t_min",
-        "cfg_t_max",
-        "jvp_tangent",
-        "fm_warmup_frac",
-        "alpha_anneal_frac",
-        "cond_grad",
-        "x_t_floor",
-    ),
-    "": ("aux_regression_weight",),
-}
+# Weights only the training of a removed setting used (the null condition of guidance, the auxiliary regression).
 _REMOVED_WEIGHTS = ("head.null_cond", "aux_regression.")
 
 
 def _drop_removed_settings(d: Mapping[str, Any]) -> dict[str, Any]:
-    d = dict(d)
-    meanflow = dict(d.get("meanflow") or {})
-    if meanflow.get("prediction", "u") != "u":
+    """``d`` without the settings this version removed (``REMOVED_SETTINGS``). All but x-prediction shaped training
+    only, so a checkpoint that used them runs as it was evaluated; x-prediction changed what the network outputs."""
+    d = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in d.items()}
+    if (d.get("meanflow") or {}).get("prediction", "u") != "u":
         raise CheckpointError(
-            "this checkpoint's MeanFlow head predicts x (policy.meanflow.prediction=x), which this "
-            "version no longer builds (it did not help: docs/results/ablation-x-prediction/)"
+            "this checkpoint's MeanFlow head predicts x (policy.meanflow.prediction=x), which this version no longer "
+            f"builds: {REMOVED_SETTINGS['meanflow.prediction']}"
         )
-    meanflow.pop("prediction", None)
-    for section, keys in _REMOVED_TRAINING_ONLY.items():
-        target = meanflow if section == "meanflow" else d
-        for key in keys:
-            target.pop(key, None)
-    if "meanflow" in d:
-        d["meanflow"] = meanflow
+    for dotted in REMOVED_SETTINGS:
+        *parents, key = dotted.split(".")
+        target = d
+        for part in parents:
+            target = target.get(part) if isinstance(target.get(part), dict) else {}
+        target.pop(key, None)
     return d
 
 
 def policy_config_from_dict(d: Mapping[str, Any]) -> PolicyConfig:
     """Rebuild a typed :class:`PolicyConfig`; unknown keys or wrong types raise (settings this version removed are
-    dropped, see ``_REMOVED_TRAINING_ONLY``)."""
+    dropped, see ``REMOVED_SETTINGS``)."""
     current = _drop_removed_settings(d)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(PolicyConfig), OmegaConf.create(current))

@@ -17,6 +17,27 @@ from policies.obs_encoder import POINTNET_POOLING
 POINTNETS = tuple(POINTNET_POOLING)
 BACKBONES = ("unet", "mlp")
 
+# Policy settings that earlier versions had and this one dropped, because their runs did not justify them (the runs
+# stay in docs/results/): dotted key under `policy.` -> why. Checkpoints that saved them still load (see
+# policies/checkpoint.py); `mfp train` names the reason when one is set.
+REMOVED_SETTINGS: dict[str, str] = {
+    "meanflow.cfg_omega": "guidance trained into the one-step map lowered success (docs/results/ablation-cfg/)",
+    "meanflow.cfg_kappa": "guidance trained into the one-step map lowered success (docs/results/ablation-cfg/)",
+    "meanflow.cond_drop_prob": "it served only the guidance, which lowered success (docs/results/ablation-cfg/)",
+    "meanflow.cfg_t_min": "it served only the guidance, which lowered success (docs/results/ablation-cfg/)",
+    "meanflow.cfg_t_max": "it served only the guidance, which lowered success (docs/results/ablation-cfg/)",
+    "meanflow.cond_grad": "training the encoder from the r = t samples only collapsed it "
+    "(docs/results/ablation-cond-grad/)",
+    "meanflow.jvp_tangent": "improved MeanFlow's v-loss changed nothing (docs/results/ablation-imf/)",
+    "meanflow.fm_warmup_frac": "a flow-matching warm-up helped one task of three (docs/results/ablation-fm-warmup/)",
+    "meanflow.alpha_anneal_frac": "the alpha-Flow curriculum changed nothing (docs/results/ablation-alpha-flow/)",
+    "meanflow.ratio_one_step": "drawing the one-step query more often moved two tasks in opposite directions "
+    "(docs/results/ablation-adaptive-p0/)",
+    "meanflow.prediction": "x-prediction did not help (docs/results/ablation-x-prediction/)",
+    "meanflow.x_t_floor": "it served only x-prediction, which did not help (docs/results/ablation-x-prediction/)",
+    "aux_regression_weight": "an auxiliary regression loss did not help (docs/results/ablation-aux-regression/)",
+}
+
 
 def _check_dims(name: str, dims: list[int]) -> None:
     if not dims:

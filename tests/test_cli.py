@@ -79,3 +79,69 @@ def test_mfp_reuses_freed_activations_instead_of_faulting_them_back():
     plain, tuned = page_faults("plain"), page_faults("mfp")
     assert plain > 20_000  # glibc's default: fresh mappings each step, every page faulted in again
     assert tuned < plain / 4, (plain, tuned)  # measured here: 0-12k against 53-146k
+
+
+@pytest.mark.parametrize(
+    "argv, says",
+    [
+        (["train", "policy.meanflow.cfg_omega=2"], "'policy.meanflow.cfg_omega' was removed: guidance"),
+        (["train", "+policy.aux_regression_weight=1"], "'policy.aux_regression_weight' was removed"),
+        (["eval", "checkpoint=x", "noise_scale=0.5"], "'noise_scale' was removed"),
+        (["eval", "checkpoint=x", "average_draws=8"], "'average_draws' was removed"),
+    ],
+)
+def test_a_removed_setting_says_why_it_went(argv, says, capsys, tmp_path, monkeypatch):
+    """Settings the results rejected left the product; typing one names the evidence, exit 2, nothing written."""
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = main(argv)
+    except SystemExit as e:  # parse_overrides exits for the non-hydra commands
+        code = e.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert says in err and "docs/results/" in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_research_harness_is_found_from_a_checkout_and_named_elsewhere(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "success", "--dry-run"]) == 2
+    assert "python -m benchmarks.success" in capsys.readouterr().err
+
+
+def test_moved_entry_points_say_what_replaced_them():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    for argv, says in (
+        (["-m", "training.train"], "torchrun --nproc_per_node=N -m mfp train"),
+        ([str(root / "scripts" / "combine_results.py")], "python -m benchmarks.combine_results"),
+    ):
+        done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd=root)
+        assert done.returncode != 0 and says in done.stderr
+
+
+@pytest.mark.slow
+def test_the_wheel_carries_the_product_and_no_research_harness(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    had_build_dir = (root / "build").exists()
+    build = [sys.executable, "-m", "pip", "wheel", ".", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path)]
+    try:
+        subprocess.run(build, cwd=root, check=True, capture_output=True)
+    finally:
+        if not had_build_dir:
+            shutil.rmtree(root / "build", ignore_errors=True)  # setuptools' scratch space in the checkout
+    (wheel,) = tmp_path.glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"core", "demos", "encoders", "policies", "envs", "training", "deploy", "mfp", "configs"}
+    assert "configs/train.yaml" in names and "mfp/bench/heads.py" in names
+    assert not [n for n in names if "success" in n or n.startswith("benchmarks")]

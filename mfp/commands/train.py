@@ -13,6 +13,7 @@ import hydra
 from omegaconf import DictConfig
 
 from core.atomic_write import write_text
+from policies.config import REMOVED_SETTINGS
 from training import distributed
 from training.config import config_from_hydra
 from training.trainer import Trainer
@@ -45,7 +46,20 @@ def _hydra_main(cfg: DictConfig) -> float:
         trainer.close()
 
 
+def removed_override(argv: list[str]) -> str | None:
+    """The message for the first override that sets a policy setting this version removed, if any."""
+    for arg in argv:
+        key = arg.split("=", 1)[0].lstrip("+~")
+        if key.startswith("policy.") and key[len("policy.") :] in REMOVED_SETTINGS:
+            return f"'{key}' was removed: {REMOVED_SETTINGS[key[len('policy.') :]]}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    gone = removed_override(list(sys.argv[1:] if argv is None else argv))
+    if gone is not None:
+        print(f"mfp train: {gone}", file=sys.stderr)
+        return 2
     if argv is not None:
         sys.argv = ["mfp train", *argv]
     _hydra_main()
