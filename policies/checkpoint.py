@@ -106,9 +106,10 @@ def _drop_removed_settings(d: Mapping[str, Any]) -> dict[str, Any]:
         )
     for dotted in REMOVED_SETTINGS:
         *parents, key = dotted.split(".")
-        target = d
+        target: dict[str, Any] = d
         for part in parents:
-            target = target.get(part) if isinstance(target.get(part), dict) else {}
+            child = target.get(part)
+            target = child if isinstance(child, dict) else {}
         target.pop(key, None)
     return d
 
