@@ -43,6 +43,7 @@ from typing import Any
 import configs
 from benchmarks.success_report import ROBOMIMIC_GROUP
 from core.atomic_write import write_text
+from core.errors import MfpError
 from envs.metaworld.groups import GROUP_LABELS, GROUPS
 from training.config import TrainConfig
 
@@ -84,7 +85,7 @@ LOG_FILE = "bench_train.log"
 RUN_FILE = "bench_run.json"
 
 
-class BenchError(ValueError):
+class BenchError(MfpError, ValueError):
     """A bad preset, task, method or override, or a run directory that holds a different run."""
 
 

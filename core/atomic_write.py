@@ -15,10 +15,12 @@ import errno
 import os
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+
+from core.errors import MfpError
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
@@ -71,13 +73,20 @@ def replace_dir(new: str | os.PathLike, dest: str | os.PathLike) -> None:
     if not dest.exists():
         os.rename(new, dest)
     elif exchange(new, dest):
-        shutil.rmtree(new)  # now holds the replaced contents
+        _remove(new)  # now holds the replaced contents (a directory, or a file the caller chose to replace)
     else:
         old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
         os.rename(dest, old)
         os.rename(new, dest)
-        shutil.rmtree(old)
+        _remove(old)
     _fsync(dest.parent)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 @contextmanager
@@ -108,3 +117,37 @@ def interrupted_swap(dest: str | os.PathLike) -> Path | None:
     dest = Path(dest)
     found = sorted(dest.parent.glob(f".{dest.name}.old-*")) if dest.parent.is_dir() else []
     return found[-1] if found and not dest.exists() else None
+
+
+class OutputError(MfpError, FileExistsError):
+    """An output path that would overwrite something the command did not make, or one of its own inputs."""
+
+
+def check_output(
+    out: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike] = (),
+    overwrite: bool = False,
+    what: str = "out",
+    ours: Callable[[Path], bool] | None = None,
+    offer_overwrite: bool = True,
+) -> None:
+    """Refuse to write ``out`` unless it is new, an empty directory, something this command made before (``ours``
+    says so) or ``overwrite`` is set; and never when it is, contains or lies inside one of ``inputs`` (writing
+    there would destroy what the command reads).
+
+    Call it before the first write: it changes nothing.
+    """
+    target = Path(out).resolve()
+    for source in inputs:
+        src = Path(source).resolve()
+        if target == src or src.is_relative_to(target) or target.is_relative_to(src):
+            raise OutputError(f"{what}={out} is, contains or lies inside the input '{source}'; choose another {what}")
+    if not target.exists():
+        return
+    if target.is_dir() and not any(target.iterdir()):
+        return
+    if overwrite or (ours is not None and ours(target)):
+        return
+    kind = "a non-empty directory" if target.is_dir() else "an existing file"
+    advice = "choose a new path or pass overwrite=true to replace it" if offer_overwrite else "choose a new path"
+    raise OutputError(f"{what}={out} is {kind} this command did not make; {advice}")

@@ -6,6 +6,8 @@ and any action noise, so disjoint seeds mean evaluation never replays a demonstr
 
 from __future__ import annotations
 
+from core.errors import ConfigError
+
 DEMO_SEED_BASE = 0
 EVAL_SEED_BASE = 100_000
 
@@ -26,7 +28,7 @@ def is_demo_seed(seed: int) -> bool:
 
 def _range(base: int, end: int, n: int, start: int, name: str) -> list[int]:
     if n < 0 or start < 0:
-        raise ValueError(f"{name} seeds: n and start must be >= 0, got n={n}, start={start}")
+        raise ConfigError(f"{name} seeds: n and start must be >= 0, got n={n}, start={start}")
     if base + start + n > end:
-        raise ValueError(f"{name} seeds {base + start}..{base + start + n - 1} leave the {name} range [{base}, {end})")
+        raise ConfigError(f"{name} seeds {base + start}..{base + start + n - 1} leave the {name} range [{base}, {end})")
     return list(range(base + start, base + start + n))

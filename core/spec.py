@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import MfpError
+
 # Key names used by the Meta-World environment, the zarr datasets and the default configs.
 POINT_CLOUD = "point_cloud"
 IMAGE = "image"
@@ -25,7 +27,7 @@ ACTION = "action"
 OBS_TYPES = ("point_cloud", "rgb", "low_dim")
 
 
-class SpecError(ValueError):
+class SpecError(MfpError, ValueError):
     """Raised when data does not match the declared observation/action spec."""
 
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
+from core.errors import MfpError
 from core.spec import ObsSpec, ShapeMeta, SpecError
 
 FORMAT = "mfp-replay-buffer/1"
@@ -32,7 +33,7 @@ _ZARR3 = int(zarr.__version__.split(".")[0]) >= 3
 _CHUNK_BYTES = 1 << 20
 
 
-class ReplayBufferError(ValueError):
+class ReplayBufferError(MfpError, ValueError):
     """A dataset that is missing, corrupt, or not in the expected layout."""
 
 

@@ -30,13 +30,14 @@ import numpy as np
 if TYPE_CHECKING:
     from demos.replay_buffer import ReplayBuffer
 
+from core.errors import MfpError
 from core.spec import ACTION
 
 DEMO_PREFIX = "demo_"
 PER_STEP_KEYS = ("actions", "states", "rewards", "dones")
 
 
-class RobomimicFormatError(ValueError):
+class RobomimicFormatError(MfpError, ValueError):
     """A robomimic HDF5 file that lacks a key, has a wrong dtype or shape, or a truncated demo."""
 
 

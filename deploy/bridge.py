@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import zmq
 
+from core.errors import MfpError
 from deploy.protocol import (
     ERR_INTERNAL,
     ERR_PROTOCOL,
@@ -39,7 +40,7 @@ _log = logging.getLogger(__name__)
 Handler = Callable[[Message], tuple[str, dict[str, Any]]]
 
 
-class BridgeError(RuntimeError):
+class BridgeError(MfpError, RuntimeError):
     """The bridge could not complete a request."""
 
 

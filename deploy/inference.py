@@ -27,13 +27,14 @@ from typing import Any
 import numpy as np
 import zmq
 
+from core.errors import MfpError
 from deploy.protocol import ProtocolError, decode, encode
 
 OnChunk = Callable[[float, np.ndarray, float], None]
 _log = logging.getLogger(__name__)
 
 
-class InferenceError(RuntimeError):
+class InferenceError(MfpError, RuntimeError):
     """The inference worker failed (at start-up or on an observation)."""
 
 

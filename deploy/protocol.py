@@ -46,6 +46,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from core.errors import MfpError
+
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 MAX_NDIM = 4
@@ -72,7 +74,7 @@ ERR_REJECTED = "rejected"  # well-formed but refused by the robot (e.g. a non-fi
 ERR_INTERNAL = "internal"  # the robot side failed while handling it
 
 
-class ProtocolError(ValueError):
+class ProtocolError(MfpError, ValueError):
     """A message that does not follow the schema (or is too large); the text says which field and why."""
 
 

@@ -31,13 +31,14 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import MfpError
 from envs.pointcloud import crop_points, sample_points
 
 _CAMERA_KEYS = ("width", "height", "fx", "fy", "cx", "cy", "depth_scale", "depth_trunc", "cam_to_world")
 _TOP_KEYS = ("camera", "crop_box", "num_points", "voxel_size", "use_color")
 
 
-class CameraConfigError(ValueError):
+class CameraConfigError(MfpError, ValueError):
     """A camera/workspace file or a frame that does not fit it."""
 
 

@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import MfpError
 from deploy.bridge import DEFAULT_ADDRESS, BridgeClient, BridgeTimeout, RemoteError
 from deploy.protocol import Message, ProtocolError
 from deploy.safety import SafetyLimits
 
 
-class RobotError(RuntimeError):
+class RobotError(MfpError, RuntimeError):
     """The robot refused a command or answered something unusable."""
 
 

@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import MfpError
+
 COMMAND_KINDS = ("absolute", "delta")
 _REQUIRED = (
     "name",
@@ -51,7 +53,7 @@ _OPTIONAL = ("delta_scale", "description")
 _N_CANDIDATES = 16
 
 
-class SafetyError(ValueError):
+class SafetyError(MfpError, ValueError):
     """A command (or a limits file) the safety layer refuses."""
 
 

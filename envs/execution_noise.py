@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.errors import ConfigError
+
 
 def check_execution_noise(std: float) -> float:
-    """``std`` as a float, or a ``ValueError`` that says what is allowed (negative and NaN are refused)."""
-    if not float(std) >= 0.0:  # also refuses NaN
-        raise ValueError(f"execution_noise must be >= 0 (0 = clean demos), got {std}")
+    """``std`` as a float, or a :class:`ConfigError` that says what is allowed (negative, NaN and inf are refused)."""
+    if not 0.0 <= float(std) < float("inf"):  # also refuses NaN
+        raise ConfigError(f"execution_noise must be a finite number >= 0 (0 = clean demos), got {std}")
     return float(std)
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import MfpError
+
 try:
     import fpsample as _fpsample
 except ImportError:  # pragma: no cover - exercised only where the wheel is missing
@@ -40,7 +42,7 @@ TASK_CROP_BOXES: dict[str, tuple[tuple[float, float, float], tuple[float, float,
 }
 
 
-class PointCloudError(ValueError):
+class PointCloudError(MfpError, ValueError):
     """A crop box or depth image that cannot give a point cloud."""
 
 

@@ -18,8 +18,10 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
+from core.errors import MfpError
 
-class RenderError(RuntimeError):
+
+class RenderError(MfpError, RuntimeError):
     """The OpenGL context could not be created or a camera does not exist."""
 
 

@@ -32,6 +32,13 @@ import numpy as np
 from core.atomic_write import write_text
 from envs.suites import suite_for_task
 
+EVAL_INFO, VIDEO_DIR = "eval_info.json", "videos"
+
+
+def is_eval_dir(path: Path) -> bool:
+    """True for a directory holding only what :func:`evaluate` writes (a re-run may replace it)."""
+    return path.is_dir() and all(p.name in (EVAL_INFO, VIDEO_DIR) for p in path.iterdir())
+
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     """95 % (by default) Wilson score interval of a success rate; (0, 1) when ``n == 0``."""
@@ -82,7 +89,7 @@ def evaluate(
     if len(set(seeds)) != len(seeds):
         raise ValueError("seeds must be distinct (one episode per seed)")
     if video_dir is None and out_dir is not None and n_videos > 0:
-        video_dir = Path(out_dir) / "videos"
+        video_dir = Path(out_dir) / VIDEO_DIR
     env_kwargs = dict(env_kwargs or {})
     jobs = [(i, s, str(video_dir) if video_dir is not None and i < n_videos else None) for i, s in enumerate(seeds)]
     setup = (agent, task, env_kwargs, max_steps, threads_per_worker)
@@ -132,7 +139,7 @@ def evaluate(
     results.sort(key=lambda r: r["episode_ix"])
     info = _summarize(results, task, elapsed, label, max_steps, n_workers, env_kwargs)
     if out_dir is not None:
-        write_text(Path(out_dir) / "eval_info.json", json.dumps(info, indent=2))
+        write_text(Path(out_dir) / EVAL_INFO, json.dumps(info, indent=2))
     return info
 
 

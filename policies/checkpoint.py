@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from core.atomic_write import interrupted_swap, replace_dir
+from core.errors import MfpError
 from core.spec import ShapeMeta, SpecError
 from policies.config import REMOVED_SETTINGS, PolicyConfig
 from policies.normalizer import NormalizerError
@@ -37,7 +38,7 @@ MODEL_FILE = "model.safetensors"
 NORMALIZER_FILE = "normalizer.safetensors"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MfpError, RuntimeError):
     """A checkpoint that is missing, corrupt, or does not match the model its config describes."""
 
 

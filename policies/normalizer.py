@@ -12,12 +12,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.errors import MfpError
+
 _FIELDS = ("scale", "offset", "min", "max")
 # Ranges narrower than this are treated as constant: the key is centred, not stretched (avoids division by ~0).
 _MIN_RANGE = 1e-4
 
 
-class NormalizerError(ValueError):
+class NormalizerError(MfpError, ValueError):
     """Stats missing for a key, or stats whose shape does not match the data."""
 
 

@@ -107,3 +107,36 @@ def test_save_policy_clears_what_a_killed_writer_left(small_shape_meta, tmp_path
     save_policy(policy, cfg, tmp_path / "policy")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["policy"]
     load_policy(tmp_path / "policy")
+
+
+def test_check_output_refuses_what_the_command_did_not_make_and_its_own_inputs(tmp_path):
+    from core.atomic_write import OutputError, check_output
+
+    check_output(tmp_path / "new")  # does not exist: fine
+    (tmp_path / "empty").mkdir()
+    check_output(tmp_path / "empty")  # an empty directory: fine
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "mine.txt").write_text("keep")
+    with pytest.raises(OutputError, match="non-empty directory.*overwrite=true"):
+        check_output(full)
+    check_output(full, overwrite=True)
+    (tmp_path / "file").write_text("keep")
+    with pytest.raises(OutputError, match="existing file"):
+        check_output(tmp_path / "file")
+    ckpt = tmp_path / "runs" / "policy"
+    ckpt.mkdir(parents=True)
+    for bad in (ckpt, ckpt / "export", tmp_path / "runs"):  # is, inside, contains the input
+        with pytest.raises(OutputError, match="input"):
+            check_output(bad, inputs=[ckpt], overwrite=True)
+    assert (full / "mine.txt").read_text() == "keep" and (tmp_path / "file").read_text() == "keep"
+
+
+def test_replace_dir_can_replace_a_file_the_caller_chose_to_overwrite(tmp_path):
+    dest = tmp_path / "out"
+    dest.write_text("a file where the directory goes")
+    new = tmp_path / ".out.tmp"
+    new.mkdir()
+    (new / "model.onnx").write_text("graph")
+    atomic_write.replace_dir(new, dest)
+    assert dest.is_dir() and (dest / "model.onnx").read_text() == "graph" and not new.exists()

@@ -38,7 +38,7 @@ def test_noise_is_seeded_correlated_and_has_the_asked_std():
     assert lag1 == pytest.approx(0.9, abs=0.03)
     with pytest.raises(ValueError, match="corr"):
         ExecutionNoise(0.1, 1.0)
-    with pytest.raises(ValueError, match="execution_noise must be >= 0"):
+    with pytest.raises(ValueError, match="execution_noise must be a finite number >= 0"):
         ExecutionNoise(float("nan"))
 
 
@@ -48,9 +48,9 @@ def test_negative_or_nan_execution_noise_is_refused_before_any_env_is_built(bad,
     from envs.robosuite.collect import collect_robomimic
     from mfp.commands.collect import main
 
-    with pytest.raises(ValueError, match="execution_noise must be >= 0"):
+    with pytest.raises(ValueError, match="execution_noise must be a finite number >= 0"):
         collect_robomimic("lift", 1, str(tmp_path / "x.hdf5"), execution_noise=bad, verbose=False)
-    with pytest.raises(ValueError, match="execution_noise must be >= 0"):
+    with pytest.raises(ValueError, match="execution_noise must be a finite number >= 0"):
         collect("reach-v3", 1, tmp_path / "x.zarr", execution_noise=bad, progress=False)
     with pytest.raises((ValueError, SystemExit)):
         main(["task=reach-v3", f"execution_noise={bad}", f"out={tmp_path / 'y.zarr'}"])

@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from typing import cast
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
-from core.errors import check_choice
+from core.errors import ConfigError, check_choice, check_int, check_number
 from envs.suites import suite_names
 from policies.config import PolicyConfig
+from training.distributed import resolve_device
 
 
 @dataclass
@@ -31,6 +32,15 @@ class TaskConfig:
 
     def __post_init__(self) -> None:
         check_choice("task.suite", self.suite, suite_names())
+        if not self.env or not self.dataset:
+            raise ConfigError("task.env and task.dataset must not be empty")
+        if not self.obs_keys:
+            raise ConfigError("task.obs_keys must name at least one observation")
+        check_int("task.num_points", self.num_points, 1)
+        check_int("task.image_size", self.image_size, 8)
+        check_int("task.n_demos", self.n_demos, 1)
+        check_int("task.max_episode_steps", self.max_episode_steps, 1)
+        check_number("task.control_hz", self.control_hz, 0.0, low_open=True)
 
 
 @dataclass
@@ -46,6 +56,12 @@ class EvalConfig:
     # would make evaluation the slow part), "cpu" to keep the GPU for training.
     device: str = ""
 
+    def __post_init__(self) -> None:
+        for name in ("episodes", "every_steps", "periodic_episodes", "workers", "videos"):
+            check_int(f"eval.{name}", getattr(self, name), 0)
+        if self.device:
+            resolve_device(self.device, "eval.device")
+
 
 @dataclass
 class WandbConfig:
@@ -54,8 +70,7 @@ class WandbConfig:
     entity: str | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("offline", "online", "disabled"):
-            raise ValueError(f"wandb.mode must be offline, online or disabled; got '{self.mode}'")
+        check_choice("wandb.mode", self.mode, ("offline", "online", "disabled"))
 
 
 @dataclass
@@ -89,12 +104,22 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.num_steps < 1:
-            raise ValueError("batch_size and num_steps must be >= 1")
-        if self.checkpoint_every < 1:
-            raise ValueError("checkpoint_every must be >= 1")
-        if not self.grad_clip > 0:  # also refuses NaN; inf turns clipping off
-            raise ValueError(f"grad_clip must be > 0 (inf turns clipping off), got {self.grad_clip}")
+        check_int("seed", self.seed, 0)
+        resolve_device(self.device, "device")
+        for name in ("batch_size", "num_steps", "checkpoint_every", "log_every"):
+            check_int(name, getattr(self, name), 1)
+        for name in ("warmup_steps", "diagnostics_every", "torch_threads"):
+            check_int(name, getattr(self, name), 0)
+        check_number("lr", self.lr, 0.0, low_open=True)
+        check_number("weight_decay", self.weight_decay, 0.0)
+        if len(self.betas) != 2:
+            raise ConfigError(f"betas must be [beta1, beta2], got {self.betas}")
+        for beta in self.betas:
+            check_number("betas entries", beta, 0.0, 1.0, high_open=True)
+        check_number("grad_clip", self.grad_clip, 0.0, low_open=True, allow_inf=True)  # inf turns clipping off
+        check_number("ema_power", self.ema_power, 0.0, low_open=True)
+        check_number("ema_max_decay", self.ema_max_decay, 0.0, 1.0, high_open=True)
+        check_number("val_ratio", self.val_ratio, 0.0, 1.0, high_open=True)
 
 
 # configs/train.yaml composes onto this schema by the name "train_schema" (its first default).
@@ -107,9 +132,14 @@ def config_from_hydra(cfg: DictConfig) -> TrainConfig:
 
 
 def compose_train_config(overrides: list[str]) -> TrainConfig:
-    """The TrainConfig `mfp train <overrides>` would run with (same configs, same schema, same validation)."""
+    """The TrainConfig `mfp train <overrides>` would run with (same configs, same schema, same validation, and the
+    same ``output_dir``, which names hydra's runtime choices)."""
     from hydra import compose, initialize_config_module
+    from hydra.core.hydra_config import HydraConfig
 
     with initialize_config_module(config_module="configs", version_base=None):
-        cfg = compose(config_name="train", overrides=overrides)
+        cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
     return config_from_hydra(cfg)

@@ -15,6 +15,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from core.errors import ConfigError
+
 
 def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -39,14 +41,14 @@ def resolve_device(device: str, key: str = "device") -> torch.device:
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError) as e:
-        raise ValueError(f"{key}={device!r} is not a device torch knows (use cpu, cuda or cuda:N): {e}") from None
+        raise ConfigError(f"{key}={device!r} is not a device torch knows (use cpu, cuda or cuda:N): {e}") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{key}={device} but this torch ({torch.__version__}) sees no CUDA GPU; use {key}=cpu")
+            raise ConfigError(f"{key}={device} but this torch ({torch.__version__}) sees no CUDA GPU; use {key}=cpu")
         if dev.index is None:
             dev = torch.device("cuda", local_rank())
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(
+            raise ConfigError(
                 f"{key}={device} resolves to GPU {dev.index}, but only {torch.cuda.device_count()} GPU(s) are visible"
             )
     return dev

@@ -18,11 +18,12 @@ import numpy as np
 import torch
 
 from core.atomic_write import open_atomic
+from core.errors import MfpError
 
 STATE_FILE = "train_state.pt"
 
 
-class TrainStateError(RuntimeError):
+class TrainStateError(MfpError, RuntimeError):
     pass
 
 

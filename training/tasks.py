@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from core.errors import MfpError
 from core.spec import ShapeMeta
 from demos.replay_buffer import ReplayBufferError
 from envs.suites import get_suite
@@ -21,7 +22,7 @@ from policies.config import PolicyConfig
 from training.config import TaskConfig
 
 
-class TaskDataError(ValueError):
+class TaskDataError(MfpError, ValueError):
     pass
 
 

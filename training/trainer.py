@@ -25,6 +25,7 @@ import torch
 from ema_pytorch import EMA
 
 from core.atomic_write import write_text
+from core.errors import MfpError
 from policies.checkpoint import save_policy
 from policies.factory import build_policy
 from training import distributed
@@ -46,7 +47,12 @@ POLICY_DIR = "policy"
 METRICS_FILE = "metrics.jsonl"
 
 
-class TrainingError(RuntimeError):
+def is_run_dir(path: Path) -> bool:
+    """True for a directory a training run made (hydra's .hydra/, or the run's config.json / training state)."""
+    return path.is_dir() and any((path / name).exists() for name in (".hydra", "config.json", STATE_FILE))
+
+
+class TrainingError(MfpError, RuntimeError):
     pass
 
 

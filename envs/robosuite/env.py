@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import MfpError
 from core.spec import ObsSpec, ShapeMeta
 
 # robosuite picks its GL backend when first imported; headless machines need EGL (or osmesa).
@@ -58,7 +59,7 @@ TASKS: dict[str, TaskInfo] = {
 TASK_PREFIX = "robomimic/"  # task names may be written robomimic/lift as in `mfp train task=robomimic/lift`
 
 
-class RobosuiteEnvError(ValueError):
+class RobosuiteEnvError(MfpError, ValueError):
     """Bad task name, camera, action or state for a robosuite environment."""
 
 

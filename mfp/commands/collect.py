@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from core.errors import check_int, check_number
 from envs.execution_noise import check_execution_noise
 from envs.suites import suite_for_task
 from mfp.cli_args import parse_overrides
@@ -47,12 +48,11 @@ class CollectConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.n_episodes < 1:
-            raise ValueError(f"n_episodes must be >= 1, got {self.n_episodes}")
-        if self.min_success_steps < 1:
-            raise ValueError("min_success_steps must be >= 1")
-        if self.action_noise < 0:
-            raise ValueError("action_noise must be >= 0")
+        for name in ("n_episodes", "num_points", "image_size", "depth_size", "max_steps", "min_success_steps"):
+            check_int(name, getattr(self, name), 1)
+        check_int("seed0", self.seed0, 0)
+        check_int("max_attempts", self.max_attempts, 0)
+        check_number("action_noise", self.action_noise, 0.0)
         check_execution_noise(self.execution_noise)
 
 
@@ -73,6 +73,14 @@ class RobomimicCollectConfig:
     max_attempts: int = 0  # 0: 2 * n_episodes + 10
     overwrite: bool = False
     execution_noise: float = 0.0  # > 0: DART-style recovery demos (module docstring)
+
+    def __post_init__(self) -> None:
+        for name in ("n_episodes", "image_size"):
+            check_int(name, getattr(self, name), 1)
+        check_int("seed0", self.seed0, 0)
+        check_int("max_attempts", self.max_attempts, 0)
+        check_number("val_ratio", self.val_ratio, 0.0, 1.0, high_open=True)
+        check_execution_noise(self.execution_noise)
 
 
 def _task_arg(argv: list[str]) -> str | None:

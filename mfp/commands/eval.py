@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from core.atomic_write import check_output
+from core.errors import ConfigError, check_int, check_number
 from core.seeds import EVAL_SEED_BASE, eval_seeds
-from envs.runner import evaluate
+from envs.runner import evaluate, is_eval_dir
 from envs.suites import suite_for_task
 from mfp.cli_args import parse_overrides
+from training.distributed import resolve_device
 from training.evaluation import InferenceOptions, evaluate_checkpoint
 
 
@@ -64,12 +67,21 @@ class EvalCliConfig:
     hold_noise: bool = field(default=False, metadata={"help": "checkpoint only: one starting noise per episode"})
     device: str = "cpu"
     progress: bool = True
+    overwrite: bool = field(default=False, metadata={"help": "replace a non-empty out directory"})
+
+    def __post_init__(self) -> None:
+        check_int("n_episodes", self.n_episodes, 1)
+        for name in ("seed0", "n_workers", "max_steps", "n_videos", "num_steps", "n_action_steps"):
+            check_int(name, getattr(self, name), 0)
+        check_number("action_noise", self.action_noise, 0.0)
+        resolve_device(self.device, "device")
 
 
 def run(cfg: EvalCliConfig) -> dict[str, Any]:
     """Evaluate as ``cfg`` says; returns the eval info dict plus ``out_dir``."""
     if cfg.checkpoint:
         out = cfg.out or f"outputs/eval/{Path(cfg.checkpoint).resolve().parent.name or 'policy'}"
+        check_output(out, [cfg.checkpoint], cfg.overwrite, ours=is_eval_dir)
         options = InferenceOptions(cfg.num_steps, cfg.n_action_steps, cfg.hold_noise)
         info = evaluate_checkpoint(
             cfg.checkpoint,
@@ -86,13 +98,14 @@ def run(cfg: EvalCliConfig) -> dict[str, Any]:
         )
         return info | {"out_dir": out}
     if cfg.policy != "expert":
-        raise ValueError(f"unknown policy '{cfg.policy}'; use policy=expert or checkpoint=<policy dir>")
+        raise ConfigError(f"unknown policy '{cfg.policy}'; use policy=expert or checkpoint=<policy dir>")
     if not cfg.task:
-        raise ValueError("pass task=<name> (e.g. task=reach-v3) to evaluate the scripted expert")
+        raise ConfigError("pass task=<name> (e.g. task=reach-v3) to evaluate the scripted expert")
     suite = suite_for_task(cfg.task)
     task = suite.check_task(cfg.task)
     expert = suite.make_expert(task, action_noise=cfg.action_noise)
     out = cfg.out or f"outputs/eval/{cfg.task.replace('/', '-')}-expert"
+    check_output(out, [], cfg.overwrite, ours=is_eval_dir)
     info = evaluate(
         expert,
         task,
@@ -129,11 +142,7 @@ def format_summary(info: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg: EvalCliConfig = parse_overrides(EvalCliConfig, argv, "mfp eval")
-    try:
-        info = run(cfg)
-    except ValueError as e:
-        print(f"mfp eval: {e}", file=sys.stderr)
-        return 2
+    info = run(cfg)
     print(format_summary(info))
     print(f"[eval] wrote {Path(info['out_dir']) / 'eval_info.json'}")
     return 0

@@ -8,7 +8,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass, field
 
+from core.errors import ConfigError, check_int, check_number
 from demos.robomimic_hdf5 import merge_robomimic
+from mfp.cli_args import parse_overrides
 
 
 @dataclass
@@ -21,10 +23,14 @@ class MergeConfig:
     seed: int = 0
     overwrite: bool = False
 
+    def __post_init__(self) -> None:
+        if len(self.inputs) < 1:
+            raise ConfigError("inputs must name at least one robomimic HDF5 file, e.g. inputs=[a.hdf5,b.hdf5]")
+        check_number("val_ratio", self.val_ratio, 0.0, 1.0, high_open=True)
+        check_int("seed", self.seed, 0)
+
 
 def main(argv: list[str] | None = None) -> int:
-    from mfp.cli_args import parse_overrides
-
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg: MergeConfig = parse_overrides(MergeConfig, argv, "mfp merge")
     try:

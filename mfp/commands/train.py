@@ -10,17 +10,32 @@ import json
 import sys
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
-from core.atomic_write import write_text
+from core.atomic_write import check_output, write_text
+from core.errors import MfpError
+from mfp.cli_args import full_errors, omegaconf_message, one_line
 from policies.config import REMOVED_SETTINGS
 from training import distributed
-from training.config import config_from_hydra
-from training.trainer import Trainer
+from training.config import compose_train_config, config_from_hydra
+from training.trainer import Trainer, is_run_dir
 
 
 @hydra.main(version_base=None, config_path="../../configs", config_name="train")
 def _hydra_main(cfg: DictConfig) -> float:
+    try:
+        return _train(cfg)
+    except MfpError as e:
+        # Hydra prints a job's exceptions under a traceback; the project's own errors are one line, exit 2.
+        if full_errors():
+            raise
+        print(one_line("mfp train", e), file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _train(cfg: DictConfig) -> float:
     train_cfg = config_from_hydra(cfg)
     trainer = Trainer(train_cfg)
     try:
@@ -55,10 +70,25 @@ def removed_override(argv: list[str]) -> str | None:
     return None
 
 
+def preflight(argv: list[str]) -> str | None:
+    """Why `mfp train <argv>` cannot start, or None: the overrides must compose onto a valid TrainConfig (hydra would
+    print the same under several lines) and its output directory must be new, empty or this run's own. Checked
+    before hydra creates anything; sweeps (``-m``) and hydra's own flags are left to hydra."""
+    if any(a.startswith("-") or a.startswith(("hydra.", "hydra/")) for a in argv):
+        return None
+    try:
+        cfg = compose_train_config(argv)
+        check_output(cfg.output_dir, [cfg.task.dataset], what="output_dir", ours=is_run_dir, offer_overwrite=False)
+    except (HydraException, OmegaConfBaseException, MfpError, ValueError, TypeError) as e:
+        return omegaconf_message(e)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    gone = removed_override(list(sys.argv[1:] if argv is None else argv))
-    if gone is not None:
-        print(f"mfp train: {gone}", file=sys.stderr)
+    args = list(sys.argv[1:] if argv is None else argv)
+    problem = removed_override(args) or preflight(args)
+    if problem is not None:
+        print(f"mfp train: {problem}", file=sys.stderr)
         return 2
     if argv is not None:
         sys.argv = ["mfp train", *argv]
