@@ -119,7 +119,7 @@ def interrupted_swap(dest: str | os.PathLike) -> Path | None:
     return found[-1] if found and not dest.exists() else None
 
 
-class OutputError(MfpError, FileExistsError):
+class OutputError(MfpError, FileExistsError, ValueError):
     """An output path that would overwrite something the command did not make, or one of its own inputs."""
 
 

@@ -75,6 +75,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         self.pad_before, self.pad_after = n_obs_steps - 1, n_action_steps - 1
         self.path = rb.path
         self.attrs = rb.attrs
+        self.n_episodes_total = rb.n_episodes  # before the validation split and max_train_episodes
         self._ends = rb.episode_ends
         # Float32 copies of everything but images (kept uint8: 4x smaller, cast per batch).
         self._data = {

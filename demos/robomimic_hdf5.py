@@ -22,10 +22,13 @@ import json
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from core.atomic_write import OutputError, check_output
 
 if TYPE_CHECKING:
     from demos.replay_buffer import ReplayBuffer
@@ -81,6 +84,8 @@ class RobomimicWriter:
     """Appends demos to a robomimic HDF5 file; ``data.attrs["total"]`` is kept current after every demo.
 
     Use as a context manager. ``compress`` gzips image datasets (robomimic reads them transparently).
+    ``append=True`` continues a file this writer left (same ``env_args``): a demo whose write was cut off (no
+    ``num_samples`` attribute yet) is dropped, and ``total`` is recounted from the demos kept.
     """
 
     def __init__(
@@ -90,13 +95,17 @@ class RobomimicWriter:
         overwrite: bool = False,
         compress: bool = True,
         file_attrs: Mapping[str, Any] | None = None,
+        append: bool = False,
     ) -> None:
         h5py = _h5py()
         self.path = os.fspath(path)
-        if os.path.exists(self.path) and not overwrite:
-            raise FileExistsError(f"{self.path} exists; pass overwrite=True or choose another path")
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self.compress = bool(compress)
+        if append and os.path.exists(self.path):
+            self._open_existing(h5py, env_args)
+            return
+        if os.path.exists(self.path) and not overwrite:
+            raise OutputError(f"{self.path} exists; pass overwrite=True or choose another path")
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self._f = h5py.File(self.path, "w")
         for k, v in (file_attrs or {}).items():
             self._f.attrs[k] = v
@@ -105,6 +114,28 @@ class RobomimicWriter:
         self._data.attrs["total"] = 0
         self._total = 0
         self._count = 0
+
+    def _open_existing(self, h5py: Any, env_args: Mapping[str, Any]) -> None:
+        try:
+            self._f = h5py.File(self.path, "a")
+            self._data = self._f["data"]
+            stored = json.loads(_attr(self._data.attrs["env_args"]))
+        except Exception as e:  # h5py raises OSError, KeyError, ValueError for a file cut off mid-write
+            raise RobomimicFormatError(f"{self.path} cannot be continued: {type(e).__name__}: {e}") from e
+        if stored != json.loads(json.dumps(dict(env_args))):
+            self._f.close()
+            raise RobomimicFormatError(f"{self.path} was written for another environment; it cannot be continued")
+        for name in demo_names(self._data):
+            if "num_samples" not in self._data[name].attrs:
+                del self._data[name]  # cut off mid-write: its arrays may be incomplete
+        names = demo_names(self._data)
+        self._count = int(names[-1][len(DEMO_PREFIX) :]) + 1 if names else 0
+        self._total = sum(int(self._data[n].attrs["num_samples"]) for n in names)
+        self._data.attrs["total"] = self._total
+
+    def demo_attrs(self) -> list[dict[str, Any]]:
+        """The attributes of every demo written so far (e.g. their seeds), in order."""
+        return [{k: _attr(v) for k, v in self._data[n].attrs.items()} for n in self.demo_names]
 
     @property
     def demo_names(self) -> list[str]:
@@ -193,24 +224,27 @@ def split_masks(names: Sequence[str], val_ratio: float, seed: int = 0) -> dict[s
 
 
 # ---------------------------------------------------------------------------------------------------- reading
+def read_file_attrs(path: str | os.PathLike) -> dict[str, Any]:
+    """The file-level attributes (who wrote it, with which settings)."""
+    with _open_read(path) as f:
+        return {k: _attr(v) for k, v in f.attrs.items()}
+
+
 def read_env_args(path: str | os.PathLike) -> dict[str, Any]:
     """``data.attrs["env_args"]`` parsed from JSON."""
-    h5py = _h5py()
-    with h5py.File(path, "r") as f:
+    with _open_read(path) as f:
         return _env_args(f, os.fspath(path))
 
 
 def read_masks(path: str | os.PathLike) -> dict[str, list[str]]:
     """Every ``mask/<filter>`` as a list of demo names."""
-    h5py = _h5py()
-    with h5py.File(path, "r") as f:
+    with _open_read(path) as f:
         return _masks(f, os.fspath(path))
 
 
 def list_demos(path: str | os.PathLike, filter_key: str | None = None) -> list[str]:
     """Demo names in numeric order, restricted to ``mask/<filter_key>`` when given."""
-    h5py = _h5py()
-    with h5py.File(path, "r") as f:
+    with _open_read(path) as f:
         return _select(f, os.fspath(path), filter_key)
 
 
@@ -223,8 +257,7 @@ def read_demo(
 ) -> Demo:
     """Read and validate one demo. ``obs_keys`` restricts (and requires) observation keys; ``require`` lists
     what must be present among actions, obs, next_obs, states, rewards, dones."""
-    h5py = _h5py()
-    with h5py.File(path, "r") as f:
+    with _open_read(path) as f:
         return _read_demo(f, os.fspath(path), name, obs_keys, load_next_obs, require)
 
 
@@ -236,9 +269,8 @@ def iter_demos(
     require: Sequence[str] = ("actions", "obs"),
 ) -> Iterator[tuple[str, Demo]]:
     """``(name, Demo)`` for each demo (of ``filter_key``), validated, one at a time."""
-    h5py = _h5py()
     p = os.fspath(path)
-    with h5py.File(p, "r") as f:
+    with _open_read(p) as f:
         for name in _select(f, p, filter_key):
             yield name, _read_demo(f, p, name, obs_keys, load_next_obs, require)
 
@@ -262,11 +294,9 @@ def read_robomimic(
     require: Sequence[str] = ("actions", "obs"),
 ) -> RobomimicFile:
     """Read a whole robomimic file (validated: keys, dtypes, lengths, ``total``)."""
-    h5py = _h5py()
     p = os.fspath(path)
-    with h5py.File(p, "r") as f:
-        if "data" not in f:
-            raise RobomimicFormatError(f"{p}: no 'data' group; is this a robomimic dataset?")
+    with _open_read(p) as f:
+        _check_file(f, p)
         demos = {n: _read_demo(f, p, n, obs_keys, load_next_obs, require) for n in _select(f, p, filter_key)}
         total = int(f["data"].attrs.get("total", -1))
         if filter_key is None and "total" in f["data"].attrs:
@@ -296,14 +326,11 @@ def merge_robomimic(
     and gains ``source_file`` / ``source_demo``. Returns a summary: demos per input, total samples."""
     paths = [os.fspath(p) for p in inputs]
     if not paths:
-        raise ValueError("merge_robomimic needs at least one input file")
-    if os.path.abspath(out_path) in {os.path.abspath(p) for p in paths}:
-        raise ValueError(f"{out_path}: the output is also an input; write the merge to a new file")
-    if os.path.exists(out_path) and not overwrite:
-        raise FileExistsError(f"{out_path} exists; pass overwrite=True or choose another path")
+        raise RobomimicFormatError("merge_robomimic needs at least one input file")
     for p in paths:
         if not os.path.isfile(p):
-            raise FileNotFoundError(f"{p}: no such robomimic file to merge")
+            raise RobomimicFormatError(f"{p}: no such robomimic file to merge")
+    check_output(out_path, paths, overwrite)
     env_args = [read_env_args(p) for p in paths]
     names = {p: list_demos(p) for p in paths}
     layout = {}
@@ -370,6 +397,8 @@ def load_replay_buffer(
     from demos.replay_buffer import ReplayBuffer
 
     p = os.fspath(path)
+    with _open_read(p) as f:
+        _check_file(f, p)
     if obs_keys is None:
         names = list_demos(p, filter_key)
         if not names:
@@ -456,6 +485,35 @@ def _env_args(f: Any, path: str) -> dict[str, Any]:
     if not isinstance(args, dict) or "env_name" not in args:
         raise RobomimicFormatError(f"{path}: env_args must be a JSON object with 'env_name'; got {raw[:200]!r}")
     return args
+
+
+@contextmanager
+def _open_read(path: str | os.PathLike) -> Iterator[Any]:
+    """The HDF5 file opened read-only; a file that is not HDF5, or is cut short, is a :class:`RobomimicFormatError`
+    (h5py raises OSError for both, also later while reading a damaged dataset)."""
+    h5py = _h5py()
+    try:
+        with h5py.File(path, "r") as f:
+            yield f
+    except OSError as e:
+        raise RobomimicFormatError(f"{os.fspath(path)} cannot be read as HDF5 ({e}); the file is damaged") from e
+
+
+def _check_file(f: Any, path: str) -> None:
+    """What a reader relies on and robomimic's own loaders do not check: the demos' ``num_samples`` add up to
+    ``data.attrs["total"]`` and every mask names demos that exist."""
+    if "data" not in f:
+        raise RobomimicFormatError(f"{path}: no 'data' group; is this a robomimic dataset?")
+    names = demo_names(f["data"])
+    try:
+        counted = sum(int(f["data"][n].attrs["num_samples"]) for n in names)
+    except KeyError as e:
+        raise RobomimicFormatError(f"{path}: a demo lacks its 'num_samples' attribute ({e})") from e
+    if "total" in f["data"].attrs and int(f["data"].attrs["total"]) != counted:
+        raise RobomimicFormatError(
+            f"{path}: data.attrs['total'] is {int(f['data'].attrs['total'])} but the demos hold {counted} samples"
+        )
+    _masks(f, path)
 
 
 def _masks(f: Any, path: str) -> dict[str, list[str]]:

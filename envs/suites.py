@@ -23,6 +23,10 @@ class UnknownTaskError(MfpError, ValueError):
     """A task name that no registered suite knows."""
 
 
+class CollectionError(MfpError, RuntimeError):
+    """A collector cannot produce what was asked (too few successful episodes, seeds exhausted, a wrong out path)."""
+
+
 class Suite(ABC):
     """What the rest of the package needs from a simulator suite; every method takes plain arguments."""
 

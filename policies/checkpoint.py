@@ -146,6 +146,9 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
         raise CheckpointError(f"{path / NORMALIZER_FILE}: {e}") from e
     _check_normalizer_keys(policy, path)
     weights = {k: v for k, v in weights.items() if not k.startswith(_REMOVED_WEIGHTS)}
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"'{path / MODEL_FILE}': tensor '{bad[0]}' holds NaN or inf; the checkpoint is corrupt")
     _load_strict(policy, weights, path / MODEL_FILE)
     policy.to(device).eval()
     policy.checkpoint_metadata = config.get("metadata", {})

@@ -120,6 +120,11 @@ class LinearNormalizer(nn.Module):
             shapes = {tuple(v.shape) for v in fields.values()}
             if len(shapes) != 1:
                 raise NormalizerError(f"normalizer entry for '{key}' has fields of different shapes {shapes}")
+            for name, value in fields.items():
+                if not torch.isfinite(value).all():
+                    raise NormalizerError(f"normalizer entry '{key}/{name}' holds NaN or inf")
+            if (fields["scale"] == 0).any():
+                raise NormalizerError(f"normalizer entry '{key}/scale' holds zeros (actions could not be unnormalized)")
             self._set(key, fields["scale"], fields["offset"], fields["min"], fields["max"])
 
 

@@ -22,6 +22,9 @@ from policies.heads.base import ActionHead
 from policies.normalizer import LinearNormalizer
 from policies.obs_encoder import ObservationEncoder
 
+# A normalized observation beyond this magnitude (training data spans [-1, 1]) is named when the actions blow up.
+OUT_OF_RANGE = 1e3
+
 
 class Policy(nn.Module):
     """A visuomotor policy that predicts an action chunk from ``n_obs_steps`` observations.
@@ -144,17 +147,22 @@ class Policy(nn.Module):
             raise SpecError(f"observation is missing key(s) {missing}; expected {list(self.shape_meta.obs)}")
         first = next(iter(self.shape_meta.obs.values()))
         as_numpy = isinstance(obs[first.key], np.ndarray)
-        unbatched = obs[first.key].ndim == len(first.shape) + 1
         tensors = {}
         for key in self.shape_meta.obs:
-            x = torch.as_tensor(obs[key], device=self._device())
+            try:
+                tensors[key] = torch.as_tensor(obs[key], device=self._device())
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise SpecError(f"observation '{key}' is not a numeric array ({type(e).__name__}: {e})") from None
+        unbatched = tensors[first.key].dim() == len(first.shape) + 1
+        for key, x in tensors.items():
             x = x.unsqueeze(0) if unbatched else x
             tensors[key] = x[:, -self.n_obs_steps :] if x.dim() >= 2 else x  # keep the latest history
         self.shape_meta.check_obs(tensors, leading_dims=2)
         steps = tensors[first.key].shape[1]
         if steps != self.n_obs_steps:
             raise SpecError(f"got {steps} observation steps; this policy needs {self.n_obs_steps}")
-        cond = self.obs_encoder(self._normalize_obs(tensors))
+        normalized = self._normalize_obs(tensors)
+        cond = self.obs_encoder(normalized)
         if generator is None:
             generator = self._episode_rng(cond.device)
         n = num_steps if num_steps is not None else self.num_inference_steps
@@ -163,11 +171,27 @@ class Policy(nn.Module):
             noise = noise.unsqueeze(0) if unbatched and noise.dim() == 2 else noise
         naction = self.head.sample(cond, num_steps=n, noise=noise, generator=generator)  # (B, H, Da)
         action = self.normalizer.unnormalize("action", naction)
+        if not torch.isfinite(action).all():
+            raise SpecError(self._why_not_finite(normalized))
         start = self.n_obs_steps - 1
         action = action[:, start : start + self.n_action_steps]
         if unbatched:
             action = action[0]
         return action.cpu().numpy() if as_numpy else action
+
+    def _why_not_finite(self, normalized: Mapping[str, torch.Tensor]) -> str:
+        """Name the observation that drove the network out of its range, when one did."""
+        for key, x in normalized.items():
+            if self.shape_meta.obs[key].type == "rgb":
+                continue
+            peak = float(x.abs().max()) if x.numel() else 0.0
+            if not peak <= OUT_OF_RANGE:  # also NaN
+                lo, hi = (self.normalizer.stats(key)[b].cpu().numpy() for b in ("min", "max"))
+                return (
+                    f"the policy produced NaN/inf actions: observation '{key}' lies far outside the range it was "
+                    f"trained on (normalized magnitude {peak:.3g}; training range min {lo.tolist()}, max {hi.tolist()})"
+                )
+        return "the policy produced NaN/inf actions from in-range observations; its weights may be damaged"
 
     @torch.no_grad()
     def select_action(self, obs: Mapping[str, Any]) -> Any:

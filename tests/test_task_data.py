@@ -115,7 +115,7 @@ def test_killed_robomimic_collection_leaves_no_dataset_and_the_next_job_collects
     )
     job = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".lift.hdf5.tmp-*")) and time.monotonic() < deadline:
+    while not (tmp_path / ".lift.hdf5.partial").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     job.kill()
     job.wait()
@@ -124,3 +124,24 @@ def test_killed_robomimic_collection_leaves_no_dataset_and_the_next_job_collects
     assert ensure_demos(TaskConfig(**kw)) == path
     assert len(list_demos(path)) == 1
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["lift.hdf5"]
+
+
+def test_an_interrupted_robomimic_collection_is_continued_not_restarted(tmp_path):
+    """`mfp collect task=robomimic/...` stopped after one demo of two (here: out of attempts) keeps that demo in a
+    partial file beside the output; the next run with the same settings continues it and then names the file."""
+    pytest.importorskip("robosuite")
+    from demos.robomimic_hdf5 import read_robomimic
+    from envs.robosuite.collect import collect_robomimic
+    from envs.suites import CollectionError
+
+    out = tmp_path / "lift.hdf5"
+    kw = dict(task="lift", n_episodes=2, out_path=str(out), image_size=32, cameras=("agentview",), verbose=False)
+    with pytest.raises(CollectionError, match="raise max_attempts to continue"):
+        collect_robomimic(max_attempts=1, **kw)
+    assert not out.exists() and (tmp_path / ".lift.hdf5.partial").exists()
+    collect_robomimic(max_attempts=5, **kw)
+    done = read_robomimic(out)
+    assert [d.attrs["seed"] for d in done.demos.values()] == [0, 1]  # the first demo kept, the second new
+    assert not (tmp_path / ".lift.hdf5.partial").exists()
+    with pytest.raises(ValueError, match="overwrite=true"):
+        collect_robomimic(max_attempts=5, **kw)  # a finished file is not collected over

@@ -125,6 +125,9 @@ def load_task_data(task: TaskConfig, policy: PolicyConfig, seed: int, val_ratio:
         seed=seed,
         max_train_episodes=task.n_demos,
     )
+    held = train.n_episodes_total
+    if held < task.n_demos:
+        print(f"[data] {path} holds {held} episodes, fewer than task.n_demos={task.n_demos}: training on {held}")
     recorded = train.attrs.get("task")
     if recorded is not None and _canonical(task.suite, recorded) != _canonical(task.suite, task.env):
         raise TaskDataError(f"dataset {path} was collected for '{recorded}', but task.env is '{task.env}'")

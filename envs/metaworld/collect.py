@@ -16,11 +16,13 @@ from typing import Any
 
 import numpy as np
 
+from core.atomic_write import replace_dir
 from core.spec import ACTION, ShapeMeta
 from demos.replay_buffer import ReplayBuffer, ReplayBufferError
 from envs.execution_noise import ExecutionNoise, check_execution_noise
 from envs.metaworld.env import MetaWorldEnv, metaworld_version
 from envs.metaworld.expert import ScriptedExpert
+from envs.suites import CollectionError
 
 # Attributes that must agree between an existing dataset and a rerun that appends to it.
 _MATCHING_ATTRS = (
@@ -38,6 +40,8 @@ _MATCHING_ATTRS = (
     "min_success_steps",
     "stop_on_success",
 )
+
+
 # Values of keys that datasets written before the key existed were collected with.
 _ATTR_DEFAULTS = {"execution_noise": 0.0}
 
@@ -65,13 +69,18 @@ def collect(
 ) -> dict[str, Any]:
     """Run the scripted expert until ``out_path`` holds ``n_episodes`` successful episodes; returns a summary.
 
-    An existing dataset at ``out_path`` is continued (its settings must match these); episode seeds continue
-    after the largest seed it holds. Raises ``RuntimeError`` if ``max_attempts`` episodes do not suffice.
+    An existing dataset at ``out_path`` that this collector made is continued (its settings must match these);
+    episode seeds continue after the largest seed it holds. Anything else at ``out_path`` is refused, unless
+    ``overwrite``: then the new dataset is collected beside it (resumable too) and swapped in when complete, so the
+    old one stays whole until then. Raises :class:`CollectionError` if ``max_attempts`` episodes do not suffice.
     """
     from core.seeds import EVAL_SEED_BASE, demo_seeds
 
     execution_noise = check_execution_noise(execution_noise)  # before the env is built
     out_path = Path(out_path)
+    if out_path.exists() and not overwrite:
+        _check_appendable(out_path)  # refuses what this collector did not make, before anything is written
+    target = out_path.with_name(f".{out_path.name}.overwrite") if overwrite and out_path.exists() else out_path
     env = MetaWorldEnv(
         task,
         point_cloud_cameras=point_cloud_cameras,
@@ -103,7 +112,7 @@ def collect(
     }
     t0 = time.perf_counter()
     try:
-        rb = _open_or_create(out_path, env, meta, settings, overwrite, metaworld_version())
+        rb = _open_or_create(target, env, meta, settings, metaworld_version())
         need = n_episodes - rb.n_episodes
         next_seed = demo_seeds(1, seed0)[0]
         if rb.n_episodes:
@@ -113,12 +122,12 @@ def collect(
         bar = _progress_bar(n_episodes, rb.n_episodes, env.task, progress)
         while kept < need:
             if attempts >= budget:
-                raise RuntimeError(
+                raise CollectionError(
                     f"{env.task}: only {rb.n_episodes}/{n_episodes} successful episodes after {attempts} attempts "
                     f"(seeds up to {next_seed - 1}); raise max_attempts or lower action_noise / execution_noise"
                 )
             if next_seed >= EVAL_SEED_BASE:
-                raise RuntimeError(f"demo seeds exhausted at {next_seed} (eval seeds start at {EVAL_SEED_BASE})")
+                raise CollectionError(f"demo seeds exhausted at {next_seed} (eval seeds start at {EVAL_SEED_BASE})")
             episode, n_success = _run_episode(
                 env, expert, next_seed, min_success_steps, stop_on_success, execution_noise
             )
@@ -133,6 +142,9 @@ def collect(
             next_seed += 1
         if bar is not None:
             bar.close()
+        if target != out_path:
+            replace_dir(target, out_path)
+            rb = ReplayBuffer.open(out_path, mode="r")
     finally:
         env.close()
     return {
@@ -175,19 +187,32 @@ def _run_episode(
     return {key: np.stack(values) for key, values in steps.items()}, n_success
 
 
-def _open_or_create(
-    path: Path, env: MetaWorldEnv, meta: ShapeMeta, settings: dict, overwrite: bool, mw_version: str
-) -> ReplayBuffer:
-    if path.exists() and not overwrite:
-        rb = ReplayBuffer.open(path, mode="a")
-        stored = {k: rb.attrs.get(k, _ATTR_DEFAULTS.get(k)) for k in _MATCHING_ATTRS}
+def _check_appendable(path: Path) -> None:
+    """Refuse ``path`` unless it is a dataset this collector wrote (read-only check: nothing is changed)."""
+    if not path.is_dir():
+        raise CollectionError(
+            f"out={path} is an existing file, not a dataset; choose a new path or pass overwrite=true"
+        )
+    rb = ReplayBuffer.open(path, mode="r")  # a damaged dataset is refused here, before it is opened for writing
+    if rb.attrs.get("suite") != "metaworld":
+        raise CollectionError(
+            f"out={path} is a dataset this collector did not make (suite {rb.attrs.get('suite')!r}); choose a new "
+            "path or pass overwrite=true"
+        )
+
+
+def _open_or_create(path: Path, env: MetaWorldEnv, meta: ShapeMeta, settings: dict, mw_version: str) -> ReplayBuffer:
+    """The dataset at ``path`` to continue (its settings must match) or a new one."""
+    if path.exists():
+        stored_attrs = ReplayBuffer.open(path, mode="r").attrs  # compare before opening for writing
+        stored = {k: stored_attrs.get(k, _ATTR_DEFAULTS.get(k)) for k in _MATCHING_ATTRS}
         diff = {k: (stored[k], v) for k, v in settings.items() if k in _MATCHING_ATTRS and stored[k] != v}
         if diff:
             details = "; ".join(f"{k}: dataset {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             raise ReplayBufferError(
                 f"'{path}' was collected with other settings ({details}); use another out path or overwrite=true"
             )
-        return rb
+        return ReplayBuffer.open(path, mode="a")
     keys = {key: (spec.shape, np.uint8 if spec.type == "rgb" else np.float32) for key, spec in meta.obs.items()}
     keys[ACTION] = ((meta.action_dim,), np.float32)
     from core.seeds import DEMO_SEED_BASE, EVAL_SEED_BASE
@@ -202,7 +227,7 @@ def _open_or_create(
         "point_cloud_frame": "world (metres), Meta-World table top at z = 0",
         "agent_pos": "end-effector xyz + normalized gripper opening",
     }
-    return ReplayBuffer.create(path, keys, attrs, overwrite=overwrite)
+    return ReplayBuffer.create(path, keys, attrs)
 
 
 def _progress_bar(total: int, initial: int, task: str, enabled: bool) -> Any:

@@ -14,17 +14,23 @@ keeps it successful, 0.1 on Can, no demo held a miss).
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core.atomic_write import check_output
+from core.errors import ConfigError
 from core.seeds import demo_seeds
-from demos.robomimic_hdf5 import Demo, RobomimicWriter, split_masks
+from demos.robomimic_hdf5 import Demo, RobomimicFormatError, RobomimicWriter, read_file_attrs, split_masks
 from envs.execution_noise import ExecutionNoise, check_execution_noise
 from envs.robosuite.env import RobosuiteEnv
 from envs.robosuite.experts import make_expert
+from envs.suites import CollectionError
 
 
 def record_episode(
@@ -91,26 +97,40 @@ def collect_robomimic(
     Seeds are demonstration seeds ``seed0, seed0 + 1, ...``; at most ``max_attempts`` episodes are tried
     (default ``2 * n_episodes + 10``). ``execution_noise``: see the module docstring. Returns a summary: demos,
     attempts, seeds, failed seeds, seconds.
+
+    The demos go to ``.<name>.partial`` beside ``out_path``, flushed after each one, and the file is renamed to
+    ``out_path`` only when complete: a collection that is killed leaves no short file under the dataset's name,
+    and the next run with the same settings continues the partial file from its last whole demo.
     """
 
     task = task.split("/", 1)[1] if task.startswith("robomimic/") else task
     if n_episodes < 1:
-        raise ValueError(f"n_episodes must be >= 1, got {n_episodes}")
+        raise ConfigError(f"n_episodes must be >= 1, got {n_episodes}")
     execution_noise = check_execution_noise(execution_noise)  # before the env is built
+    check_output(out_path, overwrite=overwrite)
     max_attempts = int(max_attempts or 2 * n_episodes + 10)
     env = RobosuiteEnv(task, image_size=image_size, cameras=cameras, fast_render=fast_render)
     expert = make_expert(env)
     t0 = time.perf_counter()
-    kept_seeds: list[int] = []
+    partial = Path(out_path).with_name(f".{Path(out_path).name}.partial")
+    settings = {
+        "creator": "meanflow-policy envs.robosuite.collect",
+        "task": env.task,
+        "seed0": int(seed0),
+        "execution_noise": float(execution_noise),
+        "image_size": int(image_size),
+        "cameras": list(cameras),
+    }
+    resume = partial.exists() and _same_settings(partial, settings)
     failed: list[int] = []
     steps = 0
-    with RobomimicWriter(
-        out_path,
-        env.env_args(),
-        overwrite=overwrite,
-        file_attrs={"creator": "meanflow-policy envs.robosuite.collect", "task": env.task},
-    ) as writer:
-        for seed in demo_seeds(max_attempts, start=seed0):
+    with RobomimicWriter(partial, env.env_args(), overwrite=True, file_attrs=_attrs(settings), append=resume) as writer:
+        kept_seeds = [int(a["seed"]) for a in writer.demo_attrs()]
+        steps = writer.total
+        if kept_seeds and verbose:
+            print(f"[collect] {partial}: continuing after {len(kept_seeds)} demos", flush=True)
+        first = max(kept_seeds) + 1 - demo_seeds(1)[0] if kept_seeds else seed0
+        for seed in demo_seeds(max(0, max_attempts - len(kept_seeds)), start=first):
             if len(kept_seeds) == n_episodes:
                 break
             demo, success = record_episode(env, expert, seed, execution_noise=execution_noise)
@@ -130,10 +150,11 @@ def collect_robomimic(
     env.close()
     seconds = time.perf_counter() - t0
     if len(kept_seeds) < n_episodes:
-        raise RuntimeError(
+        raise CollectionError(
             f"only {len(kept_seeds)} of {n_episodes} {task} episodes succeeded in {max_attempts} attempts "
-            f"(failed seeds {failed[:10]}); {out_path} holds the successful ones"
+            f"(failed seeds {failed[:10]}); {partial} holds the successful ones (raise max_attempts to continue it)"
         )
+    os.replace(partial, out_path)
     summary = {
         "task": env.task,
         "path": out_path,
@@ -151,3 +172,16 @@ def collect_robomimic(
             f"{len(failed)} failed attempts"
         )
     return summary
+
+
+def _attrs(settings: dict[str, Any]) -> dict[str, Any]:
+    return {k: (json.dumps(v) if isinstance(v, list) else v) for k, v in settings.items()}
+
+
+def _same_settings(path: Path, settings: dict[str, Any]) -> bool:
+    """True when the partial file at ``path`` was collected with ``settings`` (and is still readable)."""
+    try:
+        stored = read_file_attrs(path)
+    except (RobomimicFormatError, OSError):
+        return False
+    return all(stored.get(k) == v for k, v in _attrs(settings).items())

@@ -4,7 +4,6 @@ rollout horizons, demos written in robomimic's HDF5 layout."""
 from __future__ import annotations
 
 import difflib
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -78,13 +77,9 @@ class RobosuiteSuite(Suite):
         image_size: int,
         max_steps: int,
     ) -> None:
-        """Collect ``n_demos`` demos beside ``path`` and rename the finished file into place: robomimic's HDF5 writer
-        cannot append, so a killed collection leaves no partial file under the dataset's name."""
+        """Collect ``n_demos`` demos into ``path`` (robomimic's HDF5 writer cannot append to a finished file: the
+        collector writes a partial file beside it, continued by the next run if this one is killed, and renames it
+        into place when complete)."""
         from envs.robosuite.collect import collect_robomimic
 
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            collect_robomimic(task=task, n_episodes=n_demos, out_path=str(tmp), image_size=image_size, overwrite=True)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        collect_robomimic(task=task, n_episodes=n_demos, out_path=str(path), image_size=image_size)

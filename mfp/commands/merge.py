@@ -33,11 +33,7 @@ class MergeConfig:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     cfg: MergeConfig = parse_overrides(MergeConfig, argv, "mfp merge")
-    try:
-        summary = merge_robomimic(cfg.inputs, cfg.out, val_ratio=cfg.val_ratio, seed=cfg.seed, overwrite=cfg.overwrite)
-    except (FileExistsError, FileNotFoundError) as e:
-        print(f"mfp merge: {e}", file=sys.stderr)
-        return 2
+    summary = merge_robomimic(cfg.inputs, cfg.out, val_ratio=cfg.val_ratio, seed=cfg.seed, overwrite=cfg.overwrite)
     parts = ", ".join(f"{n} from {p}" for p, n in summary["demos"].items())
     print(f"[merge] wrote {summary['total_demos']} demos ({summary['samples']} steps) to {summary['path']}: {parts}")
     return 0

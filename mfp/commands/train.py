@@ -7,7 +7,9 @@ Sweeps: `mfp train -m seed=0,1,2 hydra/launcher=joblib_local` (or `slurm`).
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.errors import HydraException
@@ -32,7 +34,14 @@ def _hydra_main(cfg: DictConfig) -> float:
         if full_errors():
             raise
         print(one_line("mfp train", e), file=sys.stderr)
+        _remove_hydra_leftovers(Path(str(cfg.output_dir)))
         raise SystemExit(2) from None
+
+
+def _remove_hydra_leftovers(run_dir: Path) -> None:
+    """A run that failed before training leaves only what hydra wrote (.hydra/, its log): remove that."""
+    if run_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in run_dir.iterdir()):
+        shutil.rmtree(run_dir)
 
 
 def _train(cfg: DictConfig) -> float:
@@ -92,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if argv is not None:
         sys.argv = ["mfp train", *argv]
-    _hydra_main()
+    try:
+        _hydra_main()
+    except SystemExit as e:  # hydra exits on its own errors, the job above on the project's
+        return e.code if isinstance(e.code, int) else 1
     return 0
 
 
