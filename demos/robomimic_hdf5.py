@@ -100,6 +100,7 @@ class RobomimicWriter:
         h5py = _h5py()
         self.path = os.fspath(path)
         self.compress = bool(compress)
+        self._layout: dict[str, tuple[int, ...]] | None = None  # per-step shapes every demo must share
         if append and os.path.exists(self.path):
             self._open_existing(h5py, env_args)
             return
@@ -150,6 +151,13 @@ class RobomimicWriter:
         """Write one demo (validated first); returns its group name."""
         name = name or f"{DEMO_PREFIX}{self._count}"
         _check_demo_arrays(demo, where=f"{self.path}: {name}")
+        layout = {"actions": np.shape(demo.actions)[1:], **{k: np.shape(v)[1:] for k, v in demo.obs.items()}}
+        if self._layout is not None and layout != self._layout:
+            raise RobomimicFormatError(
+                f"{self.path}: {name} has arrays of shapes {layout}, the demos before it {self._layout}; "
+                "one file holds one layout"
+            )
+        self._layout = layout
         grp = self._data.create_group(name)
         grp.create_dataset("actions", data=np.asarray(demo.actions))
         for key in ("states", "rewards", "dones"):
@@ -331,6 +339,9 @@ def merge_robomimic(
         if not os.path.isfile(p):
             raise RobomimicFormatError(f"{p}: no such robomimic file to merge")
     check_output(out_path, paths, overwrite)
+    for p in paths:
+        with _open_read(p) as f:
+            _check_file(f, p)
     env_args = [read_env_args(p) for p in paths]
     names = {p: list_demos(p) for p in paths}
     layout = {}
@@ -421,10 +432,11 @@ def load_replay_buffer(
         names.append(name)
     if not ends:
         raise RobomimicFormatError(f"{p}: no demos" + (f" in mask '{filter_key}'" if filter_key else ""))
-    for k in obs_keys:
+    for k in [*obs_keys, ACTION]:
         shapes = {c.shape[1:] for c in chunks[k]}
         if len(shapes) > 1:
-            raise RobomimicFormatError(f"{p}: obs '{k}' changes shape between demos: {sorted(shapes)}")
+            what = "actions" if k == ACTION else f"obs '{k}'"
+            raise RobomimicFormatError(f"{p}: {what} change shape between demos: {sorted(shapes)}")
     data = {k: np.concatenate(v, axis=0) for k, v in chunks.items()}
     env_args = read_env_args(p)
     attrs = {

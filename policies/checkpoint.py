@@ -83,12 +83,17 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         config = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{file} is not valid JSON ({e}); the checkpoint is corrupt") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file} holds a JSON {type(config).__name__}, not an object; the checkpoint is corrupt")
     version = config.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{file}: format_version {version!r}; this package reads version {FORMAT_VERSION}")
     for key in ("policy", "shape_meta"):
-        if key not in config:
-            raise CheckpointError(f"{file} lacks '{key}'; the checkpoint is corrupt")
+        if not isinstance(config.get(key), dict):
+            raise CheckpointError(f"{file} lacks the object '{key}'; the checkpoint is corrupt")
+    config["policy"] = asdict(policy_config_from_dict(config["policy"]))  # typed and validated, errors named
+    if not isinstance(config.get("metadata", {}), dict):
+        raise CheckpointError(f"{file}: 'metadata' must be an object; the checkpoint is corrupt")
     return config
 
 

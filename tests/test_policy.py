@@ -291,3 +291,17 @@ def test_a_checkpoint_saved_with_removed_settings_still_loads_and_acts_the_same(
     (tmp_path / "old" / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="predicts x"):
         load_policy(tmp_path / "old")
+
+
+def test_predict_action_names_the_input_that_broke_it(small_shape_meta):
+    """Finite but huge observations (1e38) used to come back as NaN actions without a word; non-numeric values as
+    a torch TypeError."""
+    cfg = tiny_config("meanflow")
+    policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta)).eval()
+    obs = {k: v[0].numpy() for k, v in random_batch(small_shape_meta, 1, cfg.n_obs_steps, cfg.horizon)["obs"].items()}
+    assert np.isfinite(policy.predict_action(obs)).all()
+    key = next(k for k, s in small_shape_meta.obs.items() if s.type == "low_dim")
+    with pytest.raises(SpecError, match=f"observation '{key}' lies far outside the range it was trained on"):
+        policy.predict_action({**obs, key: np.full_like(obs[key], 1e38)})
+    with pytest.raises(SpecError, match=f"observation '{key}' is not a numeric array"):
+        policy.predict_action({**obs, key: [["a", "b"]]})

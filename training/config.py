@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from core.errors import ConfigError, check_choice, check_int, check_number
 from envs.suites import suite_names
 from policies.config import PolicyConfig
-from training.distributed import resolve_device
+from training.distributed import parse_device
 
 
 @dataclass
@@ -60,7 +60,7 @@ class EvalConfig:
         for name in ("episodes", "every_steps", "periodic_episodes", "workers", "videos"):
             check_int(f"eval.{name}", getattr(self, name), 0)
         if self.device:
-            resolve_device(self.device, "eval.device")
+            parse_device(self.device, "eval.device")  # whether this machine has it: checked when a run starts
 
 
 @dataclass
@@ -105,7 +105,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0)
-        resolve_device(self.device, "device")
+        parse_device(self.device, "device")  # whether this machine has it: checked when a run starts
         for name in ("batch_size", "num_steps", "checkpoint_every", "log_every"):
             check_int(name, getattr(self, name), 1)
         for name in ("warmup_steps", "diagnostics_every", "torch_threads"):

@@ -34,14 +34,20 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def parse_device(device: str, key: str = "device") -> torch.device:
+    """``device`` as a torch device, or a :class:`ConfigError` naming ``key``. Whether this machine has it is
+    :func:`resolve_device`'s question: a config may be composed here for a run on another machine."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"{key}={device!r} is not a device torch knows (use cpu, cuda or cuda:N): {e}") from None
+
+
 def resolve_device(device: str, key: str = "device") -> torch.device:
     """The torch device for ``device``, checked before any work starts. A bare ``cuda`` gets an index: this rank's
     own GPU under torchrun (``LOCAL_RANK``; left as is, every rank of a node would land on GPU 0 and NCCL refuses
     that), GPU 0 otherwise (``torch.cuda.set_device`` needs one)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as e:
-        raise ConfigError(f"{key}={device!r} is not a device torch knows (use cpu, cuda or cuda:N): {e}") from None
+    dev = parse_device(device, key)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"{key}={device} but this torch ({torch.__version__}) sees no CUDA GPU; use {key}=cpu")

@@ -48,8 +48,12 @@ METRICS_FILE = "metrics.jsonl"
 
 
 def is_run_dir(path: Path) -> bool:
-    """True for a directory a training run made (hydra's .hydra/, or the run's config.json / training state)."""
-    return path.is_dir() and any((path / name).exists() for name in (".hydra", "config.json", STATE_FILE))
+    """True for a directory a training run made (hydra's .hydra/, the run's config.json or training state), or one
+    holding only the log of whatever launched the run (a benchmark's): a run writes there without overwriting."""
+    if not path.is_dir():
+        return False
+    made = any((path / name).exists() for name in (".hydra", "config.json", STATE_FILE))
+    return made or all(p.is_file() and p.suffix == ".log" for p in path.iterdir())
 
 
 class TrainingError(MfpError, RuntimeError):

@@ -7,15 +7,12 @@ See :mod:`deploy.export` for what the graph holds and how parity is checked.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 
 import torch
 
 from deploy.export import export_policy
-from deploy.export_format import ExportError
 from mfp.cli_args import parse_overrides
-from policies.checkpoint import CheckpointError
 
 
 @dataclass
@@ -35,22 +32,18 @@ class ExportConfig:
 def main(argv: list[str]) -> int:
     cfg = parse_overrides(ExportConfig, argv, "mfp export")
     torch.set_num_threads(1)
-    try:
-        meta = export_policy(
-            cfg.checkpoint,
-            cfg.out,
-            cfg.data,
-            cfg.n_check,
-            cfg.tolerance,
-            cfg.hz,
-            cfg.num_inference_steps,
-            cfg.seed,
-            cfg.opset,
-            tuple(cfg.formats),
-        )
-    except (ExportError, CheckpointError) as e:
-        print(f"mfp export: FAILED: {e}", file=sys.stderr)
-        return 1
+    meta = export_policy(
+        cfg.checkpoint,
+        cfg.out,
+        cfg.data,
+        cfg.n_check,
+        cfg.tolerance,
+        cfg.hz,
+        cfg.num_inference_steps,
+        cfg.seed,
+        cfg.opset,
+        tuple(cfg.formats),
+    )
     errs = ", ".join(f"{k} {v:.2e}" for k, v in meta["parity"]["max_abs_error"].items())
     print(
         f"[export] {', '.join(meta['files'].values())} -> {cfg.out}; parity max abs error vs eager: {errs} "

@@ -22,6 +22,7 @@ from mfp.cli_args import full_errors, omegaconf_message, one_line
 from policies.config import REMOVED_SETTINGS
 from training import distributed
 from training.config import compose_train_config, config_from_hydra
+from training.distributed import resolve_device
 from training.trainer import Trainer, is_run_dir
 
 
@@ -87,6 +88,9 @@ def preflight(argv: list[str]) -> str | None:
         return None
     try:
         cfg = compose_train_config(argv)
+        resolve_device(cfg.device, "device")
+        if cfg.eval.device:
+            resolve_device(cfg.eval.device, "eval.device")
         check_output(cfg.output_dir, [cfg.task.dataset], what="output_dir", ours=is_run_dir, offer_overwrite=False)
     except (HydraException, OmegaConfBaseException, MfpError, ValueError, TypeError) as e:
         return omegaconf_message(e)
