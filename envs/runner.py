@@ -226,12 +226,14 @@ def _init_worker(agent: Any, task: str, env_kwargs: Mapping[str, Any], max_steps
             f"({env.obs_keys}); pass matching env_kwargs (see Suite.env_kwargs)"
         )
     reset_takes_seed = "seed" in inspect.signature(agent.reset).parameters
+    lazy = "render" in inspect.signature(env.step).parameters  # the env can skip rendering an unread observation
     _worker.update(
         env=env,
         agent=agent,
         keys=keys,
         n_obs=int(getattr(agent, "n_obs_steps", 1)),
         reset_takes_seed=reset_takes_seed,
+        lazy=lazy,
         max_steps=max_steps,
         warm=False,
     )
@@ -277,8 +279,10 @@ def _run_job(episode_ix: int, seed: int, video_dir: str | None) -> dict[str, Any
             if problem is not None:
                 result["failure"] = f"step {result['steps']}: {problem}"
                 break
-            for action in chunk:
-                obs, reward, _, truncated, info = env.step(action)
+            for i, action in enumerate(chunk):
+                # Only the last n_obs observations of a chunk feed the next prediction: the others go unrendered.
+                needed = i >= len(chunk) - n_obs
+                obs, reward, _, truncated, info = env.step(action, render=needed) if w["lazy"] else env.step(action)
                 result["steps"] += 1
                 rewards.append(reward)
                 history.append(obs)

@@ -116,3 +116,24 @@ def test_evaluating_a_checkpoint_twice_gives_the_same_episodes_whatever_the_work
     assert not np.array_equal(first[0], policy.predict_action(obs))
     policy.reset()  # no seed: torch's global generator, as before
     assert not np.array_equal(policy.predict_action(obs), policy.predict_action(obs))
+
+
+def test_only_the_observations_the_policy_reads_are_rendered(tmp_path, monkeypatch):
+    """A chunk of 3 actions with 2 observation steps reads the last 2 observations of the chunk: the first step of
+    each chunk goes unrendered, and the episode (rewards, steps, success) is the same as with every step rendered."""
+    from envs.metaworld.env import MetaWorldEnv
+
+    _untrained_checkpoint(tmp_path / "policy", steps=12)  # horizon 4, n_obs_steps 2, n_action_steps 3
+    renders = []
+    cloud = MetaWorldEnv.point_cloud
+    monkeypatch.setattr(MetaWorldEnv, "point_cloud", lambda self: renders.append(self._steps) or cloud(self))
+    lazy = evaluate_checkpoint(tmp_path / "policy", episodes=1, n_workers=0)["per_episode"][0]
+    assert renders == [0, 2, 3, 5, 6, 8, 9, 11, 12]  # reset, then the last two steps of each 3-step chunk
+
+    step = MetaWorldEnv.step
+    monkeypatch.setattr(MetaWorldEnv, "step", lambda self, action: step(self, action))  # no render switch: all
+    renders.clear()
+    full = evaluate_checkpoint(tmp_path / "policy", episodes=1, n_workers=0)["per_episode"][0]
+    assert renders == list(range(13))
+    for key in ("steps", "sum_reward", "success"):
+        assert lazy[key] == full[key]

@@ -216,7 +216,9 @@ class MetaWorldEnv(gym.Env):
         info["seed"] = seed
         return self._observation(state), info
 
-    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
+        """One env step. ``render=False`` leaves the rendered observations (point cloud, images) out of the returned
+        observation: a step whose observation nobody reads (inside an executed chunk) then costs no rendering."""
         if self.episode_seed is None:
             raise RuntimeError("call reset() before step()")
         action = np.asarray(action, dtype=np.float32).reshape(-1)
@@ -229,7 +231,7 @@ class MetaWorldEnv(gym.Env):
         info = dict(info)
         info["success"] = bool(info.get("success", False))
         truncated = self._steps >= self.max_episode_steps
-        return self._observation(state), float(reward), False, truncated, info
+        return self._observation(state, render), float(reward), False, truncated, info
 
     def render(self) -> np.ndarray:
         """Upright rgb frame (H, W, 3) uint8 from ``video_camera`` (for videos)."""
@@ -240,11 +242,13 @@ class MetaWorldEnv(gym.Env):
         self._env.close()
 
     # ------------------------------------------------------------------ observations
-    def _observation(self, state: np.ndarray) -> dict[str, np.ndarray]:
+    def _observation(self, state: np.ndarray, render: bool = True) -> dict[str, np.ndarray]:
         obs: dict[str, np.ndarray] = {}
-        if self.point_cloud_cameras:
+        if self.point_cloud_cameras and render:
             obs[POINT_CLOUD] = self.point_cloud()
         for i, (cam, cam_id) in enumerate(zip(self.image_cameras, self._img_cam_ids, strict=True)):
+            if not render:
+                break
             obs[image_key(cam, i)] = np.ascontiguousarray(
                 self._camera_rgb(cam_id, self.image_size).transpose(2, 0, 1)
             )  # (3, H, W)
