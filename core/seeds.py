@@ -9,12 +9,18 @@ from __future__ import annotations
 from core.errors import ConfigError
 
 DEMO_SEED_BASE = 0
+FINETUNE_SEED_BASE = 50_000  # online fine-tuning's training episodes: the upper half of the demo range
 EVAL_SEED_BASE = 100_000
 
 
 def demo_seeds(n: int, start: int = 0) -> list[int]:
     """``n`` demonstration seeds beginning at offset ``start`` of the demo range."""
     return _range(DEMO_SEED_BASE, EVAL_SEED_BASE, n, start, "demo")
+
+
+def finetune_seeds(n: int, start: int = 0) -> list[int]:
+    """``n`` seeds for online fine-tuning's training episodes (never evaluation seeds, never the first demos)."""
+    return _range(FINETUNE_SEED_BASE, EVAL_SEED_BASE, n, start, "fine-tuning")
 
 
 def eval_seeds(n: int, start: int = 0) -> list[int]:

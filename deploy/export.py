@@ -53,6 +53,8 @@ class ExportablePolicy(nn.Module):
         p = self.policy
         normalized = {k: p.normalizer.normalize(k, x) for k, x in zip(self.keys, obs, strict=True)}  # (B, To, ...)
         cond = p.obs_encoder(normalized)  # (B, To * D)
+        if p.noise_actor is not None:  # a steered policy picks its own noise; the input stays for one interface
+            noise = p.noise_actor(cond) + 0.0 * noise
         naction = p.head.sample(cond, num_steps=self.num_steps, noise=noise)  # (B, H, Da)
         action = p.normalizer.unnormalize(OUTPUT, naction)
         return action[:, self.start : self.start + self.n_action_steps]
@@ -171,7 +173,9 @@ def check_parity(
             z = noise if i % 2 == 0 else torch.randn(noise.shape, generator=g)
             inputs = _as_inputs(policy, window, z)
             eager = module(*inputs).numpy()
-            api = policy.predict_action({k: x for k, x in zip(names[:-1], inputs[:-1], strict=True)}, noise=z).numpy()
+            api_noise = None if policy.noise_actor is not None else z  # a steered policy chooses its own noise
+            window_obs = {k: x for k, x in zip(names[:-1], inputs[:-1], strict=True)}
+            api = policy.predict_action(window_obs, noise=api_noise).numpy()
             errors["policy_api"] = max(errors["policy_api"], float(np.abs(api - eager).max()))
             if session is not None:
                 out = session.run([OUTPUT], {n: x.numpy() for n, x in zip(names, inputs, strict=True)})[0]

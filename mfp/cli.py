@@ -48,6 +48,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "main",
         "collect demos if missing, train, evaluate (hydra overrides: task.env=... policy=...)",
     ),
+    "finetune": (
+        "mfp.commands.finetune",
+        "main",
+        "fine-tune a one-step policy online (PPO or noise steering)",
+    ),
     "eval": ("mfp.commands.eval", "main", "evaluate a checkpoint or the scripted expert on fixed seeds"),
     "export": ("mfp.commands.export", "main", "export a checkpoint to ONNX and torch.export with parity checks"),
     "deploy": ("mfp.commands.deploy", "main", "run the real-time control loop against a robot bridge"),

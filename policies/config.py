@@ -208,6 +208,10 @@ class PolicyConfig:
     # sees batch_size * k samples while the encoder, most of a CPU step, still runs once per observation. Heads that
     # draw nothing (regression) train on each observation once whatever k is.
     samples_per_obs: int = 1
+    # A learned starting noise for the one-step generator (noise-space steering, `mfp finetune finetune=steering`):
+    # 0 = none (the noise is drawn), else the width of the small network that chooses it, within |w| <= bound.
+    noise_actor_hidden: int = 0
+    noise_actor_bound: float = 1.5
 
     def __post_init__(self) -> None:
         from policies.heads import base, head_names  # the registry; heads import this module, not the reverse
@@ -215,6 +219,8 @@ class PolicyConfig:
         check_choice("policy head", self.head, head_names())
         for name in ("horizon", "n_obs_steps", "n_action_steps", "samples_per_obs"):
             check_int(f"policy.{name}", getattr(self, name), 1)
+        check_int("policy.noise_actor_hidden", self.noise_actor_hidden, 0)
+        check_number("policy.noise_actor_bound", self.noise_actor_bound, 0.0, low_open=True)
         if self.num_inference_steps is not None:
             check_int("policy.num_inference_steps", self.num_inference_steps, 1)
         if not base.head_entry(self.head).draws_noise:

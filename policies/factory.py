@@ -12,6 +12,7 @@ from encoders.dispersive import DispersiveLoss
 from policies.backbones import Backbone, ConditionalUnet1D, MLPBackbone
 from policies.config import PolicyConfig
 from policies.heads import make_head, n_time_inputs_for
+from policies.noise_actor import NoiseActor
 from policies.normalizer import LinearNormalizer
 from policies.obs_encoder import ObservationEncoder
 from policies.policy import Policy
@@ -59,6 +60,11 @@ def build_policy(
     if stats is not None:
         fit_normalizer(normalizer, shape_meta, stats)
 
+    noise_actor = None
+    if cfg.noise_actor_hidden > 0:
+        noise_actor = NoiseActor(
+            cond_dim, cfg.horizon, shape_meta.action_dim, cfg.noise_actor_hidden, cfg.noise_actor_bound
+        )
     dispersive = None
     if cfg.dispersive.weight > 0:
         dispersive = DispersiveLoss(cfg.dispersive.variant, cfg.dispersive.temperature, cfg.dispersive.margin)
@@ -75,6 +81,7 @@ def build_policy(
         dispersive_layers=list(cfg.dispersive.layers),
         num_inference_steps=cfg.num_inference_steps,
         samples_per_obs=cfg.samples_per_obs,  # PolicyConfig already records 1 for heads that draw nothing
+        noise_actor=noise_actor,
     )
 
 

@@ -19,6 +19,7 @@ from torch import nn
 from core.spec import ShapeMeta, SpecError
 from encoders.dispersive import OBS_EMBEDDING, DispersiveLoss, FeatureTap, regularized_loss
 from policies.heads.base import ActionHead
+from policies.noise_actor import NoiseActor
 from policies.normalizer import LinearNormalizer
 from policies.obs_encoder import ObservationEncoder
 
@@ -47,6 +48,7 @@ class Policy(nn.Module):
         dispersive_layers: Sequence[str] = (OBS_EMBEDDING,),
         num_inference_steps: int | None = None,
         samples_per_obs: int = 1,
+        noise_actor: NoiseActor | None = None,
     ) -> None:
         super().__init__()
         if n_obs_steps - 1 + n_action_steps > horizon:
@@ -64,6 +66,8 @@ class Policy(nn.Module):
         # Training only: each encoded observation is repeated this many times in the head's loss, each copy with
         # its own noise and time draws (the encoder's gradient sums over the copies).
         self.samples_per_obs = int(samples_per_obs)
+        # When present, chooses the sampler's starting noise from the observation (noise-space steering).
+        self.noise_actor = noise_actor
         # reset(seed=...) makes the episode's sampling noise a function of its seed (reproducible evaluation).
         self._episode_seed: int | None = None
         self._episode_generator: torch.Generator | None = None
@@ -119,6 +123,11 @@ class Policy(nn.Module):
     def _normalize_obs(self, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {key: self.normalizer.normalize(key, obs[key]) for key in self.shape_meta.obs}
 
+    def condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The head's condition ``(B, To * D)`` for raw observations ``{key: (B, To, ...)}``, with autograd."""
+        self.shape_meta.check_obs(obs, leading_dims=2)
+        return self.obs_encoder(self._normalize_obs(obs))
+
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def embed(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -169,6 +178,8 @@ class Policy(nn.Module):
         if noise is not None:
             noise = torch.as_tensor(noise, device=cond.device)
             noise = noise.unsqueeze(0) if unbatched and noise.dim() == 2 else noise
+        elif self.noise_actor is not None:
+            noise = self.noise_actor(cond)
         naction = self.head.sample(cond, num_steps=n, noise=noise, generator=generator)  # (B, H, Da)
         action = self.normalizer.unnormalize("action", naction)
         if not torch.isfinite(action).all():

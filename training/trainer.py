@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ from training import distributed
 from training.config import TrainConfig
 from training.evaluation import evaluate_checkpoint
 from training.provenance import code_version
+from training.run_log import METRICS_FILE, RunLogger, rewind_metrics
 from training.state import (
     STATE_FILE,
     TrainStateError,
@@ -44,7 +45,6 @@ from training.state import (
 from training.tasks import TaskData, load_task_data
 
 POLICY_DIR = "policy"
-METRICS_FILE = "metrics.jsonl"
 
 
 def is_run_dir(path: Path) -> bool:
@@ -129,7 +129,7 @@ class Trainer:
             self.optimizer, cosine_with_warmup(cfg.warmup_steps, cfg.num_steps)
         )
         self.step = 0
-        self._logger: _Logger | None = None  # opened by fit()
+        self._logger: RunLogger | None = None  # opened by fit()
 
     # ------------------------------------------------------------------ state
     def state_dict(self, rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -226,7 +226,7 @@ class Trainer:
         self._prepare_output()
         if cfg.resume and distributed.is_main():
             rewind_metrics(self.out / METRICS_FILE, self.step)
-        self._logger = _Logger(self.out, cfg, enabled=distributed.is_main())
+        self._logger = RunLogger(self.out, cfg, enabled=distributed.is_main())
         progress = _progress(cfg.num_steps, self.step, enabled=cfg.progress and distributed.is_main())
         t0, steps0 = time.perf_counter(), self.step
         try:
@@ -303,74 +303,3 @@ def _progress(total: int, initial: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
-
-
-class _Logger:
-    """metrics.jsonl always; wandb (offline by default) when its mode is not 'disabled'."""
-
-    def __init__(self, out: Path, cfg: TrainConfig, enabled: bool) -> None:
-        self.enabled = enabled
-        self.file = open(out / METRICS_FILE, "a") if enabled else None
-        self.run = None
-        if enabled and cfg.wandb.mode != "disabled":
-            import wandb
-
-            self.run = wandb.init(
-                project=cfg.wandb.project,
-                entity=cfg.wandb.entity,
-                mode=cast(Literal["online", "offline", "disabled"], cfg.wandb.mode),
-                dir=str(out),
-                config=asdict(cfg),
-                name=out.name,
-                resume="allow",
-                id=_run_id(out),
-            )
-
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
-        if self.file is None:
-            return
-        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.file.flush()
-        if self.run is not None:
-            self.run.log(metrics, step=step)
-
-    def log_video(self, key: str, path: Path, step: int) -> None:
-        if self.run is not None:
-            import wandb
-
-            self.run.log({key: wandb.Video(str(path), format="mp4")}, step=step)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.run is not None:
-            self.run.finish()
-
-
-def rewind_metrics(path: Path, step: int) -> int:
-    """Cut the metrics log back to the resumed ``step``: a killed run logged past its last checkpoint (those steps
-    are trained again) and may have left a torn last line. Keeps the whole lines with ``step <= step``, rewritten
-    atomically; returns how many lines were dropped."""
-    if not path.is_file():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-            keep = int(row["step"]) <= step
-        except (ValueError, KeyError, TypeError):
-            keep = False
-        if keep:
-            kept.append(line + "\n")
-        else:
-            dropped += 1
-    if dropped:
-        write_text(path, "".join(kept))
-    return dropped
-
-
-def _run_id(out: Path) -> str:
-    """A stable wandb run id per output_dir, so a resumed run continues the same wandb run."""
-    import hashlib
-
-    return hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]

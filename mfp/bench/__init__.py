@@ -1,8 +1,9 @@
 """`mfp bench <name>`: benchmarks that print a table and write JSON. Each submodule has `main(argv) -> int`.
 
 ``heads``, ``policy``, ``envs`` and ``deploy`` ship with the package. The research harness (``success``,
-``encoders``, ``robomimic``) lives in the checkout's ``benchmarks/`` folder, which is not installed: from a checkout
-``mfp bench success ...`` runs ``python -m benchmarks.success ...`` there; elsewhere it says where to find it.
+``encoders``, ``robomimic``, ``finetune``) lives in the checkout's ``benchmarks/`` folder, which is not installed:
+from a checkout ``mfp bench success ...`` runs ``python -m benchmarks.success ...`` there; elsewhere it says where
+to find it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ BENCHMARKS = {
     "deploy": "mfp.bench.deploy",
     "policy": "mfp.bench.policy",
 }
-RESEARCH = {"success": "benchmarks.success", "encoders": "benchmarks.encoders", "robomimic": "benchmarks.robomimic"}
+RESEARCH = {
+    "success": "benchmarks.success",
+    "encoders": "benchmarks.encoders",
+    "robomimic": "benchmarks.robomimic",
+    "finetune": "benchmarks.finetune",
+}
 
 
 def main(argv: list[str]) -> int:

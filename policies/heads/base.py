@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.errors import ConfigError
 from policies.backbones import Backbone
 
 
@@ -52,6 +53,11 @@ class ActionHead(nn.Module, ABC):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Action chunks ``(B, H, Da)`` for ``cond (B, C)`` with ``num_steps`` network evaluations."""
+
+    def one_step(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The chunk ``(B, H, Da)`` one network evaluation maps ``noise`` to, differentiable (for fine-tuning).
+        Heads that need several evaluations have none."""
+        raise ConfigError(f"a {type(self).__name__} has no one-step map; fine-tune a meanflow or regression policy")
 
     # ------------------------------------------------------------------ helpers for subclasses
     def check_batch(self, actions: torch.Tensor, cond: torch.Tensor) -> None:

@@ -119,6 +119,11 @@ class MeanFlowHead(ActionHead):
         u_rest = self.u(z[n_jvp:], t[n_jvp:], r[n_jvp:], cond[n_jvp:])
         return torch.cat([u_j, u_rest]), dudt.detach()
 
+    def one_step(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """``a = eps - u(eps, t=1, h=1 | c)`` with autograd (the map the one-step sampler applies)."""
+        ones = torch.ones(cond.shape[0], device=cond.device, dtype=cond.dtype)
+        return noise - self.u(noise, ones, 0 * ones, cond)
+
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def sample(

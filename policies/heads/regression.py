@@ -35,6 +35,10 @@ class RegressionHead(ActionHead):
         loss = F.mse_loss(self.predict(cond), actions)
         return loss, {"loss": float(loss.detach()), "mse": float(loss.detach())}
 
+    def one_step(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The predicted chunk with autograd; ``noise`` does not enter it."""
+        return self.predict(cond)
+
     @torch.no_grad()
     def sample(
         self,
