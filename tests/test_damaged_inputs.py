@@ -316,3 +316,23 @@ def test_the_undamaged_artefacts_pass_the_same_commands(
 
 
 os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def test_export_never_replaces_what_it_did_not_make(tmp_path, capsys):
+    """`mfp export out=` a non-empty foreign directory, an existing file or the checkpoint itself: one line, exit 2,
+    nothing changed."""
+    from rl_toy import toy_checkpoint
+
+    ckpt = toy_checkpoint(tmp_path / "ckpt")
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep me")
+    a_file = tmp_path / "file.bin"
+    a_file.write_bytes(b"keep")
+    before = {p: p.read_bytes() for p in [foreign / "notes.txt", a_file, *sorted(ckpt.iterdir())]}
+    for out in (foreign, a_file, ckpt, ckpt / "export"):
+        assert mfp(["export", f"checkpoint={ckpt}", f"out={out}", "n_check=1"]) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert {p: p.read_bytes() for p in before} == before
+    assert not (ckpt / "export").exists()

@@ -8,10 +8,13 @@ See :mod:`deploy.export` for what the graph holds and how parity is checked.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
+from core.atomic_write import check_output
 from deploy.export import export_policy
+from deploy.export_format import META_FILE
 from mfp.cli_args import parse_overrides
 
 
@@ -27,10 +30,17 @@ class ExportConfig:
     seed: int = field(default=0, metadata={"help": "seed of the fixed noise stored with the export"})
     opset: int = field(default=18, metadata={"help": "ONNX opset"})
     formats: list = field(default_factory=lambda: ["onnx", "pt2"], metadata={"help": "onnx and/or pt2"})
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing export directory"})
+
+
+def _is_export_dir(path: Path) -> bool:
+    return (path / META_FILE).is_file()
 
 
 def main(argv: list[str]) -> int:
     cfg = parse_overrides(ExportConfig, argv, "mfp export")
+    inputs = [cfg.checkpoint] + ([cfg.data] if cfg.data else [])
+    check_output(cfg.out, inputs, cfg.overwrite, what="out", ours=_is_export_dir)
     torch.set_num_threads(1)
     meta = export_policy(
         cfg.checkpoint,
