@@ -83,7 +83,11 @@ def demo_names(group: Any) -> list[str]:
 class RobomimicWriter:
     """Appends demos to a robomimic HDF5 file; ``data.attrs["total"]`` is kept current after every demo.
 
-    Use as a context manager. ``compress`` gzips image datasets (robomimic reads them transparently).
+    Use as a context manager. Images are stored uncompressed and contiguous, as robomimic's
+    ``dataset_states_to_obs.py`` stores them without ``--compress``: robomimic's ``SequenceDataset`` in its ``low_dim``
+    cache mode reads them from disk for every item, and gzip with automatic chunks made that ~7x slower (measured in
+    ``docs/results/robomimic_compat``). ``compress=True`` gzips them one chunk per frame (3x smaller, a read costs
+    ~1.4x the uncompressed one).
     ``append=True`` continues a file this writer left (same ``env_args``): a demo whose write was cut off (no
     ``num_samples`` attribute yet) is dropped, and ``total`` is recounted from the demos kept.
     """
@@ -93,7 +97,7 @@ class RobomimicWriter:
         path: str | os.PathLike,
         env_args: Mapping[str, Any],
         overwrite: bool = False,
-        compress: bool = True,
+        compress: bool = False,
         file_attrs: Mapping[str, Any] | None = None,
         append: bool = False,
     ) -> None:
@@ -169,7 +173,9 @@ class RobomimicWriter:
                 continue
             for key, arr in obs.items():
                 arr = np.asarray(arr)
-                opts = {"compression": "gzip", "compression_opts": 4} if self.compress and is_image_array(arr) else {}
+                opts: dict[str, Any] = {}
+                if self.compress and is_image_array(arr):
+                    opts = {"compression": "gzip", "compression_opts": 4, "chunks": (1, *arr.shape[1:])}
                 grp.create_dataset(f"{group_name}/{key}", data=arr, **opts)
         for k, v in demo.attrs.items():
             grp.attrs[k] = v
@@ -208,7 +214,7 @@ def write_robomimic(
     env_args: Mapping[str, Any],
     masks: Mapping[str, Sequence[str]] | None = None,
     overwrite: bool = False,
-    compress: bool = True,
+    compress: bool = False,
     file_attrs: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Write ``demos`` as ``demo_0..`` with ``masks`` (filter key -> demo names); returns the demo names."""
@@ -482,9 +488,31 @@ def _attr(v: Any) -> Any:
     return v.decode() if isinstance(v, bytes) else v
 
 
+def raw_robosuite_hint(path: str) -> str:
+    """What to run on a raw robosuite ``demo.hdf5`` (``states`` and ``actions`` only) to make it usable."""
+    return (
+        f"{path} is a raw robosuite demo file (states and actions, no observations); make a training file from it "
+        f"with `mfp convert src={path} out=<name>.hdf5` (it replays the states for the observations, as robomimic's "
+        "dataset_states_to_obs.py does)"
+    )
+
+
+def is_raw_robosuite(f: Any) -> bool:
+    """True for robosuite's own ``gather_demonstrations_as_hdf5`` output (``data`` attrs ``env``/``env_info``,
+    demos of ``states`` and ``actions``, no ``obs``), before robomimic's conversion."""
+    if "data" not in f or "env_args" in f["data"].attrs:
+        return False
+    names = demo_names(f["data"])
+    if "env_info" in f["data"].attrs or "env" in f["data"].attrs:
+        return True
+    return bool(names) and "states" in f["data"][names[0]] and "obs" not in f["data"][names[0]]
+
+
 def _env_args(f: Any, path: str) -> dict[str, Any]:
     if "data" not in f:
         raise RobomimicFormatError(f"{path}: no 'data' group; is this a robomimic dataset?")
+    if is_raw_robosuite(f):
+        raise RobomimicFormatError(raw_robosuite_hint(path))
     if "env_args" not in f["data"].attrs:
         raise RobomimicFormatError(
             f"{path}: data has no 'env_args' attribute (robomimic stores the env metadata there)"
@@ -516,6 +544,8 @@ def _check_file(f: Any, path: str) -> None:
     ``data.attrs["total"]`` and every mask names demos that exist."""
     if "data" not in f:
         raise RobomimicFormatError(f"{path}: no 'data' group; is this a robomimic dataset?")
+    if is_raw_robosuite(f):
+        raise RobomimicFormatError(raw_robosuite_hint(path))
     names = demo_names(f["data"])
     try:
         counted = sum(int(f["data"][n].attrs["num_samples"]) for n in names)
@@ -566,6 +596,8 @@ def _read_demo(
     grp = f[f"data/{name}"]
     for key in require:
         if key not in grp:
+            if key == "obs" and "states" in grp:
+                raise RobomimicFormatError(f"{where}: no 'obs'. " + raw_robosuite_hint(path))
             raise RobomimicFormatError(f"{where}: missing '{key}' (present: {sorted(grp.keys())})")
 
     def read_obs(group_name: str) -> dict[str, np.ndarray] | None:
