@@ -20,9 +20,9 @@ import numpy as np
 
 LAYOUTS = {
     "gzip, automatic chunks (robomimic --compress; ours before)": dict(compression="gzip", chunks=True),
-    "gzip 4, one chunk per frame": dict(compression="gzip", compression_opts=4, per_frame=True),
-    "uncompressed, one chunk per frame (ours now)": dict(per_frame=True),
-    "uncompressed, contiguous (robomimic without --compress)": dict(),
+    "gzip 4, one chunk per frame (ours, compress=True)": dict(compression="gzip", compression_opts=4, per_frame=True),
+    "uncompressed, one chunk per frame": dict(per_frame=True),
+    "uncompressed, contiguous (ours now; robomimic default)": dict(),
 }
 
 
