@@ -248,11 +248,21 @@ def read_lerobot(root: str | os.PathLike) -> LeRobotData:
     return LeRobotData(root=root, info=info, tasks=tasks, episodes=episodes, columns=columns)
 
 
+def _read_table(pq: Any, path: Path) -> Any:
+    """A parquet file as a pyarrow table; a damaged one is a :class:`LeRobotFormatError` naming it."""
+    import pyarrow as pa
+
+    try:
+        return pq.read_table(path)
+    except (OSError, pa.ArrowException) as e:
+        raise LeRobotFormatError(f"{path} cannot be read as parquet ({e}); the file is damaged") from e
+
+
 def _read_tasks(root: Path, pq: Any) -> list[str]:
     path = root / "meta" / "tasks.parquet"
     if not path.is_file():
         raise LeRobotFormatError(f"{root}: meta/tasks.parquet is missing")
-    table = pq.read_table(path)
+    table = _read_table(pq, path)
     meta = json.loads((table.schema.metadata or {}).get(b"pandas", b"{}"))
     index_cols = [c for c in meta.get("index_columns", []) if isinstance(c, str)]
     name_col = index_cols[0] if index_cols else ("task" if "task" in table.column_names else None)
@@ -274,7 +284,7 @@ def _read_episodes(root: Path, pq: Any) -> list[dict[str, Any]]:
         raise LeRobotFormatError(f"{root}: meta/episodes/*/*.parquet is missing (one row per episode)")
     rows: list[dict[str, Any]] = []
     for file in files:
-        table = pq.read_table(file)
+        table = _read_table(pq, file)
         keep = [c for c in table.column_names if not c.startswith("stats/")]
         rows += table.select(keep).to_pylist()
     if any("episode_index" not in r for r in rows):
@@ -292,7 +302,7 @@ def _read_data(root: Path, pq: Any, info: Mapping[str, Any]) -> dict[str, np.nda
     wanted = [k for k, v in info["features"].items() if v["dtype"] != "video"]
     parts: dict[str, list[np.ndarray]] = {k: [] for k in wanted}
     for file in files:
-        table = pq.read_table(file)
+        table = _read_table(pq, file)
         missing = [k for k in wanted if k not in table.column_names]
         if missing:
             raise LeRobotFormatError(f"{file}: no column {missing[0]!r} for a feature of meta/info.json")

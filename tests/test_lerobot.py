@@ -181,6 +181,12 @@ def _damaged(tmp_path: Path, how: str) -> Path:
         (root / "meta" / "info.json").write_text(json.dumps({**info, "codebase_version": "v2.1"}))
     elif how == "no video":
         shutil.rmtree(root / "videos")
+    elif how == "data cut":
+        data = root / "data" / "chunk-000" / "file-000.parquet"
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    elif how == "video cut":
+        video = root / "videos" / "observation.images.front" / "chunk-000" / "file-000.mp4"
+        video.write_bytes(video.read_bytes()[:600])
     elif how == "frames short":
         info = json.loads((root / "meta" / "info.json").read_text())
         (root / "meta" / "info.json").write_text(json.dumps({**info, "total_frames": 25}))
@@ -194,6 +200,8 @@ def _damaged(tmp_path: Path, how: str) -> Path:
         ("v2.1", "codebase_version v2.1; only LeRobot format v3.0"),
         ("no video", "file-000.mp4 is missing"),
         ("frames short", "info.json says 25 frames, the data files hold 19"),
+        ("data cut", "file-000.parquet cannot be read as parquet"),
+        ("video cut", "video 'observation.images.front'"),
     ],
 )
 def test_a_dataset_that_cannot_be_used_is_one_line_naming_the_problem(tmp_path, capsys, how, message):

@@ -9,6 +9,7 @@ beside this package; its own script was run on a file written here: ``docs/resul
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,7 +64,9 @@ def state_only_lift(tmp_path_factory):
     """Three scripted Lift demos (seeds 0, 1, 2) without cameras: the fast case."""
     out = tmp_path_factory.mktemp("replay") / "lift.hdf5"
     collect_robomimic("robomimic/lift", 3, str(out), cameras=(), verbose=False)
-    return read_robomimic(out)
+    f = read_robomimic(out)
+    f.file_attrs["path"] = out
+    return f
 
 
 def test_recorded_actions_replay_the_recorded_states_in_robomimics_playback(state_only_lift):
@@ -103,8 +106,6 @@ def test_observations_are_those_of_the_stored_states(state_only_lift):
 
 def test_observation_keys_and_dtypes_are_robomimics(state_only_lift):
     """The 10 low-dim keys robomimic 0.3 extracts for a Panda under robosuite 1.5 (its own file, committed)."""
-    from pathlib import Path
-
     theirs = read_robomimic(Path(__file__).parent / "fixtures" / "robomimic" / "low_dim.hdf5")
     reference = next(iter(theirs.demos.values())).obs
     ours = next(iter(state_only_lift.demos.values())).obs
@@ -113,8 +114,17 @@ def test_observation_keys_and_dtypes_are_robomimics(state_only_lift):
     }
 
 
+def test_files_recorded_here_merge_with_robomimics(state_only_lift, tmp_path):
+    """The same keys, shapes and dtypes as robomimic's own file, so `mfp merge` joins them."""
+    from demos.robomimic_hdf5 import merge_robomimic
+
+    theirs = Path(__file__).parent / "fixtures" / "robomimic" / "low_dim.hdf5"
+    summary = merge_robomimic([state_only_lift.file_attrs["path"], theirs], tmp_path / "both.hdf5")
+    assert summary["total_demos"] == 5 and read_robomimic(tmp_path / "both.hdf5").total == summary["samples"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("task, seeds", [("lift", 5), ("can", 3)])
+@pytest.mark.parametrize("task, seeds", [("lift", 5), ("can", 2)])
 def test_demos_with_images_replay_and_reextract_exactly(tmp_path, task, seeds):
     """Several seeds per task with both cameras: action playback (robomimic's way) and the observation of every
     stored state, pixels included."""
