@@ -662,13 +662,11 @@ def write_outputs(results: Sequence[dict[str, Any]], out: Path, title: str, meta
 def _observation_text(cfg: TrainConfig) -> str:
     """The encoder and observations of a run (point clouds for Meta-World, camera images for robomimic)."""
     e, t = cfg.policy.encoder, cfg.task
+    demos = f"{t.n_demos} demos" if t.n_demos is not None else f"every {t.filter_key or 'train'} demo of the file"
     if t.suite == "robomimic":
         crop = "x".join(map(str, e.image_crop_shape))
-        return f"encoder images {e.image_trunk} (crop {crop} of {t.image_size}px), obs {t.obs_keys}, {t.n_demos} demos"
-    return (
-        f"encoder points {e.point_hidden_dims}->{e.point_out_dim}, {t.num_points} points, obs {t.obs_keys}, "
-        f"{t.n_demos} demos"
-    )
+        return f"encoder images {e.image_trunk} (crop {crop} of {t.image_size}px), obs {t.obs_keys}, {demos}"
+    return f"encoder points {e.point_hidden_dims}->{e.point_out_dim}, {t.num_points} points, obs {t.obs_keys}, {demos}"
 
 
 def describe_plan(

@@ -83,7 +83,11 @@ def demo_names(group: Any) -> list[str]:
 class RobomimicWriter:
     """Appends demos to a robomimic HDF5 file; ``data.attrs["total"]`` is kept current after every demo.
 
-    Use as a context manager. ``compress`` gzips image datasets (robomimic reads them transparently).
+    Use as a context manager. Images are stored uncompressed and contiguous, as robomimic's
+    ``dataset_states_to_obs.py`` stores them without ``--compress``: robomimic's ``SequenceDataset`` in its ``low_dim``
+    cache mode reads them from disk for every item, and gzip with automatic chunks made that ~7x slower (measured in
+    ``docs/results/robomimic_compat``). ``compress=True`` gzips them one chunk per frame (3x smaller, a read costs
+    ~1.4x the uncompressed one).
     ``append=True`` continues a file this writer left (same ``env_args``): a demo whose write was cut off (no
     ``num_samples`` attribute yet) is dropped, and ``total`` is recounted from the demos kept.
     """
@@ -93,7 +97,7 @@ class RobomimicWriter:
         path: str | os.PathLike,
         env_args: Mapping[str, Any],
         overwrite: bool = False,
-        compress: bool = True,
+        compress: bool = False,
         file_attrs: Mapping[str, Any] | None = None,
         append: bool = False,
     ) -> None:
@@ -169,7 +173,9 @@ class RobomimicWriter:
                 continue
             for key, arr in obs.items():
                 arr = np.asarray(arr)
-                opts = {"compression": "gzip", "compression_opts": 4} if self.compress and is_image_array(arr) else {}
+                opts: dict[str, Any] = {}
+                if self.compress and is_image_array(arr):
+                    opts = {"compression": "gzip", "compression_opts": 4, "chunks": (1, *arr.shape[1:])}
                 grp.create_dataset(f"{group_name}/{key}", data=arr, **opts)
         for k, v in demo.attrs.items():
             grp.attrs[k] = v
@@ -208,7 +214,7 @@ def write_robomimic(
     env_args: Mapping[str, Any],
     masks: Mapping[str, Sequence[str]] | None = None,
     overwrite: bool = False,
-    compress: bool = True,
+    compress: bool = False,
     file_attrs: Mapping[str, Any] | None = None,
 ) -> list[str]:
     """Write ``demos`` as ``demo_0..`` with ``masks`` (filter key -> demo names); returns the demo names."""
@@ -482,9 +488,78 @@ def _attr(v: Any) -> Any:
     return v.decode() if isinstance(v, bytes) else v
 
 
+def raw_robosuite_hint(path: str) -> str:
+    """What to run on a raw robosuite ``demo.hdf5`` (``states`` and ``actions`` only) to make it usable."""
+    return (
+        f"{path} is a raw robosuite demo file (states and actions, no observations); make a training file from it "
+        f"with `mfp convert src={path} out=<name>.hdf5` (it replays the states for the observations, as robomimic's "
+        "dataset_states_to_obs.py does)"
+    )
+
+
+def is_raw_robosuite(f: Any) -> bool:
+    """True for robosuite's own ``gather_demonstrations_as_hdf5`` output (``data`` attrs ``env``/``env_info``,
+    demos of ``states`` and ``actions``, no ``obs``), before robomimic's conversion."""
+    if "data" not in f or "env_args" in f["data"].attrs:
+        return False
+    names = demo_names(f["data"])
+    if "env_info" in f["data"].attrs or "env" in f["data"].attrs:
+        return True
+    return bool(names) and "states" in f["data"][names[0]] and "obs" not in f["data"][names[0]]
+
+
+@dataclass
+class RawDemo:
+    """One demo of a file without observations: what robomimic's ``dataset_states_to_obs.py`` starts from."""
+
+    name: str
+    states: np.ndarray  # (N, Ds)
+    actions: np.ndarray  # (N, Da)
+    model_file: str
+
+
+def read_states_file(path: str | os.PathLike) -> tuple[dict[str, Any], list[RawDemo], dict[str, list[str]]]:
+    """``(env_args, demos, masks)`` of a file of states and actions: robosuite's own ``demo.hdf5`` (its
+    ``env_info`` becomes robomimic's ``env_args``) or one robomimic converted but did not extract yet."""
+    p = os.fspath(path)
+    with _open_read(p) as f:
+        if "data" not in f:
+            raise RobomimicFormatError(f"{p}: no 'data' group; is this a robosuite or robomimic dataset?")
+        attrs = f["data"].attrs
+        if "env_args" in attrs:
+            env_args = _env_args(f, p)
+        elif "env_info" in attrs:
+            try:
+                info = json.loads(_attr(attrs["env_info"]))
+            except (TypeError, json.JSONDecodeError) as e:
+                raise RobomimicFormatError(f"{p}: data.attrs['env_info'] is not valid JSON: {e}") from e
+            env_args = {"env_name": info.pop("env_name", _attr(attrs.get("env", ""))), "type": 1, "env_kwargs": info}
+        else:
+            raise RobomimicFormatError(f"{p}: data has neither robomimic's 'env_args' nor robosuite's 'env_info'")
+        env_args["env_kwargs"] = {k: v for k, v in env_args.get("env_kwargs", {}).items() if k != "env_name"}
+        demos = []
+        for name in demo_names(f["data"]):
+            grp = f["data"][name]
+            where = f"{p}: data/{name}"
+            for key in ("states", "actions"):
+                if key not in grp:
+                    raise RobomimicFormatError(f"{where}: missing '{key}' (present: {sorted(grp.keys())})")
+            if "model_file" not in grp.attrs:
+                raise RobomimicFormatError(f"{where}: missing attribute 'model_file' (the MJCF the demo ran on)")
+            states, actions = grp["states"][()], grp["actions"][()]
+            if len(states) != len(actions) or not len(actions):
+                raise RobomimicFormatError(f"{where}: {len(states)} states for {len(actions)} actions")
+            demos.append(RawDemo(name, states, actions, str(_attr(grp.attrs["model_file"]))))
+        if not demos:
+            raise RobomimicFormatError(f"{p}: no demos under data/")
+        return env_args, demos, _masks(f, p)
+
+
 def _env_args(f: Any, path: str) -> dict[str, Any]:
     if "data" not in f:
         raise RobomimicFormatError(f"{path}: no 'data' group; is this a robomimic dataset?")
+    if is_raw_robosuite(f):
+        raise RobomimicFormatError(raw_robosuite_hint(path))
     if "env_args" not in f["data"].attrs:
         raise RobomimicFormatError(
             f"{path}: data has no 'env_args' attribute (robomimic stores the env metadata there)"
@@ -516,6 +591,8 @@ def _check_file(f: Any, path: str) -> None:
     ``data.attrs["total"]`` and every mask names demos that exist."""
     if "data" not in f:
         raise RobomimicFormatError(f"{path}: no 'data' group; is this a robomimic dataset?")
+    if is_raw_robosuite(f):
+        raise RobomimicFormatError(raw_robosuite_hint(path))
     names = demo_names(f["data"])
     try:
         counted = sum(int(f["data"][n].attrs["num_samples"]) for n in names)
@@ -566,6 +643,8 @@ def _read_demo(
     grp = f[f"data/{name}"]
     for key in require:
         if key not in grp:
+            if key == "obs" and "states" in grp:
+                raise RobomimicFormatError(f"{where}: no 'obs'. " + raw_robosuite_hint(path))
             raise RobomimicFormatError(f"{where}: missing '{key}' (present: {sorted(grp.keys())})")
 
     def read_obs(group_name: str) -> dict[str, np.ndarray] | None:
@@ -641,3 +720,45 @@ def _check_demo_arrays(demo: Demo, where: str) -> None:
                     )
             elif not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
                 raise RobomimicFormatError(f"{where}: '{group_name}/{key}' must be numeric, got dtype {arr.dtype}")
+
+
+def replay_buffer_to_robomimic(
+    rb: ReplayBuffer, out_path: str | os.PathLike, val_ratio: float = 0.1, seed: int = 0, overwrite: bool = False
+) -> dict[str, Any]:
+    """Write a zarr dataset (e.g. an ``mfp deploy`` recording) as a robomimic file: one demo per episode, its
+    observation keys under ``obs`` (images (N, H, W, 3) uint8), ``action`` as ``actions`` (float64), other arrays
+    (``timestamp``, ``hold``) under ``obs`` too only if typed as observations, else kept as demo datasets robomimic
+    ignores; ``train``/``valid`` masks. ``env_args`` is the dataset's own (a file converted from robomimic) or names
+    its task with robomimic's gym type (2), which robomimic's ``SequenceDataset`` reads without building an env."""
+    types = dict(rb.attrs.get("obs_types") or {})
+    if ACTION not in rb.keys:
+        raise RobomimicFormatError(f"{rb.path}: no 'action' array; robomimic demos need actions")
+    env_args = rb.attrs.get("env_args") or {
+        "env_name": str(rb.attrs.get("task") or "unknown"),
+        "env_version": None,
+        "type": 2,
+        "env_kwargs": {},
+    }
+    check_output(out_path, [p for p in [rb.path] if p is not None], overwrite)
+    partial = f"{os.fspath(out_path)}.partial"
+    try:
+        with RobomimicWriter(partial, env_args, overwrite=True, file_attrs={"source": str(rb.path or "")}) as w:
+            for i in range(rb.n_episodes):
+                ep = rb.get_episode(i)
+                obs = {
+                    k: np.ascontiguousarray(v.transpose(0, 2, 3, 1)) if types[k] == "rgb" else v
+                    for k, v in ep.items()
+                    if k in types
+                }
+                demo = Demo(actions=ep[ACTION].astype(np.float64), obs=obs, attrs={"seed": int(rb.episode_seeds[i])})
+                name = w.add_demo(demo)
+                for key in [k for k in ep if k not in types and k != ACTION]:
+                    w._data[name].create_dataset(key, data=ep[key])
+            for key, members in split_masks(w.demo_names, val_ratio, seed=seed).items():
+                w.set_mask(key, members)
+            total = w.total
+        os.replace(partial, out_path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+    return {"path": os.fspath(out_path), "demos": rb.n_episodes, "samples": total}

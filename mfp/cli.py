@@ -43,6 +43,11 @@ _reuse_freed_memory()
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "collect": ("mfp.commands.collect", "main", "generate scripted-expert demonstrations into a zarr dataset"),
     "merge": ("mfp.commands.merge", "main", "concatenate robomimic HDF5 files of one task into one"),
+    "convert": (
+        "mfp.commands.convert",
+        "main",
+        "demos between robosuite/robomimic HDF5, LeRobot datasets and zarr (src=... out=... to=...)",
+    ),
     "train": (
         "mfp.commands.train",
         "main",

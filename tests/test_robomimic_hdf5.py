@@ -320,14 +320,13 @@ def test_collect_lift_then_replay_states_and_actions(collected_lift):
     env = RobosuiteEnv.from_env_args(f.env_args)
     try:
         assert env.cameras == ("agentview",) and env.image_size == 32
-        # Same model (model_seed in env_args): the flat states alone restore the episode, and the recorded
-        # actions replay it exactly. (With the model xml, MJCF's 6-digit floats make playback drift by mm.)
-        obs = env.reset_to({"states": demo.states[0]})
-        np.testing.assert_allclose(obs["object"], demo.obs["object"][0], atol=1e-5)
+        # robomimic's way: the demo's model_file and first state, then the recorded actions replay it exactly.
+        obs = env.reset_to({"states": demo.states[0], "model": demo.attrs["model_file"]})
+        np.testing.assert_array_equal(obs["object"], demo.obs["object"][0])
         for action in demo.actions:
             obs, _, terminated, _, _ = env.step(action)
         assert terminated, "open-loop playback of the recorded actions must reproduce the success"
-        np.testing.assert_allclose(obs["robot0_eef_pos"], demo.next_obs["robot0_eef_pos"][-1], atol=1e-9)
+        np.testing.assert_array_equal(obs["robot0_eef_pos"], demo.next_obs["robot0_eef_pos"][-1])
         np.testing.assert_array_equal(obs["agentview_image"].transpose(1, 2, 0), demo.next_obs["agentview_image"][-1])
     finally:
         env.close()

@@ -79,7 +79,7 @@ def test_own_recordings_are_used_as_they_are(tmp_path):
 def test_short_dataset_with_other_settings_is_refused_and_kept(tmp_path):
     path = tmp_path / "with-images.zarr"
     collect(task=TASK, n_episodes=1, out_path=str(path), num_points=128, max_steps=120, progress=False)  # + images
-    with pytest.raises(TaskDataError, match=r"holds 1 of task.n_demos=2 episodes.*set task.n_demos=1"):
+    with pytest.raises(TaskDataError, match=r"holds 1 of the 2 episodes to collect.*set task.n_demos=1"):
         ensure_demos(task_cfg(path))
     assert ReplayBuffer.open(path).n_episodes == 1
 

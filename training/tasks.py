@@ -48,7 +48,7 @@ def ensure_demos(task: TaskConfig) -> Path:
     Demos always use the first demo seeds (core/seeds.py), whatever the training seed: every training seed of a
     sweep learns from the same demonstrations, as in DP3/MP1. Jobs of a parallel sweep that need the same missing
     dataset take turns on a lock file beside it: one collects, the others wait and then read it. A Meta-World
-    dataset this collector left with fewer than ``task.n_demos`` episodes (a killed collection) is completed.
+    dataset this collector left with fewer than ``task.demos_to_collect`` episodes (a killed collection) is completed.
     """
     path = Path(task.dataset)
     if path.exists() and not _needs_more_demos(path, task):
@@ -66,16 +66,17 @@ def ensure_demos(task: TaskConfig) -> Path:
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         existing = _episodes_in(path) if path.exists() else None
         what = "not found: collecting" if existing is None else f"holds {existing} episodes: completing it to"
-        print(f"[data] {path} {what} {task.n_demos} scripted-expert demos of {task.suite} {task.env}")
+        count = task.demos_to_collect
+        print(f"[data] {path} {what} {count} scripted-expert demos of {task.suite} {task.env}")
         try:
             suite.ensure_demos(
-                task.env, path, task.n_demos, task.obs_keys, task.num_points, task.image_size, task.max_episode_steps
+                task.env, path, count, task.obs_keys, task.num_points, task.image_size, task.max_episode_steps
             )
         except ReplayBufferError as e:
             if existing is None:
                 raise
             raise TaskDataError(
-                f"'{path}' holds {existing} of task.n_demos={task.n_demos} episodes and cannot be "
+                f"'{path}' holds {existing} of the {count} episodes to collect and cannot be "
                 f"completed with this task's settings ({e}); set task.n_demos={existing} to train "
                 "on them, or point task.dataset elsewhere"
             ) from e
@@ -89,9 +90,9 @@ def _episodes_in(path: Path) -> int:
 
 
 def _needs_more_demos(path: Path, task: TaskConfig) -> bool:
-    """True for a dataset the task's collector left short of ``task.n_demos`` while collection is allowed; any
-    other existing dataset is used as it is."""
-    return task.collect_if_missing and get_suite(task.suite).needs_more_demos(path, task.env, task.n_demos)
+    """True for a dataset the task's collector left short of ``task.demos_to_collect`` while collection is allowed;
+    any other existing dataset is used as it is."""
+    return task.collect_if_missing and get_suite(task.suite).needs_more_demos(path, task.env, task.demos_to_collect)
 
 
 @contextmanager
@@ -115,8 +116,9 @@ def load_task_data(task: TaskConfig, policy: PolicyConfig, seed: int, val_ratio:
 
     shape_meta = task_shape_meta(task)
     path = ensure_demos(task)
+    source, selected = _select_demos(path, task, list(shape_meta.obs))
     train = SequenceDataset(
-        path,
+        source,
         shape_meta=shape_meta,
         horizon=policy.horizon,
         n_obs_steps=policy.n_obs_steps,
@@ -125,14 +127,49 @@ def load_task_data(task: TaskConfig, policy: PolicyConfig, seed: int, val_ratio:
         seed=seed,
         max_train_episodes=task.n_demos,
     )
-    held = train.n_episodes_total
-    if held < task.n_demos:
-        print(f"[data] {path} holds {held} episodes, fewer than task.n_demos={task.n_demos}: training on {held}")
     recorded = train.attrs.get("task")
     if recorded is not None and _canonical(task.suite, recorded) != _canonical(task.suite, task.env):
         raise TaskDataError(f"dataset {path} was collected for '{recorded}', but task.env is '{task.env}'")
     val = train.get_validation_dataset() if val_ratio > 0 else None
+    available = train.n_episodes_total - (len(val.episodes) if val is not None else 0)
+    parts = [selected] + ([f"{len(val.episodes)} held out for validation"] if val is not None else [])
+    if task.n_demos is not None and task.n_demos < available:
+        parts.append(f"a seeded {task.n_demos} of {available}: task.n_demos={task.n_demos}")
+    elif task.n_demos is not None and task.n_demos > available:
+        parts.append(f"fewer than task.n_demos={task.n_demos}")
+    print(f"[data] {path}: training on {len(train.episodes)} demos ({'; '.join(parts)})", flush=True)
     return TaskData(shape_meta=shape_meta, train=train, val=val)
+
+
+def _select_demos(path: Path, task: TaskConfig, obs_keys: list[str]) -> tuple[Any, str]:
+    """The dataset to train on (a robomimic file read through ``mask/<filter_key>``) and a description of the
+    selection for the log line: which demos of how many the file holds."""
+    from demos.robomimic_hdf5 import is_robomimic_file, list_demos, load_replay_buffer, read_masks
+
+    if not is_robomimic_file(path):
+        if task.filter_key not in (None, "all"):
+            raise TaskDataError(
+                f"task.filter_key={task.filter_key}: {path} is a zarr dataset, which has no masks (robomimic HDF5 "
+                "files do); set task.filter_key=null"
+            )
+        return path, "every demo of the dataset"
+    masks = read_masks(path)
+    total = len(list_demos(path))
+    key = task.filter_key
+    if key is None:
+        key = "train" if "train" in masks else "all"
+    if key == "all":
+        names = None
+        what = f"all {total} demos of the file" + (f"; its masks {sorted(masks)} unused" if masks else "")
+    elif key not in masks:
+        raise TaskDataError(
+            f"task.filter_key={key}: {path} has no mask '{key}'; its masks: {sorted(masks) or 'none'} "
+            "(task.filter_key=all trains on every demo)"
+        )
+    else:
+        names = key
+        what = f"mask '{key}': {len(masks[key])} of the {total} demos in the file"
+    return load_replay_buffer(path, obs_keys=obs_keys, filter_key=names), what
 
 
 def _canonical(suite: str, name: str) -> str:

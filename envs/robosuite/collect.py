@@ -39,8 +39,12 @@ def record_episode(
     """Run ``expert`` in ``env`` from ``seed`` until success or ``max_steps``; returns the demo and success.
 
     ``obs[t]`` and ``states[t]`` are taken before ``actions[t]``; ``next_obs[t]``, ``rewards[t]`` after it;
-    ``dones[t]`` is 1 at success or at the last step (robomimic's done_mode 2). With ``execution_noise > 0`` the
-    env executes ``actions[t]`` plus :class:`ExecutionNoise` (the recorded label is the expert's command).
+    ``dones[t]`` is 1 at success or at the last step (robomimic's done_mode 2). ``obs[t]`` is the observation of
+    ``states[t]`` itself (what robomimic's ``dataset_states_to_obs.py`` extracts from it), and ``model_file`` is the
+    MJCF the env runs on: robomimic's ``playback_dataset.py --use-actions`` (rebuild from ``model_file``, set
+    ``states[0]``, step ``actions``) reproduces ``states`` exactly (see :mod:`envs.robosuite.env`). With
+    ``execution_noise > 0`` the env executes ``actions[t]`` plus :class:`ExecutionNoise` (the recorded label is the
+    expert's command), so such demos do not replay from their actions; their ``states`` are what ran.
     """
     execution_noise = check_execution_noise(execution_noise)
     obs, _ = env.reset(seed=seed)

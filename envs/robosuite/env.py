@@ -1,14 +1,25 @@
 """robosuite tasks (Lift, Can, Square) with robomimic's observation keys, on the current `mujoco` bindings.
 
 A thin wrapper over ``robosuite.make``: Panda arm, OSC_POSE delta controller (robosuite 1.5 composite config),
-two offscreen cameras, and the observation dict robomimic datasets use (``agentview_image``,
-``robot0_eye_in_hand_image``, ``robot0_eef_pos``, ``robot0_eef_quat``, ``robot0_gripper_qpos``, ``object``),
-with images returned upright as (3, H, W) uint8. Success is the task's own ``_check_success()``.
+two offscreen cameras, and the observation dict robomimic 0.3 datasets hold (its ``dataset_states_to_obs.py``
+keeps ``object`` and every ``robot0_*`` observable: ``robot0_eef_pos``, ``robot0_eef_quat``, ``robot0_joint_pos``,
+...), with images returned upright as (3, H, W) uint8. Success is the task's own ``_check_success()``.
 
 robosuite draws from NumPy's global generator when it builds the model (Lift's cube size, for one) and at every
 reset (object placements, joint noise). :class:`RobosuiteEnv` seeds that generator for the build (``model_seed``)
 and for each reset (the episode seed) only, so a (model_seed, seed) pair gives one initial state in any process,
 whatever ran before. Resets keep the model (robosuite's ``hard_reset=False``: a hard reset costs ~2 s here).
+
+Exact replay, the way robomimic replays. robomimic's ``playback_dataset.py`` and ``dataset_states_to_obs.py`` rebuild
+the simulator from the demo's ``model_file`` (``reset_from_xml_string``), call ``sim.reset()``, set ``states[0]``
+and step the recorded actions. Two things make that differ from an episode that simply ran after ``env.reset()``:
+the model printed to MJCF and read back has 6-digit floats, and robosuite's controllers keep the kinematics they
+read at the (deterministic) reset pose until after the first physics substep. robosuite's ``DataCollectionWrapper``
+records in that same situation, which is why its files replay exactly. This env does the same, cheaply: it runs on
+the model read back from its own MJCF (rebuilt once, when built; reading it back again gives the same text), and
+every :meth:`reset` ends as robomimic's ``reset_to`` leaves the simulator (a deterministic reset, ``sim.reset()``,
+the seeded state set back). Observations are read after ``sim.forward()``, so they describe the stored state
+exactly (what ``dataset_states_to_obs.py`` extracts), not one physics substep before it.
 """
 
 from __future__ import annotations
@@ -33,9 +44,27 @@ AGENTVIEW_IMAGE = "agentview_image"
 EYE_IN_HAND_IMAGE = "robot0_eye_in_hand_image"
 EEF_POS = "robot0_eef_pos"
 EEF_QUAT = "robot0_eef_quat"
+EEF_QUAT_SITE = "robot0_eef_quat_site"
 GRIPPER_QPOS = "robot0_gripper_qpos"
+GRIPPER_QVEL = "robot0_gripper_qvel"
+JOINT_POS = "robot0_joint_pos"
+JOINT_POS_COS = "robot0_joint_pos_cos"
+JOINT_POS_SIN = "robot0_joint_pos_sin"
+JOINT_VEL = "robot0_joint_vel"
 OBJECT = "object"
-LOW_DIM_KEYS = (EEF_POS, EEF_QUAT, GRIPPER_QPOS, OBJECT)
+# robomimic 0.3's low-dim keys for one Panda under robosuite 1.5, sizes (robot0_eef_quat_site is float32 there).
+ROBOT_KEY_DIMS = {
+    EEF_POS: 3,
+    EEF_QUAT: 4,
+    EEF_QUAT_SITE: 4,
+    GRIPPER_QPOS: 2,
+    GRIPPER_QVEL: 2,
+    JOINT_POS: 7,
+    JOINT_POS_COS: 7,
+    JOINT_POS_SIN: 7,
+    JOINT_VEL: 7,
+}
+LOW_DIM_KEYS = (*ROBOT_KEY_DIMS, OBJECT)
 ACTION_DIM = 7  # dx, dy, dz (±5 cm), axis-angle (±0.5 rad), gripper (-1 open, +1 close)
 
 ROBOSUITE_ENV_TYPE = 1  # robomimic's EnvType.ROBOSUITE_TYPE, stored in env_args["type"]
@@ -115,7 +144,7 @@ def robosuite_shape_meta(
     specs: dict[str, ObsSpec] = {}
     for cam in cameras:
         specs[f"{cam}_image"] = ObsSpec(f"{cam}_image", "rgb", (3, image_size, image_size))
-    dims = {EEF_POS: 3, EEF_QUAT: 4, GRIPPER_QPOS: 2, OBJECT: info.object_dim}
+    dims = {**ROBOT_KEY_DIMS, OBJECT: info.object_dim}
     for key in LOW_DIM_KEYS:
         specs[key] = ObsSpec(key, "low_dim", (dims[key],))
     return ShapeMeta(obs=specs, action_dim=ACTION_DIM)
@@ -224,6 +253,10 @@ class RobosuiteEnv:
             ) from e
         self._steps = 0
         self._obs_cache: dict[str, np.ndarray] | None = None
+        self._quiet = False  # True while robosuite resets inside this env: their observations are not read
+        self._observe_after_forward()
+        self._xml = ""  # the MJCF (after robosuite's edit_model_xml) the simulator was last built from
+        self._rebuild(self.sim.model.get_xml())  # the model robomimic rebuilds from the stored model_file
 
     # ------------------------------------------------------------------ robosuite access
     @property
@@ -264,12 +297,9 @@ class RobosuiteEnv:
         if seed is None:
             seed = self._next_seed
         self._next_seed = int(seed) + 1
-        with _global_numpy_seed(int(seed)):
+        with _global_numpy_seed(int(seed)), self._unobserved():
             self._env.reset()
-        self._reset_gripper_commands()
-        self._configure_renderer()
-        self._steps = 0
-        obs = self._observation()
+        obs = self._restore(self.flat_state())
         return obs, {"seed": int(seed), "success": self.is_success()}
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
@@ -283,11 +313,12 @@ class RobosuiteEnv:
         if not np.all(np.isfinite(a)):
             raise RobosuiteEnvError(f"action contains NaN or inf: {a}")
         self._make_gl_current()
-        raw, reward, _, _ = self._env.step(np.clip(a, -1.0, 1.0))
+        self._env.step(np.clip(a, -1.0, 1.0))
         self._steps += 1
-        obs = self._observation(raw)
+        obs = self._forwarded_observation()
         success = self.is_success()
-        return obs, float(reward), success, self._steps >= self.max_episode_steps, {"success": success}
+        reward = self.reward()
+        return obs, reward, success, self._steps >= self.max_episode_steps, {"success": success}
 
     def is_success(self) -> bool:
         """The task's own success check."""
@@ -302,11 +333,8 @@ class RobosuiteEnv:
 
     # ------------------------------------------------------------------ simulator state
     def get_state(self) -> dict[str, Any]:
-        """``{"states": flattened MuJoCo state (time, qpos, qvel), "model": MJCF xml}`` as robomimic stores them.
-
-        Right after :meth:`step`, MuJoCo's derived positions (and so the observation) lag ``qpos`` by one physics
-        substep (2 ms); :meth:`reset_to` of this state observes the state itself."""
-        return {"states": np.array(self.sim.get_state().flatten()), "model": self.sim.model.get_xml()}
+        """``{"states": flattened MuJoCo state (time, qpos, qvel), "model": MJCF xml}`` as robomimic stores them."""
+        return {"states": self.flat_state(), "model": self.sim.model.get_xml()}
 
     def flat_state(self) -> np.ndarray:
         """The flattened MuJoCo state alone (one row of a demo's ``states``)."""
@@ -315,21 +343,12 @@ class RobosuiteEnv:
     def reset_to(self, state: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Restore a state from :meth:`get_state` or an HDF5 demo (``states`` and optional ``model``); returns obs.
 
-        With ``model`` the simulator is rebuilt from the MJCF text (robomimic's way); MuJoCo prints floats to
-        6 digits there (joint armature, for one), so replayed actions drift by millimetres. Without it, an env
-        of the same task and ``model_seed`` replays recorded actions exactly."""
+        As robomimic's ``reset_to``. With ``model`` (a demo's ``model_file``, for its first state) the simulator is
+        rebuilt from that MJCF (skipped when it is the one this env already runs on: the same simulator) and left as
+        at the start of a recorded episode, so stepping the demo's actions from there reproduces its ``states``.
+        Without it only the state is set (cheap: for reading the observation of each stored state)."""
         if "states" not in state:
             raise RobosuiteEnvError(f"reset_to needs a 'states' entry; got keys {sorted(state)}")
-        if "model" in state and state["model"] is not None:
-            xml = state["model"]
-            xml = xml.decode() if isinstance(xml, bytes) else str(xml)
-            self._env.reset_from_xml_string(self._env.edit_model_xml(xml))
-            self.sim.reset()
-        else:
-            # A soft reset first clears the controllers' state, as at the start of the recorded episode.
-            with _global_numpy_seed(0):
-                self._env.reset()
-        self._reset_gripper_commands()
         flat = np.asarray(state["states"], dtype=np.float64).reshape(-1)
         expected = self.flat_state().shape[0]
         if flat.shape[0] != expected:
@@ -337,6 +356,38 @@ class RobosuiteEnv:
                 f"state of length {flat.shape[0]} does not fit {self.env_name} (expects {expected}: time, qpos, qvel); "
                 "was it recorded on another task or robosuite version?"
             )
+        if state.get("model") is None:
+            self.sim.set_state_from_flattened(flat)
+            self.sim.forward()
+            self._steps = 0
+            return self._observation()
+        xml = state["model"]
+        self._rebuild(xml.decode() if isinstance(xml, bytes) else str(xml))
+        return self._restore(flat)
+
+    def _rebuild(self, xml: str) -> None:
+        """Build the simulator from MJCF text as robomimic does (``edit_model_xml`` maps asset paths to this
+        install); the same text again keeps the simulator, which is then the same one."""
+        edited = self._env.edit_model_xml(xml)
+        if edited == self._xml:
+            return
+        with self._unobserved():
+            self._env.reset_from_xml_string(edited)
+        self._xml = edited
+        self._configure_renderer()
+
+    def _restore(self, flat: np.ndarray) -> dict[str, np.ndarray]:
+        """Leave the simulator as robomimic's ``reset_to`` and robosuite's ``DataCollectionWrapper`` do before the
+        first recorded action: robosuite's deterministic reset (robot at its nominal pose, controllers rebuilt there,
+        the state of a fresh ``reset_from_xml_string``), ``sim.reset()``, then ``flat`` set and forwarded."""
+        self._env.deterministic_reset = True
+        try:
+            with self._unobserved():
+                self._env.reset()
+        finally:
+            self._env.deterministic_reset = False
+        self._reset_gripper_commands()
+        self.sim.reset()
         self.sim.set_state_from_flattened(flat)
         self.sim.forward()
         self._configure_renderer()
@@ -448,20 +499,49 @@ class RobosuiteEnv:
 
         return frame[::-1] if macros.IMAGE_CONVENTION == "opengl" else frame
 
-    def _observation(self, raw: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
-        """robomimic's keys from robosuite's observables; images (3, H, W) uint8 upright."""
-        if raw is None:
-            # After a reset the observables' caches are stale (relative poses read as zeros): recompute.
-            self._make_gl_current()
-            raw = self._env._get_observations(force_update=True)
+    @contextmanager
+    def _unobserved(self) -> Iterator[None]:
+        """robosuite's own resets render and compute every observable; inside this block they skip that (the
+        observation is read once, after the state is final)."""
+        self._quiet = True
+        try:
+            yield
+        finally:
+            self._quiet = False
+
+    def _observe_after_forward(self) -> None:
+        """robosuite samples its observables inside every ``step``, before the state is forwarded; this env reads
+        them once per step, after ``sim.forward()`` (:meth:`_observation`), so the inner sampling is skipped (one
+        camera render per step, as before)."""
+        update = self._env._update_observables
+
+        def update_when_forced(force: bool = False) -> None:
+            if force and not self._quiet:
+                update(force=True)
+
+        self._env._update_observables = update_when_forced
+
+    def _forwarded_observation(self) -> dict[str, np.ndarray]:
+        """The observation of the state a step left: ``sim.forward()`` first (a step leaves MuJoCo's derived
+        positions one physics substep behind ``qpos``), with the solver's warm start kept, so the next step runs
+        exactly as it would have (robomimic's playback does not forward between steps)."""
+        warmstart = self.sim.data.qacc_warmstart.copy()
+        self.sim.forward()
+        self.sim.data.qacc_warmstart[:] = warmstart
+        return self._observation()
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        """robomimic's keys from robosuite's observables of the current (forwarded) state; images (3, H, W) uint8
+        upright, low-dim arrays with robosuite's dtypes (float64; ``robot0_eef_quat_site`` float32)."""
+        self._make_gl_current()
+        raw = self._env._get_observations(force_update=True)
         obs: dict[str, np.ndarray] = {}
         for cam in self.cameras:
             key = f"{cam}_image"
             img = self._upright(raw[key])  # (H, W, 3)
             obs[key] = np.ascontiguousarray(img.transpose(2, 0, 1))  # (3, H, W)
-        obs[EEF_POS] = np.asarray(raw[EEF_POS], dtype=np.float64)
-        obs[EEF_QUAT] = np.asarray(raw[EEF_QUAT], dtype=np.float64)
-        obs[GRIPPER_QPOS] = np.asarray(raw[GRIPPER_QPOS], dtype=np.float64)
-        obs[OBJECT] = np.asarray(raw["object-state"], dtype=np.float64)
+        for key in ROBOT_KEY_DIMS:
+            obs[key] = np.array(raw[key])
+        obs[OBJECT] = np.array(raw["object-state"])
         self._obs_cache = obs
         return obs
