@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import check_number
 from deploy.bridge import Rejected
 from deploy.protocol import Message, spec_of
 from envs.metaworld.env import MetaWorldEnv
@@ -40,6 +41,7 @@ class SimArm:
         max_episode_steps: int = 500,
         command_log: str | None = None,
     ) -> None:
+        check_number("hz", hz, 0.0, 1000.0, low_open=True)
         self.task, self.hz = task, float(hz)
         self.dt = 1.0 / self.hz
         self.env = MetaWorldEnv(

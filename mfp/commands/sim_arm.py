@@ -9,12 +9,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
+import sys
 import threading
 from dataclasses import dataclass, field
 
-from deploy.bridge import BridgeServer
+from core.errors import check_int, check_number
+from deploy.bridge import BridgeServer, check_address
 from deploy.inference import set_realtime_priority
 from deploy.sim_arm import SimArm
 from mfp.cli_args import parse_overrides
@@ -35,9 +38,20 @@ class SimArmConfig:
     realtime_priority: int = field(default=0, metadata={"help": ">0: SCHED_FIFO simulation thread, like a robot's"})
     command_log: str | None = field(default=None, metadata={"help": "JSON-lines log of commands and steps"})
 
+    def __post_init__(self) -> None:
+        check_int("port", self.port, 0, 65535)
+        check_address(f"tcp://{self.host}:{self.port}", self.allow_remote)
+        check_number("hz", self.hz, 0.0, 1000.0, low_open=True)
+        check_int("seed", self.seed, 0)
+        check_int("num_points", self.num_points, 1)
+        check_int("max_episode_steps", self.max_episode_steps, 1)
+        check_number("duration_s", self.duration_s, 0.0)
+        check_int("realtime_priority", self.realtime_priority, 0, 99)
+
 
 def main(argv: list[str]) -> int:
     cfg = parse_overrides(SimArmConfig, argv, "mfp sim-arm")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("MUJOCO_GL", "egl")
     arm = SimArm(
         cfg.task,
@@ -52,7 +66,16 @@ def main(argv: list[str]) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    serving = threading.Thread(target=server.serve, args=(stop, 0.05), name="bridge", daemon=True)
+
+    def serve() -> None:
+        try:
+            server.serve(stop, 0.05)
+        finally:  # serve() outlives anything a peer sends; should it end anyway, the arm must not run unserved
+            if not stop.is_set():
+                print("sim-arm: the bridge server stopped unexpectedly; shutting the arm down", file=sys.stderr)
+                stop.set()
+
+    serving = threading.Thread(target=serve, name="bridge", daemon=True)
     serving.start()
     set_realtime_priority(cfg.realtime_priority, "sim-arm")
     print(f"sim-arm: serving {cfg.task} on {server.address} at {cfg.hz:g} Hz", flush=True)
@@ -64,7 +87,7 @@ def main(argv: list[str]) -> int:
         server.close()
         print(
             f"sim-arm: {arm.steps} steps, {arm.overruns} overruns, {arm.holds} holds, "
-            f"{server.requests} requests ({server.errors} errors)",
+            f"{server.requests} requests ({server.errors} errors, {server.failures} transport failures)",
             flush=True,
         )
         arm.close()
