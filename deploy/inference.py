@@ -131,10 +131,12 @@ class InferenceProcess(InferenceWorker):
     """A checkpoint or ``mfp export`` directory served by a separate Python process.
 
     Args:
-        path: policy checkpoint directory, or an export directory (then ``backend`` onnx or pt2).
-        backend: ``auto`` (eager for checkpoints, onnx for exports), ``eager``, ``onnx`` or ``pt2``.
+        path: policy checkpoint directory, or an export directory (then ``backend`` onnx, pt2 or aoti).
+        backend: ``auto`` (eager for checkpoints, onnx for exports), ``eager``, ``onnx``, ``pt2`` or ``aoti``.
         threads: torch / onnxruntime threads in the worker.
         num_inference_steps: NFE override for checkpoints.
+        noise: starting noise per call (``sampled``), per episode (``held``) or the export's stored draw (``fixed``).
+        seed: the episode seed of the noise stream (as ``mfp eval``'s episode seed).
         realtime_priority: > 0 runs the worker under SCHED_FIFO at this priority (keep it below the control
             thread's); refused → a warning from the worker, which carries on.
         startup_timeout_s: how long to wait for the worker to load the policy.
@@ -148,6 +150,8 @@ class InferenceProcess(InferenceWorker):
         num_inference_steps: int | None = None,
         realtime_priority: int = 0,
         startup_timeout_s: float = 180.0,
+        noise: str = "sampled",
+        seed: int = 0,
     ) -> None:
         self._ctx: zmq.Context = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PAIR)
@@ -163,6 +167,8 @@ class InferenceProcess(InferenceWorker):
             f"backend={backend}",
             f"threads={threads}",
             f"realtime_priority={int(realtime_priority)}",
+            f"noise={noise}",
+            f"seed={int(seed)}",
         ]
         if num_inference_steps is not None:
             cmd.append(f"num_inference_steps={num_inference_steps}")

@@ -1,5 +1,6 @@
 """The inference worker process: ``python -m deploy.inference_worker address=... path=... [backend= threads=
-num_inference_steps= realtime_priority=]``. Loads the agent, answers ``infer`` with ``chunk`` until its parent exits.
+num_inference_steps= realtime_priority= noise= seed=]``. Loads the agent, answers ``infer`` with ``chunk`` until its
+parent exits.
 """
 
 from __future__ import annotations
@@ -26,7 +27,15 @@ def main(argv: list[str]) -> int:
     steps = int(args["num_inference_steps"]) if "num_inference_steps" in args else None
     set_realtime_priority(int(args.get("realtime_priority", 0)), "inference worker")
     try:
-        agent = load_deploy_agent(args["path"], args.get("backend", "auto"), int(args.get("threads", 1)), steps)
+        agent = load_deploy_agent(
+            args["path"],
+            args.get("backend", "auto"),
+            int(args.get("threads", 1)),
+            steps,
+            noise=args.get("noise", "sampled"),
+            seed=int(args.get("seed", 0)),
+        )
+        agent.reset()
         n_action, action_dim = agent.n_action_steps, agent.shape_meta.action_dim
     # Report any load failure to the parent, which shows it; then exit.
     except Exception as e:
