@@ -35,8 +35,16 @@ def main(argv: list[str]) -> int:
             noise=args.get("noise", "sampled"),
             seed=int(args.get("seed", 0)),
         )
-        agent.reset()
         n_action, action_dim = agent.n_action_steps, agent.shape_meta.action_dim
+        # One call first, on zeros of the right shapes: lazy initialisation (torch kernels, onnxruntime arenas) must
+        # not delay the first real chunk; then the episode's noise stream restarts.
+        agent.predict_action(
+            {
+                k: np.zeros((agent.n_obs_steps, *s.shape), np.uint8 if s.type == "rgb" else np.float32)
+                for k, s in agent.shape_meta.obs.items()
+            }
+        )
+        agent.reset()
     # Report any load failure to the parent, which shows it; then exit.
     except Exception as e:
         sock.send(encode("error", code="internal", message=f"{type(e).__name__}: {e}"))

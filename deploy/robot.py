@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import MfpError
-from deploy.bridge import DEFAULT_ADDRESS, BridgeClient, BridgeTimeout, RemoteError
+from deploy.bridge import DEFAULT_ADDRESS, BridgeClient, BridgeError, BridgeTimeout, RemoteError
 from deploy.protocol import Message, ProtocolError
 from deploy.safety import SafetyLimits
 
@@ -25,6 +25,10 @@ class RobotError(MfpError, RuntimeError):
 
 class RobotConnectionError(RobotError):
     """The robot stopped answering: the loop must stop."""
+
+
+class RobotMismatch(RobotError, ValueError):
+    """The robot, the policy and the limits file disagree (keys, shapes, action size): nothing was moved."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,8 @@ class BridgeRobot(Robot):
             raise RobotError(f"robot at {self.address} refused '{type_}': {e.remote_message} ({e.code})") from e
         except ProtocolError as e:
             raise RobotError(f"robot at {self.address} sent an invalid reply to '{type_}': {e}") from e
+        except BridgeError as e:
+            raise RobotConnectionError(f"robot connection lost: {e}") from e
 
     def get_observation(self) -> tuple[float, dict[str, np.ndarray]]:
         reply = self._request("get_obs")
@@ -102,13 +108,13 @@ class BridgeRobot(Robot):
     def close(self) -> None:
         try:
             self._client.request("bye")
-        except (BridgeTimeout, RemoteError, ProtocolError):
+        except (BridgeError, ProtocolError):
             pass  # closing a connection to a robot that is already gone is not an error
         self._client.close()
 
 
 def check_compatible(policy: Any, robot_info: RobotInfo, limits: SafetyLimits) -> None:
-    """Raise ValueError naming every mismatch between policy, robot and limits."""
+    """Raise :class:`RobotError` naming every mismatch between policy, robot and limits."""
     problems = []
     for key, spec in policy.shape_meta.obs.items():
         have = robot_info.obs.get(key)
@@ -126,4 +132,4 @@ def check_compatible(policy: Any, robot_info: RobotInfo, limits: SafetyLimits) -
             f"limits '{limits.name}' read the position from '{limits.position_key}', which the robot does not send"
         )
     if problems:
-        raise ValueError("policy, robot and limits do not match: " + "; ".join(problems))
+        raise RobotMismatch("policy, robot and limits do not match: " + "; ".join(problems))
