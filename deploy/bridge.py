@@ -53,12 +53,13 @@ class BridgeTimeout(BridgeError):
 
 
 class RemoteError(BridgeError):
-    """The other side answered with an ``error`` reply."""
+    """The other side answered with an ``error`` reply (to the request named ``request``)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, request: str = "") -> None:
         super().__init__(f"robot replied error ({code}): {message}")
         self.code = code
         self.remote_message = message
+        self.request = request
 
 
 class Rejected(Exception):
@@ -216,7 +217,11 @@ def _split_envelope(frames: list[bytes]) -> tuple[list[bytes], list[bytes]]:
 
 class BridgeClient:
     """REQ socket with a timeout on every request; after a timeout or a transport error the socket is rebuilt
-    (lazy-pirate pattern), so one lost reply never wedges the next request."""
+    (lazy-pirate pattern), so one lost reply never wedges the next request.
+
+    A request can be started with :meth:`send_request` and its reply collected later with :meth:`collect` (the
+    control loop asks for the next observation just before it needs it, and collects an action's ``ack`` at its next
+    request): one request is in flight at a time, and starting another first collects the pending reply."""
 
     def __init__(
         self,
@@ -232,6 +237,7 @@ class BridgeClient:
         self._max_bytes = max_bytes
         self._ctx: zmq.Context = zmq.Context.instance()
         self._sock: zmq.Socket | None = None
+        self._pending: tuple[str, float, bool] | None = None  # (what, sent at, check the reply type)
         self._connect()
 
     def _connect(self) -> None:
@@ -242,20 +248,31 @@ class BridgeClient:
         sock.connect(self.address)
         self._sock = sock
 
+    @property
+    def pending(self) -> str | None:
+        """The request whose reply has not been collected yet, if any."""
+        return self._pending[0] if self._pending is not None else None
+
     def request(self, type_: str, **fields: Any) -> Message:
         """Send one schema-checked request and return its checked reply: an ``error`` reply raises
         :class:`RemoteError`, a reply of another type than the request calls for raises :class:`ProtocolError`."""
-        reply = self.request_raw(encode(type_, self._max_bytes, **fields), what=type_)
-        expected = REPLY_FOR.get(type_)
-        if expected is not None and reply.type != expected:
-            raise ProtocolError(f"the robot answered '{type_}' with a '{reply.type}' message; expected '{expected}'")
-        return reply
+        self.send_request(type_, **fields)
+        return self.collect()
+
+    def send_request(self, type_: str, **fields: Any) -> None:
+        """Start a request (a pending reply is collected first, raising what :meth:`collect` raises)."""
+        self._send(encode(type_, self._max_bytes, **fields), type_, check_type=True)
 
     def request_raw(self, data: bytes, what: str = "raw") -> Message:
         """Send already-encoded bytes (any bytes: used to probe a server) and return the checked reply."""
+        self._send(data, what, check_type=False)
+        return self.collect()
+
+    def _send(self, data: bytes, what: str, check_type: bool) -> None:
         if self._sock is None:
             raise BridgeError("the bridge client is closed")
-        t0 = time.monotonic()
+        if self._pending is not None:
+            self.collect()
         try:
             self._sock.send(data)
         except zmq.Again:
@@ -264,18 +281,30 @@ class BridgeClient:
         except zmq.ZMQError as e:
             self._reconnect()
             raise BridgeError(f"could not send '{what}' to {self.address}: {e}") from None
-        remaining = self.timeout_s - (time.monotonic() - t0)
+        self._pending = (what, time.monotonic(), check_type)
+
+    def collect(self) -> Message:
+        """The reply to the pending request, waiting until its timeout (counted from when it was sent)."""
+        if self._sock is None or self._pending is None:
+            raise BridgeError("no request is waiting for a reply")
+        what, sent, check_type = self._pending
+        remaining = self.timeout_s - (time.monotonic() - sent)
         if remaining <= 0 or not self._sock.poll(int(remaining * 1000) + 1, zmq.POLLIN):
+            self._pending = None
             self._reconnect()
             raise BridgeTimeout(
                 f"no reply from {self.address} to '{what}' within {self.timeout_s:.3g} s; is the robot process running?"
             )
         frames = self._sock.recv_multipart()
+        self._pending = None
         if len(frames) != 1:
             raise ProtocolError(f"the reply to '{what}' has {len(frames)} ZeroMQ frames; a reply is exactly one")
         reply = decode(frames[0], self._max_bytes)
         if reply.type == "error":
-            raise RemoteError(reply["code"], reply["message"])
+            raise RemoteError(reply["code"], reply["message"], request=what)
+        expected = REPLY_FOR.get(what) if check_type else None
+        if expected is not None and reply.type != expected:
+            raise ProtocolError(f"the robot answered '{what}' with a '{reply.type}' message; expected '{expected}'")
         return reply
 
     def _reconnect(self) -> None:
@@ -287,3 +316,4 @@ class BridgeClient:
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None
+        self._pending = None

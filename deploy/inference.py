@@ -175,7 +175,12 @@ class InferenceProcess(InferenceWorker):
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         repo = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self._proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)  # its stderr is ours
+        # Its own session: where the kernel groups CPU time by session (Linux autogroup, the desktop default), the
+        # worker's inference then does not eat into the scheduling share of the control thread's process, which is
+        # what lets the control thread wake on time beside a busy machine. It exits when its parent does.
+        self._proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, start_new_session=True
+        )  # its stderr is ours
         self.error = None
         self._seq = 0
         self._in_flight: dict[int, float] = {}  # seq -> obs_time

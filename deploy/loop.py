@@ -21,11 +21,20 @@ Actions planned from an observation older than ``deadline_s`` are not executed e
 several chunks use the newest chunk (``blend="latest"``) or a weighted mean (``blend="ensemble"``, ACT's temporal
 ensembling: weight ``exp(-ensemble_decay·i)``, ``i = 0`` for the oldest).
 
-Timing. The control thread sleeps until ``spin_s`` before each tick and spins the rest: a sleeping thread on a loaded
-machine wakes up to a few milliseconds late, a spinning one is already running (measured cost: the spin's share of
-one core, reported as ``spin_cpu_fraction``). On Linux the thread also asks for a 1 µs timer slack and, on kernels
-with EEVDF (6.6+), a short scheduler slice (``sched_setattr``, no privileges needed), so its wake-ups preempt a
-busy core sooner. ``realtime_priority > 0`` adds SCHED_FIFO where allowed (CAP_SYS_NICE).
+Timing. The period jitter of the tick starts is what the loop promises (``jitter_ms``; ``send_jitter_ms`` is the
+same for the moments commands leave). Three things keep a tick on time on a busy machine without privileges:
+
+* the control thread sleeps until 1 ms before a tick, then in steps of at most 0.2 ms, and (``spin_s > 0``) spins
+  the last ``spin_s``; on Linux it asks for a 1 µs timer slack and, on EEVDF kernels (6.6+), the shortest scheduler
+  slice (0.1 ms, ``sched_setattr``, no privileges needed), so its wake-ups may preempt a busy core at once instead of
+  waiting for the running task's slice and the next scheduler tick (4 ms at HZ=250). Spinning was measured worse
+  there: a spinning thread uses up its slice and is preempted mid-spin (``docs/results/deploy-bench/``);
+* the next observation is requested 2 ms before its tick (:meth:`deploy.robot.Robot.request_observation`), so the
+  round trip overlaps the sleep, and an action's ``ack`` is collected at the next request, not waited for;
+* inference runs in its own process and session (:mod:`deploy.inference`).
+
+``realtime_priority > 0`` adds SCHED_FIFO where allowed (CAP_SYS_NICE). The control thread's CPU share and its
+spin's are reported.
 
 Whatever goes wrong inside the loop (robot error, inference error, an exception of any kind) ends with the arm held
 and the reason in ``stop_reason``; the loop returns its statistics instead of raising.
@@ -61,7 +70,10 @@ HOLD_NO_ACTION = "no_action"  # watchdog: nothing scheduled for this slot (infer
 HOLD_STALE = "stale"  # watchdog: only actions planned from observations older than the deadline
 HOLD_BAD_OBS = "nan_observation"  # the observation had NaN/inf
 HOLD_UNSAFE = "unsafe_action"  # the safety layer refused the action (NaN/inf, wrong shape)
-DEFAULT_SPIN_S = 2e-3  # spin this long before each tick (see the module doc)
+DEFAULT_SPIN_S = 0.0  # spin this long before each tick (see the module doc)
+FINE_S, FINE_STEP_S = 1e-3, 2e-4  # the last millisecond before a tick is slept in steps of at most 0.2 ms
+SLICE_S = 1e-4  # the scheduler slice the control thread asks for (EEVDF; the kernel's minimum)
+PREFETCH_S = 2e-3  # the next observation is requested this long before its tick
 
 
 class Agent(Protocol):
@@ -113,6 +125,7 @@ class LoopStats:
     periods: list = field(default_factory=list, repr=False)
     lateness: list = field(default_factory=list, repr=False)
     tick_work: list = field(default_factory=list, repr=False)
+    sends: list = field(default_factory=list, repr=False)  # when each tick's command left the loop
     inference: list = field(default_factory=list, repr=False)
 
     @property
@@ -131,6 +144,7 @@ class LoopStats:
                 **_percentiles(self.periods),
             },
             "jitter_ms": _percentiles(jitter),
+            "send_jitter_ms": _percentiles([abs(p - dt) for p in np.diff(self.sends)] if len(self.sends) > 1 else []),
             "lateness_ms": _percentiles(self.lateness),
             "tick_work_ms": _percentiles(self.tick_work),
             "inference_ms": _percentiles(self.inference),
@@ -343,7 +357,8 @@ class ControlLoop:
         old_switch = sys.getswitchinterval()
         sys.setswitchinterval(5e-4)  # let the control thread preempt inference's Python code quickly
         old_sched = self._enter_realtime()
-        _tune_timer_slack_and_slice()
+        self._slice = SchedulerSlice()
+        self._slice.apply()
         cpu0, wall0 = time.thread_time(), time.monotonic()
         self._spun = 0.0
         holding: str | None = None
@@ -364,6 +379,8 @@ class ControlLoop:
             n_ticks = int(math.floor(duration_s * self.hz))
             while k < n_ticks and not self._stop.is_set():
                 t_k = t0 + k * self.dt
+                self._sleep_until(t_k - PREFETCH_S)
+                self.robot.request_observation()  # its round trip overlaps the rest of the sleep
                 self._sleep_until(t_k)
                 start = time.monotonic()
                 late = start - t_k
@@ -423,6 +440,7 @@ class ControlLoop:
                         reason, command = HOLD_UNSAFE, None
                         if holding != reason:
                             _log.warning("hold: safety layer refused the action at tick %d: %s", k, e)
+                stats.sends.append(time.monotonic())
                 if reason is None:
                     assert command is not None  # a filtered action: reason stays None only then
                     self.robot.send_action(t_k, command)
@@ -469,6 +487,7 @@ class ControlLoop:
             self._try_hold("loop finished")
         finally:
             stats.spin_s = self._spun
+            self._slice.restore()
             stats.cpu_s, stats.wall_s = time.thread_time() - cpu0, time.monotonic() - wall0
             sys.setswitchinterval(old_switch)
             self._leave_realtime(old_sched)
@@ -504,12 +523,17 @@ class ControlLoop:
             os.sched_setscheduler(0, old[0], old[1])
 
     def _sleep_until(self, t: float) -> None:
-        """Sleep until ``spin_s`` before ``t``, then spin: the tick starts on time even when waking up is slow."""
+        """Sleep until ``FINE_S`` before ``t``, then in steps of at most ``FINE_STEP_S``, then spin the last
+        ``spin_s``: each short sleep is a wake-up that a short scheduler slice lets preempt a busy core, and the
+        last one lands close to ``t`` (see the module doc for what was measured)."""
         while True:
             remaining = t - time.monotonic()
             if remaining <= self.spin_s:
                 break
-            time.sleep(remaining - self.spin_s)
+            if remaining > FINE_S:
+                time.sleep(remaining - FINE_S)
+            else:
+                time.sleep(min(FINE_STEP_S, remaining - self.spin_s))
         spin_start = time.monotonic()
         while time.monotonic() < t:
             pass
@@ -561,30 +585,45 @@ class ControlLoop:
         return {key: np.stack([o[key] for o in history]) for key in self._keys(history[-1])}  # (To, ...)
 
 
-def _tune_timer_slack_and_slice(slice_s: float = 5e-4) -> None:
-    """Linux, no privileges needed: a 1 µs timer slack for this thread (sleeps end closer to their deadline) and,
-    on EEVDF kernels (6.6+), a short scheduler slice, which lets its wake-ups preempt a busy core sooner. Silently
-    nothing where unsupported."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        pr_set_timerslack = 29
-        libc.prctl(pr_set_timerslack, ctypes.c_ulong(1000), 0, 0, 0)
-        # struct sched_attr (v0, 48 bytes): u32 size, u32 policy, u64 flags, s32 nice, u32 priority, u64 runtime, ...
-        attr = (ctypes.c_uint32 * 12)()
-        attr[0] = 48  # size
-        attr[1] = os.sched_getscheduler(0)  # keep the policy (SCHED_OTHER: sched_runtime is the slice)
-        if attr[1] != os.SCHED_OTHER:
+class SchedulerSlice:
+    """Linux, no privileges needed: a 1 µs timer slack for the calling thread and, on EEVDF kernels (6.6+), the
+    shortest scheduler slice (``sched_setattr``), so that its wake-ups (the tick timer, a robot's reply) may preempt
+    a busy core at once instead of waiting for the running task's slice and the next scheduler tick. Does nothing
+    where unsupported (other OS, other scheduling policy; older kernels ignore the value)."""
+
+    def __init__(self, slice_s: float = SLICE_S) -> None:
+        self._syscall: Any = None
+        self._attrs: dict[str, Any] = {}
+        if not sys.platform.startswith("linux"):
             return
-        attr[4] = os.getpriority(os.PRIO_PROCESS, 0) & 0xFFFFFFFF  # keep the nice value
-        runtime_ns = int(slice_s * 1e9)
-        attr[6], attr[7] = runtime_ns & 0xFFFFFFFF, runtime_ns >> 32  # sched_runtime (u64, little-endian)
-        sys_sched_setattr = {"x86_64": 314, "aarch64": 274}.get(os.uname().machine)
-        if sys_sched_setattr is not None:
-            libc.syscall(sys_sched_setattr, 0, ctypes.byref(attr), 0)
-    except (OSError, AttributeError, ValueError):
-        return
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            pr_set_timerslack = 29
+            libc.prctl(pr_set_timerslack, ctypes.c_ulong(1000), 0, 0, 0)
+            number = {"x86_64": 314, "aarch64": 274}.get(os.uname().machine)  # sched_setattr
+            if number is None or os.sched_getscheduler(0) != os.SCHED_OTHER:
+                return
+            nice = os.getpriority(os.PRIO_PROCESS, 0) & 0xFFFFFFFF
+            for name, seconds in (("short", slice_s), ("default", 0.0)):
+                # struct sched_attr (v0, 48 bytes): u32 size, u32 policy, u64 flags, s32 nice, u32 priority,
+                # u64 runtime (for SCHED_OTHER: the slice; 0 = the default), u64 deadline, u64 period
+                attr = (ctypes.c_uint32 * 12)()
+                attr[0], attr[1], attr[4] = 48, os.SCHED_OTHER, nice
+                ns = int(seconds * 1e9)
+                attr[6], attr[7] = ns & 0xFFFFFFFF, ns >> 32
+                self._attrs[name] = attr
+            self._syscall = lambda attr: libc.syscall(number, 0, ctypes.byref(attr), 0)
+        except (OSError, AttributeError, ValueError):
+            self._syscall = None
+
+    def apply(self) -> None:
+        if self._syscall is not None:
+            self._syscall(self._attrs["short"])
+
+    def restore(self) -> None:
+        """The kernel's default slice again."""
+        if self._syscall is not None:
+            self._syscall(self._attrs["default"])
 
 
 class _InferenceFailed(Exception):

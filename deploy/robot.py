@@ -50,6 +50,9 @@ class Robot(ABC):
     def get_observation(self) -> tuple[float, dict[str, np.ndarray]]:
         """The latest observation and the time it was captured."""
 
+    def request_observation(self) -> None:  # noqa: B027  (optional: a robot that can prefetch says so)
+        """Start fetching the next observation (the loop calls it just before a tick); by default nothing."""
+
     @abstractmethod
     def send_action(self, timestamp: float, action: np.ndarray) -> None:
         """Command ``action`` (Da,), scheduled for ``timestamp``."""
@@ -70,6 +73,7 @@ class BridgeRobot(Robot):
         self._client = BridgeClient(address, timeout_s=timeout_s, allow_remote=allow_remote)
         self.last_info: dict[str, Any] = {}
         self._clock_offset = 0.0  # robot clock minus ours, from the latest reply (one-way latency ignored)
+        self._lost = False  # the last request timed out
         reply = self._request("hello", client="meanflow-policy")
         self.info = RobotInfo(reply["robot"], reply["action_dim"], reply["control_hz"], reply["obs"])
 
@@ -77,20 +81,36 @@ class BridgeRobot(Robot):
     def address(self) -> str:
         return self._client.address
 
-    def _request(self, type_: str, **fields: Any) -> Message:
+    def _call(self, what: str, fn: Any, *args: Any, **fields: Any) -> Any:
+        """Run a client call, turning bridge failures into robot errors that name the request."""
         try:
-            return self._client.request(type_, **fields)
+            result = fn(*args, **fields)
+            self._lost = False
+            return result
         except BridgeTimeout as e:
+            self._lost = True
             raise RobotConnectionError(f"robot connection lost: {e}") from e
         except RemoteError as e:
-            raise RobotError(f"robot at {self.address} refused '{type_}': {e.remote_message} ({e.code})") from e
+            refused = e.request or what
+            raise RobotError(f"robot at {self.address} refused '{refused}': {e.remote_message} ({e.code})") from e
         except ProtocolError as e:
-            raise RobotError(f"robot at {self.address} sent an invalid reply to '{type_}': {e}") from e
+            raise RobotError(f"robot at {self.address} sent an invalid reply to '{what}': {e}") from e
         except BridgeError as e:
             raise RobotConnectionError(f"robot connection lost: {e}") from e
 
+    def _request(self, type_: str, **fields: Any) -> Message:
+        return self._call(type_, self._client.request, type_, **fields)
+
+    def request_observation(self) -> None:
+        """Ask for the next observation now; :meth:`get_observation` collects it (the loop asks just before a tick,
+        so the round trip overlaps its sleep)."""
+        if self._client.pending != "get_obs":
+            self._call("get_obs", self._client.send_request, "get_obs")
+
     def get_observation(self) -> tuple[float, dict[str, np.ndarray]]:
-        reply = self._request("get_obs")
+        if self._client.pending != "get_obs":
+            self._call("get_obs", self._client.send_request, "get_obs")
+        reply = self._call("get_obs", self._client.collect)
         received = time.monotonic()
         self.last_info = reply["info"]
         self._clock_offset = reply["now"] - received
@@ -98,16 +118,25 @@ class BridgeRobot(Robot):
         return received - (reply["now"] - reply["timestamp"]), reply["obs"]
 
     def send_action(self, timestamp: float, action: np.ndarray) -> None:
-        self._request(
-            "action", timestamp=float(timestamp) + self._clock_offset, action=np.asarray(action, dtype=np.float64)
+        """Send the action; its ``ack`` is collected (and a refusal raised) at the next request."""
+        self._call(
+            "action",
+            self._client.send_request,
+            "action",
+            timestamp=float(timestamp) + self._clock_offset,
+            action=np.asarray(action, dtype=np.float64),
         )
 
     def hold(self, reason: str = "") -> None:
         self._request("hold", reason=reason)
 
     def close(self) -> None:
+        """Say ``bye`` (unless the last request timed out: the robot is gone) and release the connection."""
         try:
-            self._client.request("bye")
+            if self._client.pending is not None:
+                self._client.collect()
+            if not self._lost:
+                self._client.request("bye")
         except (BridgeError, ProtocolError):
             pass  # closing a connection to a robot that is already gone is not an error
         self._client.close()
