@@ -29,6 +29,7 @@ import zmq
 
 from core.errors import MfpError
 from deploy.protocol import ProtocolError, decode, encode
+from deploy.sched import set_fifo
 
 OnChunk = Callable[[float, np.ndarray, float], None]
 _log = logging.getLogger(__name__)
@@ -258,11 +259,4 @@ class InferenceProcess(InferenceWorker):
 # ---------------------------------------------------------------------------------------------- worker process
 def set_realtime_priority(priority: int, who: str) -> bool:
     """Run the calling thread under SCHED_FIFO at ``priority`` (> 0); False (and a warning) when refused."""
-    if priority <= 0:
-        return False
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-        return True
-    except (OSError, AttributeError) as e:
-        _log.warning("%s: could not switch to SCHED_FIFO priority %d (%s); continuing without", who, priority, e)
-        return False
+    return set_fifo(0, priority, who)

@@ -15,6 +15,7 @@ import zmq
 from deploy.agents import load_deploy_agent
 from deploy.inference import set_realtime_priority
 from deploy.protocol import decode, encode
+from deploy.sched import favour_io_threads
 
 
 def main(argv: list[str]) -> int:
@@ -50,6 +51,7 @@ def main(argv: list[str]) -> int:
         sock.send(encode("error", code="internal", message=f"{type(e).__name__}: {e}"))
         time.sleep(0.5)
         return 1
+    favour_io_threads(int(args.get("realtime_priority", 0)))
     sock.send(
         encode("ready", n_obs_steps=int(agent.n_obs_steps), n_action_steps=int(n_action), action_dim=int(action_dim))
     )

@@ -42,7 +42,6 @@ and the reason in ``stop_reason``; the loop returns its statistics instead of ra
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
@@ -60,6 +59,7 @@ from core.errors import ConfigError, check_choice, check_number
 from deploy.inference import InferenceThread, InferenceWorker, set_realtime_priority
 from deploy.robot import Robot, RobotConnectionError, RobotError
 from deploy.safety import SafetyError, SafetyLayer
+from deploy.sched import SHORT_SLICE_S, favour_io_threads, set_slice
 
 BLENDS = ("latest", "ensemble")
 _log = logging.getLogger(__name__)
@@ -72,7 +72,6 @@ HOLD_BAD_OBS = "nan_observation"  # the observation had NaN/inf
 HOLD_UNSAFE = "unsafe_action"  # the safety layer refused the action (NaN/inf, wrong shape)
 DEFAULT_SPIN_S = 0.0  # spin this long before each tick (see the module doc)
 FINE_S, FINE_STEP_S = 1e-3, 2e-4  # the last millisecond before a tick is slept in steps of at most 0.2 ms
-SLICE_S = 1e-4  # the scheduler slice the control thread asks for (EEVDF; the kernel's minimum)
 PREFETCH_S = 2e-3  # the next observation is requested this long before its tick
 
 
@@ -357,8 +356,8 @@ class ControlLoop:
         old_switch = sys.getswitchinterval()
         sys.setswitchinterval(5e-4)  # let the control thread preempt inference's Python code quickly
         old_sched = self._enter_realtime()
-        self._slice = SchedulerSlice()
-        self._slice.apply()
+        set_slice(0, SHORT_SLICE_S)
+        favour_io_threads(self.realtime_priority)
         cpu0, wall0 = time.thread_time(), time.monotonic()
         self._spun = 0.0
         holding: str | None = None
@@ -487,7 +486,7 @@ class ControlLoop:
             self._try_hold("loop finished")
         finally:
             stats.spin_s = self._spun
-            self._slice.restore()
+            set_slice(0, 0.0)
             stats.cpu_s, stats.wall_s = time.thread_time() - cpu0, time.monotonic() - wall0
             sys.setswitchinterval(old_switch)
             self._leave_realtime(old_sched)
@@ -500,9 +499,10 @@ class ControlLoop:
         """Hold the arm: decelerate it within the safety limits while it moves, then the robot's own hold."""
         if not self.safety.at_rest:
             command = self.safety.brake(measured, t_obs)
-            self.robot.send_action(t_k, command)
-            stats.braking[reason] += 1
-            return command
+            if command is not None:
+                self.robot.send_action(t_k, command)
+                stats.braking[reason] += 1
+                return command
         self.robot.hold(reason)
         self.safety.settle(measured)
         return self.safety.hold_command()
@@ -583,47 +583,6 @@ class ControlLoop:
 
     def _stack(self, history: deque) -> dict[str, np.ndarray]:
         return {key: np.stack([o[key] for o in history]) for key in self._keys(history[-1])}  # (To, ...)
-
-
-class SchedulerSlice:
-    """Linux, no privileges needed: a 1 µs timer slack for the calling thread and, on EEVDF kernels (6.6+), the
-    shortest scheduler slice (``sched_setattr``), so that its wake-ups (the tick timer, a robot's reply) may preempt
-    a busy core at once instead of waiting for the running task's slice and the next scheduler tick. Does nothing
-    where unsupported (other OS, other scheduling policy; older kernels ignore the value)."""
-
-    def __init__(self, slice_s: float = SLICE_S) -> None:
-        self._syscall: Any = None
-        self._attrs: dict[str, Any] = {}
-        if not sys.platform.startswith("linux"):
-            return
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            pr_set_timerslack = 29
-            libc.prctl(pr_set_timerslack, ctypes.c_ulong(1000), 0, 0, 0)
-            number = {"x86_64": 314, "aarch64": 274}.get(os.uname().machine)  # sched_setattr
-            if number is None or os.sched_getscheduler(0) != os.SCHED_OTHER:
-                return
-            nice = os.getpriority(os.PRIO_PROCESS, 0) & 0xFFFFFFFF
-            for name, seconds in (("short", slice_s), ("default", 0.0)):
-                # struct sched_attr (v0, 48 bytes): u32 size, u32 policy, u64 flags, s32 nice, u32 priority,
-                # u64 runtime (for SCHED_OTHER: the slice; 0 = the default), u64 deadline, u64 period
-                attr = (ctypes.c_uint32 * 12)()
-                attr[0], attr[1], attr[4] = 48, os.SCHED_OTHER, nice
-                ns = int(seconds * 1e9)
-                attr[6], attr[7] = ns & 0xFFFFFFFF, ns >> 32
-                self._attrs[name] = attr
-            self._syscall = lambda attr: libc.syscall(number, 0, ctypes.byref(attr), 0)
-        except (OSError, AttributeError, ValueError):
-            self._syscall = None
-
-    def apply(self) -> None:
-        if self._syscall is not None:
-            self._syscall(self._attrs["short"])
-
-    def restore(self) -> None:
-        """The kernel's default slice again."""
-        if self._syscall is not None:
-            self._syscall(self._attrs["default"])
 
 
 class _InferenceFailed(Exception):

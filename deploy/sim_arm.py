@@ -38,6 +38,7 @@ import zmq
 from core.errors import MfpError, check_number
 from deploy.bridge import Rejected
 from deploy.protocol import Message, ProtocolError, decode, encode, spec_of
+from deploy.sched import favour_io_threads, set_fifo, set_slice
 
 ACTION_DIM = 4
 
@@ -153,6 +154,7 @@ def simulate(args: dict[str, str]) -> int:
         max_episode_steps=int(args["max_episode_steps"]),
         command_log=args.get("command_log") or None,
     )
+    favour_io_threads(int(args.get("realtime_priority", 0)))
     states.send(arm.state_message())
     t_next = time.monotonic()
     t_end = t_next + float(args.get("duration_s", 0)) if float(args.get("duration_s", 0)) > 0 else float("inf")
@@ -245,6 +247,13 @@ class SimArmDriver:
     def _bind(sock: zmq.Socket) -> str:
         sock.bind("tcp://127.0.0.1:*")
         return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def favour(self, realtime_priority: int = 0) -> None:
+        """The driver is light and must answer at once: the calling thread and the I/O threads get the short slice
+        (or SCHED_FIFO at ``realtime_priority``)."""
+        if not set_fifo(0, realtime_priority, "sim-arm driver"):
+            set_slice(0)
+        favour_io_threads(realtime_priority)
 
     def pump(self, timeout_s: float) -> None:
         """Take the newest states the simulator pushed (waits up to ``timeout_s`` for one)."""

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 
 from core.errors import check_int, check_number
 from deploy.bridge import BridgeServer, check_address
-from deploy.inference import set_realtime_priority
 from deploy.sim_arm import SimArmDriver
 from mfp.cli_args import parse_overrides
 
@@ -75,7 +74,7 @@ def main(argv: list[str]) -> int:
         raise
 
     def serve() -> None:
-        set_realtime_priority(cfg.realtime_priority, "sim-arm driver")
+        driver.favour(cfg.realtime_priority)
         try:
             server.serve(stop, 0.05)
         finally:  # serve() outlives anything a peer sends; should it end anyway, the arm must not run unserved
@@ -86,6 +85,7 @@ def main(argv: list[str]) -> int:
     serving = threading.Thread(target=serve, name="bridge", daemon=True)
     serving.start()
     print(f"sim-arm: serving {cfg.task} on {server.address} at {cfg.hz:g} Hz", flush=True)
+    driver.favour(cfg.realtime_priority)  # this thread hands the states over
     try:
         while not stop.is_set() and driver.alive:
             driver.pump(0.05)
