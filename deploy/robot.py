@@ -128,7 +128,16 @@ class BridgeRobot(Robot):
         )
 
     def hold(self, reason: str = "") -> None:
-        self._request("hold", reason=reason)
+        if not self._lost:
+            self._request("hold", reason=reason)
+            return
+        # The last request timed out: one quick try (the link may have dropped one reply), not a full timeout.
+        timeout = self._client.timeout_s
+        self._client.timeout_s = min(timeout, 0.25)
+        try:
+            self._request("hold", reason=reason)
+        finally:
+            self._client.timeout_s = timeout
 
     def close(self) -> None:
         """Say ``bye`` (unless the last request timed out: the robot is gone) and release the connection."""

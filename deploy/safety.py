@@ -312,6 +312,11 @@ class SafetyLayer:
         base = self._base(measured, measured_time)
         if not np.isfinite(base).all():
             raise SafetyError(f"measured position {base.tolist()} is not finite")
+        if lim.command == "absolute" and not self._within_bounds(base):
+            raise SafetyError(
+                f"measured position {np.round(base, 4).tolist()} is outside the command bounds of "
+                f"'{lim.name}' (the arm was pushed or slipped beyond them): no absolute target can start from there"
+            )
         lo_box, hi_box = self._box_from(base)
         if measured is not None:
             self._check_jump(base)
@@ -334,20 +339,28 @@ class SafetyLayer:
             self.interventions += 1
         return out
 
-    def brake(self, measured: np.ndarray | None = None, measured_time: float | None = None) -> np.ndarray:
+    def brake(self, measured: np.ndarray | None = None, measured_time: float | None = None) -> np.ndarray | None:
         """A hold that decelerates: the command bringing the asked velocity towards rest within the acceleration and
-        jerk limits (non-position dims keep their last value). Once :attr:`at_rest`, the robot's own hold is safe."""
+        jerk limits (non-position dims keep their last value). Once :attr:`at_rest`, the robot's own hold is safe.
+        None when no command can decelerate from where the arm is (an absolute arm outside its command bounds):
+        then the robot's own hold is all there is."""
         if self._q is None:
             raise SafetyError("safety layer used before reset(position)")
         self.events = []
         base = self._base(measured, measured_time)
         if measured is not None and not np.isfinite(base).all():
             base = self._q.copy()  # no usable measurement: brake along the previous targets
+        if self.limits.command == "absolute" and not self._within_bounds(base):
+            return None
         out = self._last.copy()
         lo, hi = self._accel_interval(self._v, self._a)
         a_new = np.clip(-self._k * self._v / self._den, lo, hi)
         self._advance(base, a_new, out, *self._box_from(base))
         return out
+
+    def _within_bounds(self, position: np.ndarray) -> bool:
+        pd = self._pd
+        return bool((position >= self.limits.lower[pd]).all() and (position <= self.limits.upper[pd]).all())
 
     def _box_from(self, base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The box a target may lie in: the workspace, widened to the measured position when the arm is outside it

@@ -159,11 +159,17 @@ def _drive(layer: SafetyLayer, arm: Arm, commands, holds=frozenset(), pushes=Non
     layer.reset(arm.q)
     for k, command in enumerate(commands):
         measured = arm.q.copy()
-        if k in holds and layer.at_rest:
+        out, refused = None, False
+        if not (k in holds and layer.at_rest):
+            try:
+                out = layer.brake(measured) if k in holds else layer.filter(np.asarray(command), measured, float(k))
+            except SafetyError:  # refused (an absolute arm pushed beyond its bounds): the loop holds
+                out, refused = layer.brake(measured), True
+            refused = refused or out is None
+        if out is None:
             layer.settle(measured)  # the robot's own hold: stay where it is
-            target, events = measured.copy(), []
+            target, events = measured.copy(), (["refused"] if refused else [])
         else:
-            out = layer.brake(measured) if k in holds else layer.filter(np.asarray(command), measured, float(k))
             assert np.isfinite(out).all()
             assert (out >= lim.lower - 1e-12).all() and (out <= lim.upper + 1e-12).all(), out
             target = measured + lim.delta_scale * out[pd] if lim.command == "delta" else out[pd]
@@ -180,7 +186,8 @@ def _drive(layer: SafetyLayer, arm: Arm, commands, holds=frozenset(), pushes=Non
 def _check_from_measured(layer: SafetyLayer, ticks: list[Tick]) -> None:
     """No command asks the arm, from where it was measured, to leave the box (or go further out) or to exceed the
     velocity limit; the asked velocities respect the acceleration and jerk limits on every tick that is not a
-    logged workspace clip (a re-anchor restarts from rest)."""
+    logged workspace clip or a refusal (an absolute arm pushed past its command bounds, left to the robot's own hold;
+    a re-anchor restarts from rest)."""
     lim, dt = layer.limits, layer.dt
     lo, hi = lim.workspace_lower, lim.workspace_upper
     V, A, J = lim.max_velocity, lim.max_acceleration, lim.max_jerk
@@ -195,7 +202,7 @@ def _check_from_measured(layer: SafetyLayer, ticks: list[Tick]) -> None:
         if "reanchor" in t.events:
             u_prev, a_prev = np.zeros_like(u), np.zeros_like(u)
         a = (u - u_prev) / dt
-        if "workspace_clip" in t.events:
+        if "workspace_clip" in t.events or "refused" in t.events:
             skip_jerk = True
         else:
             assert (np.abs(a) <= A * (1 + 1e-6) + 4 * tol / dt**2).all(), (k, a, A)
@@ -326,3 +333,17 @@ def test_limits_files_may_set_the_jump_tolerance_and_it_must_exceed_ordinary_mot
     for bad in (0.0, float("nan"), -1.0):
         with pytest.raises(SafetyError):
             SafetyLayer(limits, dt=bad)
+
+
+def test_an_absolute_arm_pushed_past_its_command_bounds_is_left_to_the_robots_hold():
+    """Found by the property test: no absolute target can start beyond the command bounds, so the layer refuses
+    (the loop holds) and braking hands over to the robot's own hold instead of commanding out of bounds."""
+    layer = SafetyLayer(_limits("absolute", 0.5, 10.0, 100.0, 1.0), dt=0.02)
+    layer.reset(np.array([0.9, 0.0]))
+    layer.filter(np.array([1.0, 0.0, 0.0]), np.array([0.9, 0.0]))
+    with pytest.raises(SafetyError, match="outside the command bounds"):
+        layer.filter(np.array([1.0, 0.0, 0.0]), np.array([1.3, 0.0]))
+    assert layer.brake(np.array([1.3, 0.0])) is None
+    layer.settle(np.array([1.3, 0.0]))
+    out = layer.filter(np.array([0.5, 0.0, 0.0]), np.array([0.99, 0.0]))  # back inside: commands resume
+    assert (np.abs(out[:2] - [0.99, 0.0]) <= 0.5 * 0.02 + 1e-12).all()
