@@ -89,3 +89,26 @@ def test_deploy_never_overwrites_a_file_it_did_not_write(tmp_path, capsys):
     assert cli_main(["deploy", f"checkpoint={ckpt}", robot, f"chunks={notes}"]) == 2
     assert cli_main(["deploy", f"checkpoint={ckpt}", robot, f"stats={ckpt / 'stats.json'}", "overwrite=true"]) == 2
     assert "inside the input" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arg, needle",
+    [
+        ("parts=[export,nope]", "unknown part 'nope'"),
+        ("loads=[idle]", "unknown load 'idle'"),
+        ("formats=[tflite]", "unknown format 'tflite'"),
+        ("hz=nan", "hz must be a finite number"),
+        ("realtime_priority=2", "realtime_priority must be 0 or >= 3"),
+        ("duration_s=0", "duration_s must be in (0"),
+    ],
+)
+def test_bench_deploy_settings_are_validated(arg, needle, capsys):
+    assert cli_main(["bench", "deploy", arg]) == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_bench_deploy_refuses_to_overwrite_a_foreign_file(tmp_path, capsys):
+    mine = tmp_path / "results.json"
+    mine.write_text('{"mine": true}')
+    assert cli_main(["bench", "deploy", "parts=[bridge]", f"out={mine}"]) == 2
+    assert "did not make" in capsys.readouterr().err and mine.read_text() == '{"mine": true}'
