@@ -29,6 +29,7 @@ import zmq
 
 from core.errors import MfpError
 from deploy.protocol import ProtocolError, decode, encode
+from deploy.sched import set_fifo
 
 OnChunk = Callable[[float, np.ndarray, float], None]
 _log = logging.getLogger(__name__)
@@ -131,10 +132,12 @@ class InferenceProcess(InferenceWorker):
     """A checkpoint or ``mfp export`` directory served by a separate Python process.
 
     Args:
-        path: policy checkpoint directory, or an export directory (then ``backend`` onnx or pt2).
-        backend: ``auto`` (eager for checkpoints, onnx for exports), ``eager``, ``onnx`` or ``pt2``.
+        path: policy checkpoint directory, or an export directory (then ``backend`` onnx, pt2 or aoti).
+        backend: ``auto`` (eager for checkpoints, onnx for exports), ``eager``, ``onnx``, ``pt2`` or ``aoti``.
         threads: torch / onnxruntime threads in the worker.
         num_inference_steps: NFE override for checkpoints.
+        noise: starting noise per call (``sampled``), per episode (``held``) or the export's stored draw (``fixed``).
+        seed: the episode seed of the noise stream (as ``mfp eval``'s episode seed).
         realtime_priority: > 0 runs the worker under SCHED_FIFO at this priority (keep it below the control
             thread's); refused → a warning from the worker, which carries on.
         startup_timeout_s: how long to wait for the worker to load the policy.
@@ -148,6 +151,8 @@ class InferenceProcess(InferenceWorker):
         num_inference_steps: int | None = None,
         realtime_priority: int = 0,
         startup_timeout_s: float = 180.0,
+        noise: str = "sampled",
+        seed: int = 0,
     ) -> None:
         self._ctx: zmq.Context = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PAIR)
@@ -163,13 +168,20 @@ class InferenceProcess(InferenceWorker):
             f"backend={backend}",
             f"threads={threads}",
             f"realtime_priority={int(realtime_priority)}",
+            f"noise={noise}",
+            f"seed={int(seed)}",
         ]
         if num_inference_steps is not None:
             cmd.append(f"num_inference_steps={num_inference_steps}")
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
         repo = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = repo + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self._proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)  # its stderr is ours
+        # Its own session: where the kernel groups CPU time by session (Linux autogroup, the desktop default), the
+        # worker's inference then does not eat into the scheduling share of the control thread's process, which is
+        # what lets the control thread wake on time beside a busy machine. It exits when its parent does.
+        self._proc = subprocess.Popen(
+            cmd, env=env, stdout=subprocess.DEVNULL, start_new_session=True
+        )  # its stderr is ours
         self.error = None
         self._seq = 0
         self._in_flight: dict[int, float] = {}  # seq -> obs_time
@@ -247,11 +259,4 @@ class InferenceProcess(InferenceWorker):
 # ---------------------------------------------------------------------------------------------- worker process
 def set_realtime_priority(priority: int, who: str) -> bool:
     """Run the calling thread under SCHED_FIFO at ``priority`` (> 0); False (and a warning) when refused."""
-    if priority <= 0:
-        return False
-    try:
-        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-        return True
-    except (OSError, AttributeError) as e:
-        _log.warning("%s: could not switch to SCHED_FIFO priority %d (%s); continuing without", who, priority, e)
-        return False
+    return set_fifo(0, priority, who)

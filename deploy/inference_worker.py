@@ -1,5 +1,6 @@
 """The inference worker process: ``python -m deploy.inference_worker address=... path=... [backend= threads=
-num_inference_steps= realtime_priority=]``. Loads the agent, answers ``infer`` with ``chunk`` until its parent exits.
+num_inference_steps= realtime_priority= noise= seed=]``. Loads the agent, answers ``infer`` with ``chunk`` until its
+parent exits.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import zmq
 from deploy.agents import load_deploy_agent
 from deploy.inference import set_realtime_priority
 from deploy.protocol import decode, encode
+from deploy.sched import favour_io_threads
 
 
 def main(argv: list[str]) -> int:
@@ -26,13 +28,30 @@ def main(argv: list[str]) -> int:
     steps = int(args["num_inference_steps"]) if "num_inference_steps" in args else None
     set_realtime_priority(int(args.get("realtime_priority", 0)), "inference worker")
     try:
-        agent = load_deploy_agent(args["path"], args.get("backend", "auto"), int(args.get("threads", 1)), steps)
+        agent = load_deploy_agent(
+            args["path"],
+            args.get("backend", "auto"),
+            int(args.get("threads", 1)),
+            steps,
+            noise=args.get("noise", "sampled"),
+            seed=int(args.get("seed", 0)),
+        )
         n_action, action_dim = agent.n_action_steps, agent.shape_meta.action_dim
+        # One call first, on zeros of the right shapes: lazy initialisation (torch kernels, onnxruntime arenas) must
+        # not delay the first real chunk; then the episode's noise stream restarts.
+        agent.predict_action(
+            {
+                k: np.zeros((agent.n_obs_steps, *s.shape), np.uint8 if s.type == "rgb" else np.float32)
+                for k, s in agent.shape_meta.obs.items()
+            }
+        )
+        agent.reset()
     # Report any load failure to the parent, which shows it; then exit.
     except Exception as e:
         sock.send(encode("error", code="internal", message=f"{type(e).__name__}: {e}"))
         time.sleep(0.5)
         return 1
+    favour_io_threads(int(args.get("realtime_priority", 0)))
     sock.send(
         encode("ready", n_obs_steps=int(agent.n_obs_steps), n_action_steps=int(n_action), action_dim=int(action_dim))
     )

@@ -243,6 +243,8 @@ SCHEMAS: dict[str, dict[str, Callable[[str, Any], Any]]] = {
 }
 REQUEST_TYPES = ("hello", "get_obs", "action", "hold", "bye")
 REPLY_TYPES = ("info", "obs", "ack", "error")
+# The reply each request calls for (or ``error``).
+REPLY_FOR = {"hello": "info", "get_obs": "obs", "action": "ack", "hold": "ack", "bye": "ack"}
 
 
 # ---------------------------------------------------------------------------------------------- encode / decode
@@ -290,8 +292,10 @@ def decode(data: bytes, max_bytes: int = MAX_MESSAGE_BYTES) -> Message:
     """Unpack and schema-check one message; any problem raises :class:`ProtocolError` (never another error)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise ProtocolError(f"expected bytes, got {type(data).__name__}")
-    if len(data) > max_bytes:
+    if len(data) > max_bytes:  # before any decoding
         raise ProtocolError(f"message is {len(data)} bytes; the limit is {max_bytes}")
+    if len(data) == 0:
+        raise ProtocolError("empty message: expected one msgpack map")
     try:
         obj = msgpack.unpackb(
             bytes(data),

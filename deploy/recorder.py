@@ -9,12 +9,14 @@ float64) and ``hold`` (uint8, 1 where the tick held). Ticks whose observation ha
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from core.atomic_write import open_atomic
 from demos.replay_buffer import ReplayBuffer
 
 ACTION, TIMESTAMP, HOLD = "action", "timestamp", "hold"
@@ -76,3 +78,55 @@ class EpisodeRecorder:
         buffer.add_episode(episode, seed=seed)
         self._steps.clear()
         return buffer
+
+
+CHUNK_LOG_KIND = "mfp deploy chunks"
+
+
+class ChunkLog:
+    """Every inference call of a run in call order: the observation window the policy saw and the chunk it
+    returned. :meth:`save` writes one ``.npz``: ``obs.<key>`` ``(N, To, ...)``, ``chunk`` ``(N, n, Da)``,
+    ``obs_time`` ``(N,)`` and ``meta`` (JSON: kind, seed, noise mode). Replaying the windows through the checkpoint
+    as ``mfp eval`` runs it (reset to ``seed``) must give the same chunks."""
+
+    def __init__(self, path: str | Path, seed: int, noise: str) -> None:
+        self.path = Path(path)
+        self.meta = {"kind": CHUNK_LOG_KIND, "seed": int(seed), "noise": noise}
+        self.windows: list[dict[str, np.ndarray]] = []
+        self.chunks: list[np.ndarray] = []
+        self.obs_times: list[float] = []
+
+    def add(self, window: Mapping[str, np.ndarray], chunk: np.ndarray, obs_time: float) -> None:
+        self.windows.append({k: np.asarray(v) for k, v in window.items()})
+        self.chunks.append(np.asarray(chunk, dtype=np.float32))
+        self.obs_times.append(float(obs_time))
+
+    def save(self) -> None:
+        arrays: dict[str, Any] = {"meta": np.array(json.dumps(self.meta))}
+        if self.windows:
+            for key in self.windows[0]:
+                arrays[f"obs.{key}"] = np.stack([w[key] for w in self.windows])
+            arrays["chunk"] = np.stack(self.chunks)
+            arrays["obs_time"] = np.asarray(self.obs_times)
+        with open_atomic(self.path, "wb") as f:
+            np.savez(f, **arrays)
+
+
+def load_chunk_log(path: str | Path) -> tuple[dict[str, Any], list[dict[str, np.ndarray]], np.ndarray]:
+    """(meta, windows, chunks (N, n, Da)) of a :class:`ChunkLog` file."""
+    with np.load(path) as data:
+        meta = json.loads(str(data["meta"]))
+        keys = [k[4:] for k in data.files if k.startswith("obs.")]
+        n = len(data["chunk"]) if "chunk" in data.files else 0
+        windows = [{k: data[f"obs.{k}"][i] for k in keys} for i in range(n)]
+        chunks = data["chunk"] if n else np.zeros((0, 0, 0), np.float32)
+    return meta, windows, chunks
+
+
+def is_chunk_log(path: Path) -> bool:
+    """True when ``path`` is a file :class:`ChunkLog` wrote."""
+    try:
+        with np.load(path) as data:
+            return json.loads(str(data["meta"])).get("kind") == CHUNK_LOG_KIND
+    except (OSError, ValueError, KeyError):
+        return False

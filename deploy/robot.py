@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from core.errors import MfpError
-from deploy.bridge import DEFAULT_ADDRESS, BridgeClient, BridgeTimeout, RemoteError
+from deploy.bridge import DEFAULT_ADDRESS, BridgeClient, BridgeError, BridgeTimeout, RemoteError
 from deploy.protocol import Message, ProtocolError
 from deploy.safety import SafetyLimits
 
@@ -25,6 +25,10 @@ class RobotError(MfpError, RuntimeError):
 
 class RobotConnectionError(RobotError):
     """The robot stopped answering: the loop must stop."""
+
+
+class RobotMismatch(RobotError, ValueError):
+    """The robot, the policy and the limits file disagree (keys, shapes, action size): nothing was moved."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,9 @@ class Robot(ABC):
     def get_observation(self) -> tuple[float, dict[str, np.ndarray]]:
         """The latest observation and the time it was captured."""
 
+    def request_observation(self) -> None:  # noqa: B027  (optional: a robot that can prefetch says so)
+        """Start fetching the next observation (the loop calls it just before a tick); by default nothing."""
+
     @abstractmethod
     def send_action(self, timestamp: float, action: np.ndarray) -> None:
         """Command ``action`` (Da,), scheduled for ``timestamp``."""
@@ -66,6 +73,7 @@ class BridgeRobot(Robot):
         self._client = BridgeClient(address, timeout_s=timeout_s, allow_remote=allow_remote)
         self.last_info: dict[str, Any] = {}
         self._clock_offset = 0.0  # robot clock minus ours, from the latest reply (one-way latency ignored)
+        self._lost = False  # the last request timed out
         reply = self._request("hello", client="meanflow-policy")
         self.info = RobotInfo(reply["robot"], reply["action_dim"], reply["control_hz"], reply["obs"])
 
@@ -73,18 +81,36 @@ class BridgeRobot(Robot):
     def address(self) -> str:
         return self._client.address
 
-    def _request(self, type_: str, **fields: Any) -> Message:
+    def _call(self, what: str, fn: Any, *args: Any, **fields: Any) -> Any:
+        """Run a client call, turning bridge failures into robot errors that name the request."""
         try:
-            return self._client.request(type_, **fields)
+            result = fn(*args, **fields)
+            self._lost = False
+            return result
         except BridgeTimeout as e:
+            self._lost = True
             raise RobotConnectionError(f"robot connection lost: {e}") from e
         except RemoteError as e:
-            raise RobotError(f"robot at {self.address} refused '{type_}': {e.remote_message} ({e.code})") from e
+            refused = e.request or what
+            raise RobotError(f"robot at {self.address} refused '{refused}': {e.remote_message} ({e.code})") from e
         except ProtocolError as e:
-            raise RobotError(f"robot at {self.address} sent an invalid reply to '{type_}': {e}") from e
+            raise RobotError(f"robot at {self.address} sent an invalid reply to '{what}': {e}") from e
+        except BridgeError as e:
+            raise RobotConnectionError(f"robot connection lost: {e}") from e
+
+    def _request(self, type_: str, **fields: Any) -> Message:
+        return self._call(type_, self._client.request, type_, **fields)
+
+    def request_observation(self) -> None:
+        """Ask for the next observation now; :meth:`get_observation` collects it (the loop asks just before a tick,
+        so the round trip overlaps its sleep)."""
+        if self._client.pending != "get_obs":
+            self._call("get_obs", self._client.send_request, "get_obs")
 
     def get_observation(self) -> tuple[float, dict[str, np.ndarray]]:
-        reply = self._request("get_obs")
+        if self._client.pending != "get_obs":
+            self._call("get_obs", self._client.send_request, "get_obs")
+        reply = self._call("get_obs", self._client.collect)
         received = time.monotonic()
         self.last_info = reply["info"]
         self._clock_offset = reply["now"] - received
@@ -92,23 +118,41 @@ class BridgeRobot(Robot):
         return received - (reply["now"] - reply["timestamp"]), reply["obs"]
 
     def send_action(self, timestamp: float, action: np.ndarray) -> None:
-        self._request(
-            "action", timestamp=float(timestamp) + self._clock_offset, action=np.asarray(action, dtype=np.float64)
+        """Send the action; its ``ack`` is collected (and a refusal raised) at the next request."""
+        self._call(
+            "action",
+            self._client.send_request,
+            "action",
+            timestamp=float(timestamp) + self._clock_offset,
+            action=np.asarray(action, dtype=np.float64),
         )
 
     def hold(self, reason: str = "") -> None:
-        self._request("hold", reason=reason)
+        if not self._lost:
+            self._request("hold", reason=reason)
+            return
+        # The last request timed out: one quick try (the link may have dropped one reply), not a full timeout.
+        timeout = self._client.timeout_s
+        self._client.timeout_s = min(timeout, 0.25)
+        try:
+            self._request("hold", reason=reason)
+        finally:
+            self._client.timeout_s = timeout
 
     def close(self) -> None:
+        """Say ``bye`` (unless the last request timed out: the robot is gone) and release the connection."""
         try:
-            self._client.request("bye")
-        except (BridgeTimeout, RemoteError, ProtocolError):
+            if self._client.pending is not None:
+                self._client.collect()
+            if not self._lost:
+                self._client.request("bye")
+        except (BridgeError, ProtocolError):
             pass  # closing a connection to a robot that is already gone is not an error
         self._client.close()
 
 
 def check_compatible(policy: Any, robot_info: RobotInfo, limits: SafetyLimits) -> None:
-    """Raise ValueError naming every mismatch between policy, robot and limits."""
+    """Raise :class:`RobotError` naming every mismatch between policy, robot and limits."""
     problems = []
     for key, spec in policy.shape_meta.obs.items():
         have = robot_info.obs.get(key)
@@ -126,4 +170,4 @@ def check_compatible(policy: Any, robot_info: RobotInfo, limits: SafetyLimits) -
             f"limits '{limits.name}' read the position from '{limits.position_key}', which the robot does not send"
         )
     if problems:
-        raise ValueError("policy, robot and limits do not match: " + "; ".join(problems))
+        raise RobotMismatch("policy, robot and limits do not match: " + "; ".join(problems))

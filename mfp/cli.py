@@ -59,7 +59,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "fine-tune a one-step policy online (PPO or noise steering)",
     ),
     "eval": ("mfp.commands.eval", "main", "evaluate a checkpoint or the scripted expert on fixed seeds"),
-    "export": ("mfp.commands.export", "main", "export a checkpoint to ONNX and torch.export with parity checks"),
+    "export": ("mfp.commands.export", "main", "export to ONNX (pt2/aoti on request), parity-checked"),
     "deploy": ("mfp.commands.deploy", "main", "run the real-time control loop against a robot bridge"),
     "sim-arm": ("mfp.commands.sim_arm", "main", "serve a simulated Meta-World arm over the robot bridge"),
     "bench": ("mfp.bench", "main", "benchmarks: heads, policy, envs, deploy (success: from a checkout)"),

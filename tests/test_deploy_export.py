@@ -1,4 +1,5 @@
-"""`mfp export`: one graph to ONNX and torch.export, parity with eager checked, metadata enough to run it alone."""
+"""`mfp export`: one graph to ONNX (and torch.export / AOTInductor), parity with eager checked on real observations,
+metadata enough to run it alone, and a runtime that draws the starting noise exactly as `mfp eval` does."""
 
 from __future__ import annotations
 
@@ -7,15 +8,20 @@ import json
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from core.atomic_write import OutputError
+from core.errors import MfpError
 from core.spec import ShapeMeta
 from demos.replay_buffer import ReplayBuffer
 from deploy.export import export_policy
 from deploy.export_format import META_FILE, ExportError
 from deploy.exported import ExportedPolicy
-from deploy.exported_pt2 import ExportedProgram
+from deploy.exported_pt2 import AOTIProgram, ExportedProgram
+from deploy.noise import EpisodeNoise
 from mfp.commands.export import main
-from policies.checkpoint import load_policy, save_policy
+from policies.checkpoint import load_policy, policy_config_from_dict, save_policy
 from policies.config import BackboneConfig, EncoderConfig, PolicyConfig
 from policies.factory import build_policy
 
@@ -66,10 +72,14 @@ def exported(tmp_path_factory):
         backbone=BackboneConfig(type="unet", down_dims=[16, 32], n_groups=4, time_embed_dim=16),
         encoder=EncoderConfig(point_hidden_dims=[16, 32], point_out_dim=16, state_hidden_dim=16, state_out_dim=8),
     )
-    ckpt = save_policy(build_policy(cfg, SHAPE_META, stats), cfg, root / "policy", metadata={"code": TRAINED_BY})
-    assert (
-        main([f"checkpoint={ckpt}", f"out={root / 'export'}", f"data={root / 'demo.zarr'}", "n_check=6", "hz=50"]) == 0
+    ckpt = save_policy(
+        build_policy(cfg, SHAPE_META, stats),
+        cfg,
+        root / "policy",
+        metadata={"code": TRAINED_BY, "task": {"env": "reach-v3", "dataset": str(root / "demo.zarr")}},
     )
+    # No data=: the parity check reads the checkpoint's own training dataset.
+    assert main([f"checkpoint={ckpt}", f"out={root / 'export'}", "n_check=6", "hz=50", "formats=[onnx,pt2]"]) == 0
     return ckpt, root / "export", data
 
 
@@ -86,7 +96,8 @@ def test_export_writes_graphs_and_the_metadata_to_run_them(exported):
     assert meta["num_inference_steps"] == 1 and len(meta["normalizer"]["sha256"]) == 64
     assert meta["trained_by"] == TRAINED_BY  # the deployed graph names the commit that trained it
     parity = meta["parity"]
-    assert parity["source"].startswith("recorded") and parity["n_windows"] == 6
+    assert parity["source"] == f"recorded: {out.parent / 'demo.zarr'}" and parity["n_windows"] == 6
+    assert set(parity["max_abs_error"]) == {"policy_api", "onnx", "pt2", "onnx_runtime_noise"}
     assert all(err <= 1e-4 for err in parity["max_abs_error"].values()), parity
 
 
@@ -97,7 +108,7 @@ RUNTIMES = {"onnx": ExportedPolicy, "pt2": ExportedProgram}
 def test_exported_graph_acts_like_the_eager_policy(exported, backend):
     ckpt, out, data = exported
     policy = load_policy(ckpt)
-    runner = RUNTIMES[backend](out)
+    runner = RUNTIMES[backend](out, noise="fixed")
     noise = torch.tensor(runner.meta["noise"]["values"])[None]
     for t in (0, 11, 27):
         obs = {k: data[k][t : t + 2] for k in ("point_cloud", "agent_pos")}  # (To, ...) recorded windows
@@ -107,12 +118,16 @@ def test_exported_graph_acts_like_the_eager_policy(exported, backend):
         np.testing.assert_allclose(got, want, atol=1e-4)
     with pytest.raises(Exception, match="agent_pos"):
         runner.predict_action({"point_cloud": data["point_cloud"][:2], "agent_pos": data["agent_pos"][:2, :3]})
-    sampling = RUNTIMES[backend](out, noise="random")
+    # The default runtime samples: a fresh draw per call from the episode's stream, the checkpoint's own draws.
+    sampling = RUNTIMES[backend](out)
     obs = {k: data[k][:2] for k in ("point_cloud", "agent_pos")}
-    sampling.reset(seed=3)
-    first = [sampling.predict_action(obs) for _ in range(2)]
-    assert not np.array_equal(*first)
-    sampling.reset(seed=3)  # an episode's seed restarts its noise stream
+    sampling.reset(seed=100_003)
+    first = [sampling.predict_action(obs) for _ in range(3)]
+    assert not np.array_equal(first[0], first[1])
+    policy.reset(seed=100_003)  # what `mfp eval` does at the start of the episode with this seed
+    for got in first:
+        np.testing.assert_allclose(got, policy.predict_action(obs), atol=1e-4)
+    sampling.reset(seed=100_003)  # an episode's seed restarts its noise stream
     assert all(np.array_equal(a, sampling.predict_action(obs)) for a in first)
 
 
@@ -145,3 +160,89 @@ def test_the_onnx_runtime_runs_an_export_without_torch(exported):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.one_of(st.integers(0, 2**32 + 10), st.sampled_from([0, 1, 100_000, 2**31 - 1, 2**32 - 1, 2**40 + 7])),
+    horizon=st.integers(1, 20),
+    action_dim=st.integers(1, 10),
+    calls=st.integers(1, 4),
+)
+def test_the_noise_stream_is_torch_randn_from_the_same_seed(seed, horizon, action_dim, calls):
+    """`mfp eval` draws the starting noise with torch.randn from torch.Generator().manual_seed(episode seed); the
+    robot-side stream (numpy only) gives the same values, call after call, for every size (the 16-value and the
+    scalar paths of torch's sampler)."""
+    g = torch.Generator().manual_seed(seed)
+    stream = EpisodeNoise(seed)
+    for _ in range(calls):
+        want = torch.randn((1, horizon, action_dim), generator=g).numpy()
+        got = stream.standard_normal((1, horizon, action_dim))
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_held_noise_matches_mfp_eval_hold_noise(exported):
+    """noise=held on the robot is `mfp eval hold_noise=true`: one draw per episode, the same draw."""
+    from training.evaluation import InferenceOptions, load_agent
+
+    ckpt, out, data = exported
+    held = ExportedPolicy(out, noise="held")
+    agent = load_agent(str(ckpt), InferenceOptions(hold_noise=True))
+    for seed in (100_000, 100_001):
+        held.reset(seed=seed)
+        agent.reset(seed=seed)
+        for t in (0, 9, 20):
+            obs = {k: data[k][t : t + 2] for k in ("point_cloud", "agent_pos")}
+            np.testing.assert_allclose(held.predict_action(obs), agent.predict_action(obs), atol=1e-4)
+
+
+def test_export_output_is_guarded_and_replaced_atomically(exported, tmp_path):
+    """`out` may replace an earlier export; a foreign file or directory needs overwrite=true; never the inputs."""
+    ckpt, out, data = exported
+    demo = out.parent / "demo.zarr"
+    kw = dict(data=str(demo), n_check=2)
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_text("mine")
+    with pytest.raises(OutputError, match="did not make"):
+        export_policy(ckpt, foreign, **kw)
+    assert (foreign / "keep.txt").read_text() == "mine"
+    a_file = tmp_path / "file.onnx"
+    a_file.write_text("x")
+    with pytest.raises(OutputError, match="an existing file"):
+        export_policy(ckpt, a_file, **kw)
+    for inside in (ckpt, ckpt / "sub", demo / "x", ckpt.parent):
+        with pytest.raises(OutputError, match="input"):
+            export_policy(ckpt, inside, overwrite=True, **kw)
+    first = tmp_path / "export"
+    export_policy(ckpt, first, seed=1, **kw)
+    export_policy(ckpt, first, seed=2, **kw)  # an earlier export is replaced without overwrite=true
+    assert json.loads((first / META_FILE).read_text())["noise"]["seed"] == 2
+    export_policy(ckpt, foreign, overwrite=True, **kw)
+    assert not (foreign / "keep.txt").exists() and (foreign / META_FILE).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "file.onnx", "notes"]  # no temporaries left
+
+
+def test_parity_needs_real_observations_unless_asked_for_synthetic(exported, tmp_path):
+    ckpt, _, _ = exported
+    config = json.loads((ckpt / "config.json").read_text())
+    bare = save_policy(load_policy(ckpt), policy_config_from_dict(config["policy"]), tmp_path / "bare")  # no task
+    with pytest.raises(ExportError, match="no real observations"):
+        export_policy(bare, tmp_path / "x", n_check=2)
+    meta = export_policy(bare, tmp_path / "x", data="synthetic", n_check=2)
+    assert meta["parity"]["source"].startswith("synthetic")
+    with pytest.raises(MfpError, match="does not exist"):
+        export_policy(bare, tmp_path / "y", data=str(tmp_path / "none.zarr"), n_check=2)
+
+
+@pytest.mark.slow
+def test_aoti_package_matches_eager(exported, tmp_path):
+    """The AOTInductor build (minutes on a small CPU) reproduces eager like the other formats."""
+    ckpt, _, data = exported
+    meta = export_policy(ckpt, tmp_path / "aoti", n_check=4, formats=("onnx", "aoti"))
+    assert meta["files"]["aoti"] == "model_aoti.pt2" and meta["parity"]["max_abs_error"]["aoti"] <= 1e-4
+    runner = AOTIProgram(tmp_path / "aoti", noise="fixed")
+    onnx = ExportedPolicy(tmp_path / "aoti", noise="fixed")
+    obs = {k: data[k][:2] for k in ("point_cloud", "agent_pos")}
+    np.testing.assert_allclose(runner.predict_action(obs), onnx.predict_action(obs), atol=1e-4)

@@ -216,7 +216,7 @@ def test_noise_steering_learns_the_noise_and_writes_a_policy_that_uses_it(tmp_pa
     obs = {"agent_pos": np.zeros((2, 2), np.float32)}
     np.testing.assert_array_equal(policy.predict_action(obs), policy.predict_action(obs))  # the noise is chosen
     assert "critic_loss" in (tmp_path / "run" / "metrics.jsonl").read_text()
-    meta = export_policy(summary["policy_dir"], tmp_path / "export", n_check=4, formats=("onnx",))
+    meta = export_policy(summary["policy_dir"], tmp_path / "export", "synthetic", n_check=4, formats=("onnx",))
     assert meta["parity"]["max_abs_error"]["onnx"] <= 1e-4
 
 
