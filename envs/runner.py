@@ -31,6 +31,7 @@ import numpy as np
 
 from core.atomic_write import write_text
 from envs.suites import suite_for_task
+from envs.worker_threads import worker_thread_limits
 
 EVAL_INFO, VIDEO_DIR = "eval_info.json", "videos"
 
@@ -108,15 +109,14 @@ def evaluate(
             _worker.pop("env").close()
             _worker.clear()
     else:
-        # Inherited by the spawned workers before torch / the llvmpipe renderer start their thread pools.
-        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LP_NUM_THREADS")}
-        for k in saved:
-            os.environ[k] = str(threads_per_worker)
         try:
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(
-                max_workers=min(n_workers, len(jobs)), mp_context=ctx, initializer=_init_worker, initargs=setup
-            ) as pool:
+            with (
+                worker_thread_limits(threads_per_worker),
+                ProcessPoolExecutor(
+                    max_workers=min(n_workers, len(jobs)), mp_context=ctx, initializer=_init_worker, initargs=setup
+                ) as pool,
+            ):
                 futures = [pool.submit(_run_job, *job) for job in jobs]
                 for fut in as_completed(futures):
                     results.append(fut.result())
@@ -127,12 +127,6 @@ def evaluate(
                 "an evaluation worker died while building its env or agent, or crashed; its "
                 "traceback is printed above (run with n_workers=0 to debug in this process)"
             ) from e
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
     if bar is not None:
         bar.close()
     elapsed = time.perf_counter() - t0

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import inspect
 import multiprocessing
-import os
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import numpy as np
 
 from core.errors import ConfigError, check_choice
 from envs.suites import suite_for_task
+from envs.worker_threads import worker_thread_limits
 
 REWARDS = ("sparse", "dense")
 
@@ -95,30 +95,22 @@ class ChunkVectorEnv:
             "seed_stride": self.n_envs,  # env i runs seeds s_i, s_i + N, s_i + 2N, ...: no two envs share one
         }
         ctx = multiprocessing.get_context("spawn")
-        saved = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "LP_NUM_THREADS")}
-        for k in saved:
-            os.environ[k] = str(threads_per_worker)
         self._conns: list[Connection] = []
         self._procs = []
         try:
-            for _ in range(self.n_envs):
-                parent, child = ctx.Pipe()
-                proc = ctx.Process(target=_worker, args=(child, spec), daemon=True)
-                proc.start()
-                child.close()
-                self._conns.append(parent)
-                self._procs.append(proc)
+            with worker_thread_limits(threads_per_worker):
+                for _ in range(self.n_envs):
+                    parent, child = ctx.Pipe()
+                    proc = ctx.Process(target=_worker, args=(child, spec), daemon=True)
+                    proc.start()
+                    child.close()
+                    self._conns.append(parent)
+                    self._procs.append(proc)
             for conn in self._conns:
                 _reply(conn)  # "ready", or the worker's error
         except BaseException:
             self.close()
             raise
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
 
     def reset(self, seeds: Sequence[int]) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Start an episode in every env: env i with ``seeds[i]`` (its later episodes: + n_envs each).
