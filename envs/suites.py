@@ -103,6 +103,11 @@ _SUITES: dict[str, str] = {
 }
 _INSTANCES: dict[str, Suite] = {}
 
+# ``task.suite`` of a task with no simulator: your own recordings (a converted LeRobot dataset, `mfp deploy record=`
+# episodes). Its observation spec comes from the dataset's ``obs_types``; it has no scripted expert to collect demos
+# with and no env to evaluate or fine-tune in. Not a registered suite: :func:`get_suite` refuses it by name.
+NO_SIMULATOR = "none"
+
 
 def register_suite(name: str, target: str) -> None:
     """Register suite ``name`` implemented by ``target`` (``"package.module:ClassName"``)."""
@@ -117,6 +122,11 @@ def suite_names() -> list[str]:
 
 def get_suite(name: str) -> Suite:
     """The suite registered as ``name``; an unknown name lists the known ones."""
+    if name == NO_SIMULATOR:
+        raise UnknownTaskError(
+            f"task.suite={NO_SIMULATOR} trains on a dataset alone: there is no simulator to collect, evaluate or "
+            "fine-tune in"
+        )
     if name not in _SUITES:
         raise UnknownTaskError(f"unknown task suite '{name}'; known: {', '.join(_SUITES)}")
     if name not in _INSTANCES:

@@ -9,7 +9,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from core.errors import ConfigError, check_choice, check_int, check_number
-from envs.suites import suite_names
+from envs.suites import NO_SIMULATOR, suite_names
 from policies.config import PolicyConfig
 from training.distributed import parse_device
 
@@ -18,6 +18,8 @@ from training.distributed import parse_device
 class TaskConfig:
     """Which benchmark task, which observations, and where its demonstrations live."""
 
+    # A registered simulator suite, or "none" for your own recordings (configs/task/dataset.yaml): the observation
+    # spec then comes from the dataset's obs_types, and nothing is collected or evaluated in a simulator.
     suite: str = "metaworld"
     env: str = "button-press-topdown-v3"
     obs_keys: list[str] = field(default_factory=lambda: ["point_cloud", "agent_pos"])
@@ -44,10 +46,19 @@ class TaskConfig:
             raise ConfigError("task.n_demos and task.collect_demos are both null: set task.collect_demos to collect")
         return count
 
+    @property
+    def has_simulator(self) -> bool:
+        return self.suite != NO_SIMULATOR
+
     def __post_init__(self) -> None:
-        check_choice("task.suite", self.suite, suite_names())
+        check_choice("task.suite", self.suite, [*suite_names(), NO_SIMULATOR])
         if not self.env or not self.dataset:
             raise ConfigError("task.env and task.dataset must not be empty")
+        if not self.has_simulator and self.collect_if_missing:
+            raise ConfigError(
+                f"task.suite={NO_SIMULATOR} has no scripted expert to collect demos with; set "
+                "task.collect_if_missing=false (task=dataset does)"
+            )
         if not self.obs_keys:
             raise ConfigError("task.obs_keys must name at least one observation")
         check_int("task.num_points", self.num_points, 1)
@@ -139,6 +150,11 @@ class TrainConfig:
         check_number("ema_power", self.ema_power, 0.0, low_open=True)
         check_number("ema_max_decay", self.ema_max_decay, 0.0, 1.0, high_open=True)
         check_number("val_ratio", self.val_ratio, 0.0, 1.0, high_open=True)
+        if not self.task.has_simulator and self.eval.every_steps > 0:
+            raise ConfigError(
+                f"eval.every_steps={self.eval.every_steps}: task.suite={NO_SIMULATOR} has no simulator to evaluate "
+                "in; set eval.every_steps=0 (try the policy on the robot with mfp deploy)"
+            )
 
 
 # configs/train.yaml composes onto this schema by the name "train_schema" (its first default).

@@ -15,7 +15,7 @@ from core.errors import ConfigError, check_int
 from core.seeds import eval_seeds
 from core.spec import ShapeMeta
 from envs.runner import evaluate
-from envs.suites import get_suite, suite_for_task
+from envs.suites import NO_SIMULATOR, get_suite, suite_for_task
 from policies.checkpoint import load_policy, read_config
 from policies.policy import Policy
 
@@ -110,6 +110,12 @@ def evaluate_checkpoint(
     if not task:
         raise ConfigError(f"checkpoint '{policy_dir}' records no task (metadata.task.env); pass task=<name>")
     saved_suite = saved_task.get("suite")
+    if saved_suite == NO_SIMULATOR and task == saved_task.get("env"):
+        raise ConfigError(
+            f"checkpoint '{policy_dir}' was trained on a dataset with no simulator (task.suite={NO_SIMULATOR}); "
+            "there is nothing to evaluate it in: try it on the robot with mfp deploy, or pass task=<simulator task> "
+            "whose observations it takes"
+        )
     suite = get_suite(saved_suite) if saved_suite and task == saved_task.get("env") else suite_for_task(task)
     env_kwargs = suite.env_kwargs(ShapeMeta.from_dict(config["shape_meta"]), saved_task)
     max_steps = max_steps or int(saved_task.get("max_episode_steps") or suite.max_steps(suite.check_task(task)))

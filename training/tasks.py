@@ -34,12 +34,60 @@ class TaskData:
 
 
 def task_shape_meta(task: TaskConfig) -> ShapeMeta:
-    """The observation/action spec of ``task`` restricted to ``task.obs_keys`` (read from the environment)."""
+    """The observation/action spec of ``task`` restricted to ``task.obs_keys``: read from the environment, or for a
+    task without a simulator from the dataset's ``obs_types`` (:func:`dataset_shape_meta`)."""
+    if not task.has_simulator:
+        return dataset_shape_meta(task)
     full = get_suite(task.suite).shape_meta(task.env, num_points=task.num_points, image_size=task.image_size)
     unknown = [k for k in task.obs_keys if k not in full.obs]
     if unknown:
         raise TaskDataError(f"task.obs_keys {unknown} are not observations of {task.env}; available: {list(full.obs)}")
     return ShapeMeta(obs={k: full.obs[k] for k in task.obs_keys}, action_dim=full.action_dim)
+
+
+def check_policy_fits(shape_meta: ShapeMeta, policy: PolicyConfig) -> None:
+    """:class:`TaskDataError` for a policy setting the observations cannot take: an image crop larger than the
+    images (your own camera's size is whatever it recorded)."""
+    crop = list(policy.encoder.image_crop_shape)
+    for key, spec in shape_meta.obs.items():
+        if spec.type == "rgb" and (crop[0] > spec.shape[-2] or crop[1] > spec.shape[-1]):
+            h, w = spec.shape[-2:]
+            raise TaskDataError(
+                f"policy.encoder.image_crop_shape={crop} does not fit the {h}x{w} images of '{key}'; set it to "
+                f"[{h * 9 // 10},{w * 9 // 10}] (90 %, as 76 of 84) or smaller"
+            )
+
+
+def dataset_shape_meta(task: TaskConfig) -> ShapeMeta:
+    """The spec of ``task.obs_keys`` as the zarr dataset ``task.dataset`` records it (its ``obs_types`` attribute,
+    written by `mfp convert` and `mfp deploy record=`); reads only the dataset's metadata."""
+    from demos.replay_buffer import ReplayBuffer
+    from demos.robomimic_hdf5 import is_robomimic_file
+
+    path = Path(task.dataset)
+    if not path.exists():
+        raise TaskDataError(f"dataset '{path}' does not exist; task.dataset names your recordings for task.suite=none")
+    if is_robomimic_file(path):
+        raise TaskDataError(
+            f"'{path}' is a robomimic HDF5 file; train it with its task (e.g. task=robomimic/lift task.dataset={path}) "
+            f"or convert it with mfp convert src={path} out=<name>.zarr"
+        )
+    try:
+        buffer = ReplayBuffer.open(path, mode="r")
+    except Exception as e:  # zarr raises many error types for a path that is not a dataset
+        raise TaskDataError(f"'{path}' is not a zarr dataset ({type(e).__name__}: {e})") from e
+    types = dict(buffer.attrs.get("obs_types") or {})
+    if not types:
+        raise TaskDataError(
+            f"dataset '{path}' records no obs_types (which of its keys {buffer.keys} are observations, of what type); "
+            "make it with mfp convert or mfp deploy record=, or set the zarr attribute obs_types"
+        )
+    unknown = [k for k in task.obs_keys if k not in types]
+    if unknown:
+        raise TaskDataError(
+            f"task.obs_keys {unknown} are not observations of dataset '{path}'; available: {list(types)}"
+        )
+    return buffer.shape_meta(task.obs_keys)  # SpecError (one line) for a key the dataset types but does not hold
 
 
 def ensure_demos(task: TaskConfig) -> Path:
@@ -53,6 +101,8 @@ def ensure_demos(task: TaskConfig) -> Path:
     path = Path(task.dataset)
     if path.exists() and not _needs_more_demos(path, task):
         return path
+    if not task.has_simulator:
+        raise TaskDataError(f"dataset '{path}' does not exist; task.dataset names your recordings for task.suite=none")
     if not path.exists() and not task.collect_if_missing:
         raise TaskDataError(
             f"dataset '{path}' does not exist; fix task.dataset or set task.collect_if_missing=true "
@@ -115,6 +165,7 @@ def load_task_data(task: TaskConfig, policy: PolicyConfig, seed: int, val_ratio:
     from demos.dataset import SequenceDataset
 
     shape_meta = task_shape_meta(task)
+    check_policy_fits(shape_meta, policy)
     path = ensure_demos(task)
     source, selected = _select_demos(path, task, list(shape_meta.obs))
     train = SequenceDataset(
@@ -127,7 +178,9 @@ def load_task_data(task: TaskConfig, policy: PolicyConfig, seed: int, val_ratio:
         seed=seed,
         max_train_episodes=task.n_demos,
     )
-    recorded = train.attrs.get("task")
+    recorded = train.attrs.get("task")  # a simulator task's name (your recordings may hold an instruction there)
+    if not task.has_simulator:
+        recorded = None
     if recorded is not None and _canonical(task.suite, recorded) != _canonical(task.suite, task.env):
         raise TaskDataError(f"dataset {path} was collected for '{recorded}', but task.env is '{task.env}'")
     val = train.get_validation_dataset() if val_ratio > 0 else None

@@ -263,12 +263,20 @@ class Trainer:
         return summary
 
     def evaluate(self, episodes: int, name: str = "eval", videos: int | None = None) -> dict[str, Any] | None:
-        """Evaluate the saved EMA policy on fixed eval seeds; returns the runner's summary (main rank only).
+        """Evaluate the saved EMA policy on fixed eval seeds; returns the runner's summary (main rank only), or None
+        with a note for a task without a simulator.
 
         Leaves the global RNGs as it found them, so a run with periodic evaluations trains the same weights as one
         without.
         """
         if not distributed.is_main() or episodes <= 0:
+            return None
+        if not self.cfg.task.has_simulator:
+            print(
+                f"[eval] skipped ({name}, eval.episodes={episodes}): task.suite={self.cfg.task.suite} trains on a "
+                "dataset alone and has no simulator to evaluate in; try the policy on the robot with mfp deploy",
+                flush=True,
+            )
             return None
         with untouched_global_rng(self.device):
             info = evaluate_checkpoint(

@@ -23,6 +23,7 @@ from policies.config import REMOVED_SETTINGS
 from training import distributed
 from training.config import compose_train_config, config_from_hydra
 from training.distributed import resolve_device
+from training.tasks import check_policy_fits, task_shape_meta
 from training.trainer import Trainer, is_run_dir
 
 
@@ -82,7 +83,8 @@ def removed_override(argv: list[str]) -> str | None:
 
 def preflight(argv: list[str]) -> str | None:
     """Why `mfp train <argv>` cannot start, or None: the overrides must compose onto a valid TrainConfig (hydra would
-    print the same under several lines) and its output directory must be new, empty or this run's own. Checked
+    print the same under several lines), a task without a simulator must find its observations in its dataset, and
+    its output directory must be new, empty or this run's own. Checked
     before hydra creates anything; sweeps (``-m``) and hydra's own flags are left to hydra."""
     if any(a.startswith("-") or a.startswith(("hydra.", "hydra/")) for a in argv):
         return None
@@ -91,6 +93,8 @@ def preflight(argv: list[str]) -> str | None:
         resolve_device(cfg.device, "device")
         if cfg.eval.device:
             resolve_device(cfg.eval.device, "eval.device")
+        if not cfg.task.has_simulator:  # your own recordings: their spec is in the dataset, cheap to check here
+            check_policy_fits(task_shape_meta(cfg.task), cfg.policy)
         check_output(cfg.output_dir, [cfg.task.dataset], what="output_dir", ours=is_run_dir, offer_overwrite=False)
     except (HydraException, OmegaConfBaseException, MfpError, ValueError, TypeError) as e:
         return omegaconf_message(e)
