@@ -19,10 +19,12 @@ from policies.heads.base import ActionHead, HeadEntry, register_head
 class MeanFlowHead(ActionHead):
     """One-step generative head trained with the MeanFlow identity; settings from :class:`MeanFlowConfig`.
 
-    ``jvp_mode``: "primal" backpropagates through the JVP's primal output (one forward-mode pass gives u and
-    du/dt; the graph also records the dual ops); "separate" runs a normal forward for u and the JVP under no_grad
-    (one extra forward, less memory). Same loss and gradients. Only samples with r != t enter the JVP: for r = t
-    the du/dt term is multiplied by zero, so it is not computed.
+    ``jvp_mode``: "fused" asks the backbone for u (with gradient) over the whole batch and du/dt (no gradient) in
+    one forward (:meth:`Backbone.forward_with_tangent`: the MLP carries the tangent beside its activations, other
+    backbones use ``torch.func.jvp`` as "primal" does); "primal" backpropagates through the JVP's primal output
+    (one forward-mode pass gives u and du/dt; the graph also records the dual ops); "separate" runs a normal
+    forward for u and the JVP under no_grad (one extra forward, less memory). Same loss and gradients. Only
+    samples with r != t enter the JVP: for r = t the du/dt term is multiplied by zero, so it is not computed.
     """
 
     def __init__(self, backbone: Backbone, horizon: int, cfg: MeanFlowConfig) -> None:
@@ -102,6 +104,13 @@ class MeanFlowHead(ActionHead):
         the tangent (v, 1, 0)."""
         if n_jvp == 0:
             return self.u(z, t, r, cond), None
+        if self.cfg.jvp_mode == "fused":
+            # tangent (v, 1, 0) of (z, t, r) is (v, 1, 1) on the network's inputs (z, t, t - r)
+            times_dot = torch.ones(n_jvp, 2, device=z.device, dtype=z.dtype)
+            u_pred, dudt = self.backbone.forward_with_tangent(
+                z, torch.stack([t, t - r], dim=1), cond, v[:n_jvp].detach(), times_dot
+            )
+            return u_pred, dudt.detach()
         zj, tj, rj, cj = z[:n_jvp], t[:n_jvp], r[:n_jvp], cond[:n_jvp]
         tangents = (v[:n_jvp].detach(), torch.ones_like(tj), torch.zeros_like(rj))
 
