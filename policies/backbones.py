@@ -25,6 +25,9 @@ class Backbone(nn.Module):
     input_dim: int  # Da
     global_cond_dim: int  # C
     n_time_inputs: int  # K
+    # A backbone with a ``time_embed`` module ((B, K) -> (B, E)) whose forward takes ``time_emb=`` (that module's
+    # output for ``times``, computed ahead) lets a head cache the embedding of fixed inference times.
+    takes_time_emb: bool = False
 
     def forward_with_tangent(
         self, x: torch.Tensor, times: torch.Tensor, cond: torch.Tensor, x_dot: torch.Tensor, times_dot: torch.Tensor
@@ -194,6 +197,7 @@ class ConditionalUnet1D(Backbone):
         time_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        self.takes_time_emb = True
         if not down_dims:
             raise ValueError("down_dims must not be empty")
         self.input_dim = input_dim
@@ -223,10 +227,14 @@ class ConditionalUnet1D(Backbone):
             Conv1dBlock(start, start, kernel_size, n_groups), nn.Conv1d(start, input_dim, 1)
         )
 
-    def forward(self, x: torch.Tensor, times: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """``x (B, H, Da)``, ``times (B, K)``, ``cond (B, C)`` -> ``(B, H, Da)``."""
+    def forward(
+        self, x: torch.Tensor, times: torch.Tensor, cond: torch.Tensor, time_emb: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x (B, H, Da)``, ``times (B, K)``, ``cond (B, C)`` -> ``(B, H, Da)``; ``time_emb (B, E)``: the time
+        embedding of ``times`` when the caller has it (cached at inference), else it is computed here."""
         _check_inputs(x, times, cond, self.input_dim, self.global_cond_dim)
-        film_cond = torch.cat([self.time_embed(times), cond], dim=-1)  # (B, E + C)
+        temb = self.time_embed(times) if time_emb is None else time_emb
+        film_cond = torch.cat([temb, cond], dim=-1)  # (B, E + C)
         h = x.transpose(1, 2)  # (B, Da, H)
         skips = []
         for level in self.down_modules:
@@ -298,6 +306,7 @@ class MLPBackbone(Backbone):
         super().__init__()
         if n_layers < 1 or hidden_dim < 1:
             raise ValueError("MLPBackbone needs n_layers >= 1 and hidden_dim >= 1")
+        self.takes_time_emb = True
         self.input_dim = input_dim
         self.horizon = horizon
         self.global_cond_dim = global_cond_dim
@@ -308,12 +317,16 @@ class MLPBackbone(Backbone):
         self.blocks = nn.ModuleList(FiLMResidualBlock(hidden_dim, cond_dim) for _ in range(n_layers))
         self.out = nn.Sequential(nn.LayerNorm(hidden_dim), nn.Linear(hidden_dim, horizon * input_dim))
 
-    def forward(self, x: torch.Tensor, times: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """``x (B, H, Da)``, ``times (B, K)``, ``cond (B, C)`` -> ``(B, H, Da)``."""
+    def forward(
+        self, x: torch.Tensor, times: torch.Tensor, cond: torch.Tensor, time_emb: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x (B, H, Da)``, ``times (B, K)``, ``cond (B, C)`` -> ``(B, H, Da)``; ``time_emb (B, E)``: the time
+        embedding of ``times`` when the caller has it (cached at inference), else it is computed here."""
         _check_inputs(x, times, cond, self.input_dim, self.global_cond_dim)
         if x.shape[1] != self.horizon:
             raise ValueError(f"MLPBackbone was built for horizon {self.horizon}, got x of shape {tuple(x.shape)}")
-        film_cond = torch.cat([self.time_embed(times), cond], dim=-1)  # (B, E + C)
+        temb = self.time_embed(times) if time_emb is None else time_emb
+        film_cond = torch.cat([temb, cond], dim=-1)  # (B, E + C)
         h = self.inp(x.flatten(1))  # (B, D)
         for block in self.blocks:
             h = block(h, film_cond)

@@ -35,6 +35,7 @@ class MeanFlowHead(ActionHead):
             )
         self.cfg = cfg
         self.default_num_steps = int(cfg.num_inference_steps)
+        self._schedules: dict[tuple, list[tuple[tuple[float, float], float]]] = {}
 
     def u(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Average velocity ``u(z (B, H, Da), r (B,), t (B,) | cond (B, C))``; the network sees (t, t - r)."""
@@ -146,12 +147,33 @@ class MeanFlowHead(ActionHead):
         ``a = eps - u(eps, t=1, h=1 | c)``. Returns ``(B, H, Da)``."""
         steps = self.resolve_steps(num_steps)
         z = self.initial_noise(cond, noise, generator)  # (B, H, Da)
+        if self.may_cache(cond):
+            for (t, h), dt in self._schedule(steps, cond):
+                times, emb = self.cached_times((t, h), z.shape[0], cond)
+                z = z - dt * self.backbone(z, times, cond, time_emb=emb)
+            return z
         grid = torch.linspace(1.0, 0.0, steps + 1, device=cond.device, dtype=cond.dtype)
         ones = torch.ones(cond.shape[0], device=cond.device, dtype=cond.dtype)
         for i in range(steps):
             t, r = grid[i] * ones, grid[i + 1] * ones
             z = z - (grid[i] - grid[i + 1]) * self.u(z, t, r, cond)
         return z
+
+    def _schedule(self, steps: int, like: torch.Tensor) -> list[tuple[tuple[float, float], float]]:
+        """Per step, the network's time inputs (t, t - r) and the step size t - r, as the plain loop of
+        :meth:`sample` computes them (same dtype and device), kept as Python floats per (steps, device, dtype)."""
+        key = (steps, like.device, like.dtype)
+        hit = self._schedules.get(key)
+        if hit is None:
+            grid = torch.linspace(1.0, 0.0, steps + 1, device=like.device, dtype=like.dtype)
+            one = torch.ones(1, device=like.device, dtype=like.dtype)
+            hit = []
+            for i in range(steps):
+                t, r = grid[i] * one, grid[i + 1] * one
+                th = torch.stack([t, t - r], dim=1)[0].tolist()
+                hit.append(((th[0], th[1]), float(grid[i] - grid[i + 1])))
+            self._schedules[key] = hit
+        return hit
 
 
 register_head(
