@@ -46,8 +46,8 @@ class Backbone(nn.Module):
         def fn(x_: torch.Tensor, times_: torch.Tensor) -> torch.Tensor:
             return self(x_, times_, cond_j)
 
-        out_j, out_dot = jvp(fn, (x[:n], times[:n]), (x_dot, times_dot))
-        out_dot = out_dot.detach()
+        res = jvp(fn, (x[:n], times[:n]), (x_dot, times_dot))
+        out_j, out_dot = res[0], res[1].detach()
         if n == x.shape[0]:
             return out_j, out_dot
         return torch.cat([out_j, self(x[n:], times[n:], cond[n:])]), out_dot
@@ -102,8 +102,9 @@ class TimeEmbedding(nn.Module):
         out: torch.Tensor | None = None
         out_dot: torch.Tensor | None = None
         for k in range(self.n_time_inputs):
-            sinusoid, lin1, act, lin2 = cast(nn.Sequential, self.embeds[k])
-            sinusoid = cast(SinusoidalEmbedding, sinusoid)
+            seq = cast(nn.Sequential, self.embeds[k])
+            sinusoid, lin1, act, lin2 = cast(SinusoidalEmbedding, seq[0]), cast(nn.Linear, seq[1]), seq[2], seq[3]
+            lin2 = cast(nn.Linear, lin2)
             e = sinusoid(times[:, k])  # (B, dim): [sin, cos]
             a = lin1(e)
             o = lin2(act(a))
@@ -275,7 +276,7 @@ class FiLMResidualBlock(nn.Module):
         (n, D)`` and ``cond_dot (n, E)``, the tangent of the first E condition features (the rest have none)."""
         n, e_dim = cond_dot.shape
         film_lin = cast(nn.Linear, self.film[1])
-        lin1, act, lin2 = cast(nn.Sequential, self.mlp)
+        lin1, act, lin2 = cast(nn.Linear, self.mlp[0]), self.mlp[1], cast(nn.Linear, self.mlp[2])
         scale, bias = self.film(cond).chunk(2, dim=-1)  # (B, D) each
         y, _, rstd = torch.native_layer_norm(h, [h.shape[-1]], None, None, self.norm.eps)
         a = lin1(y * (1 + scale) + bias)

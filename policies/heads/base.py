@@ -88,13 +88,12 @@ class ActionHead(nn.Module, ABC):
         """Whether :meth:`cached_times` may serve this call: inference (no gradient) on a backbone with
         ``takes_time_emb``, not inside a trace, compile or export (those run the plain path)."""
         return (
-            self.backbone.takes_time_emb
+            getattr(self.backbone, "takes_time_emb", False)  # a duck-typed network may lack it
             and not torch.is_grad_enabled()
             and type(cond) is torch.Tensor  # not a fake or functional tensor of a trace
-            and not torch.jit.is_tracing()
+            and not torch.jit.is_tracing()  # also the TorchScript ONNX exporter
             and not torch.compiler.is_compiling()
             and not torch.compiler.is_exporting()
-            and not torch.onnx.is_in_onnx_export()
         )
 
     def cached_times(

@@ -105,12 +105,11 @@ class MeanFlowHead(ActionHead):
         the tangent (v, 1, 0)."""
         if n_jvp == 0:
             return self.u(z, t, r, cond), None
-        if self.cfg.jvp_mode == "fused":
+        fused = getattr(self.backbone, "forward_with_tangent", None)  # a duck-typed network may lack it
+        if self.cfg.jvp_mode == "fused" and fused is not None:
             # tangent (v, 1, 0) of (z, t, r) is (v, 1, 1) on the network's inputs (z, t, t - r)
             times_dot = torch.ones(n_jvp, 2, device=z.device, dtype=z.dtype)
-            u_pred, dudt = self.backbone.forward_with_tangent(
-                z, torch.stack([t, t - r], dim=1), cond, v[:n_jvp].detach(), times_dot
-            )
+            u_pred, dudt = fused(z, torch.stack([t, t - r], dim=1), cond, v[:n_jvp].detach(), times_dot)
             return u_pred, dudt.detach()
         zj, tj, rj, cj = z[:n_jvp], t[:n_jvp], r[:n_jvp], cond[:n_jvp]
         tangents = (v[:n_jvp].detach(), torch.ones_like(tj), torch.zeros_like(rj))
@@ -148,9 +147,9 @@ class MeanFlowHead(ActionHead):
         steps = self.resolve_steps(num_steps)
         z = self.initial_noise(cond, noise, generator)  # (B, H, Da)
         if self.may_cache(cond):
-            for (t, h), dt in self._schedule(steps, cond):
-                times, emb = self.cached_times((t, h), z.shape[0], cond)
-                z = z - dt * self.backbone(z, times, cond, time_emb=emb)
+            for time_values, step in self._schedule(steps, cond):
+                times, emb = self.cached_times(time_values, z.shape[0], cond)
+                z = z - step * self.backbone(z, times, cond, time_emb=emb)
             return z
         grid = torch.linspace(1.0, 0.0, steps + 1, device=cond.device, dtype=cond.dtype)
         ones = torch.ones(cond.shape[0], device=cond.device, dtype=cond.dtype)
