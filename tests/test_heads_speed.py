@@ -177,8 +177,12 @@ def test_cache_skips_the_time_embedding_and_follows_weight_updates(kind, monkeyp
     after = head.sample(cond, noise=noise)
     assert not torch.equal(after, first)
     assert torch.equal(after, uncached(head, monkeypatch, cond, noise=noise))
-    # so must a load_state_dict
+    # so must a load_state_dict, in place or assigning new tensors
     head.load_state_dict(head_for("meanflow", 2, MeanFlowConfig(), kind).state_dict())
+    assert torch.equal(head.sample(cond, noise=noise), first)
+    opt.step()
+    assert not torch.equal(head.sample(cond, noise=noise), first)
+    head.load_state_dict(head_for("meanflow", 2, MeanFlowConfig(), kind).state_dict(), assign=True)
     assert torch.equal(head.sample(cond, noise=noise), first)
 
 

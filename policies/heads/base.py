@@ -44,6 +44,7 @@ class ActionHead(nn.Module, ABC):
         # load_state_dict or a .to() changes the token and empties it)
         self._time_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._time_cache_token: tuple = ()
+        self._time_modules: tuple[nn.Module | None, list[nn.Module]] = (None, [])
 
     @abstractmethod
     def compute_loss(self, actions: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -104,7 +105,14 @@ class ActionHead(nn.Module, ABC):
         same computation on the same inputs as the backbone's own, so outputs are identical). Only where
         :meth:`may_cache` says so."""
         embed = cast(nn.Module, self.backbone.time_embed)
-        token = tuple((p.data_ptr(), p._version, p.dtype) for p in embed.parameters())
+        if self._time_modules[0] is not embed:  # walking the module tree each call costs ~50 us; the tree is fixed
+            self._time_modules = (embed, [m for m in embed.modules() if m._parameters])
+        token = tuple(
+            (p.data_ptr(), p._version, p.dtype)
+            for m in self._time_modules[1]
+            for p in m._parameters.values()
+            if p is not None
+        )
         if token != self._time_cache_token or len(self._time_cache) > 256:
             self._time_cache.clear()
             self._time_cache_token = token
