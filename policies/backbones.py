@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from typing import cast
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.func import jvp
 
 
 class Backbone(nn.Module):
@@ -23,6 +25,32 @@ class Backbone(nn.Module):
     input_dim: int  # Da
     global_cond_dim: int  # C
     n_time_inputs: int  # K
+    # A backbone with a ``time_embed`` module ((B, K) -> (B, E)) whose forward takes ``time_emb=`` (that module's
+    # output for ``times``, computed ahead) lets a head cache the embedding of fixed inference times.
+    takes_time_emb: bool = False
+
+    def forward_with_tangent(
+        self, x: torch.Tensor, times: torch.Tensor, cond: torch.Tensor, x_dot: torch.Tensor, times_dot: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The output ``(B, H, Da)`` with autograd as usual, and its directional derivative ``(n, H, Da)`` (no
+        gradient) for the first ``n = x_dot.shape[0]`` samples along ``(x_dot (n, H, Da), times_dot (n, K))``,
+        the condition held fixed.
+
+        This generic version differentiates with ``torch.func.jvp`` on the first n samples (backpropagating through
+        its primal output) and runs a plain forward on the rest; a backbone may override it with one forward that
+        gives both from the same activations.
+        """
+        n = x_dot.shape[0]
+        cond_j = cond[:n]
+
+        def fn(x_: torch.Tensor, times_: torch.Tensor) -> torch.Tensor:
+            return self(x_, times_, cond_j)
+
+        res = jvp(fn, (x[:n], times[:n]), (x_dot, times_dot))
+        out_j, out_dot = res[0], res[1].detach()
+        if n == x.shape[0]:
+            return out_j, out_dot
+        return torch.cat([out_j, self(x[n:], times[n:], cond[n:])]), out_dot
 
 
 class SinusoidalEmbedding(nn.Module):
@@ -65,6 +93,31 @@ class TimeEmbedding(nn.Module):
             out = out + self.embeds[k](times[:, k])
         return out  # (B, dim)
 
+    def forward_with_tangent(self, times: torch.Tensor, times_dot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` ``(B, dim)`` and, without gradient, its derivative ``(n, dim)`` along ``times_dot (n, K)``
+        for the first n rows (used by :meth:`MLPBackbone.forward_with_tangent`)."""
+        if times.dim() != 2 or times.shape[1] != self.n_time_inputs:
+            raise ValueError(f"times must have shape (B, {self.n_time_inputs}), got {tuple(times.shape)}")
+        n = times_dot.shape[0]
+        out: torch.Tensor | None = None
+        out_dot: torch.Tensor | None = None
+        for k in range(self.n_time_inputs):
+            seq = cast(nn.Sequential, self.embeds[k])
+            sinusoid, lin1, act, lin2 = cast(SinusoidalEmbedding, seq[0]), cast(nn.Linear, seq[1]), seq[2], seq[3]
+            lin2 = cast(nn.Linear, lin2)
+            e = sinusoid(times[:, k])  # (B, dim): [sin, cos]
+            a = lin1(e)
+            o = lin2(act(a))
+            with torch.no_grad():
+                half = e.shape[1] // 2
+                args_dot = (sinusoid.scale * times_dot[:, k])[:, None] * sinusoid.freqs[None, :]  # (n, half)
+                e_dot = torch.cat([e[:n, half:] * args_dot, -e[:n, :half] * args_dot], dim=-1)
+                o_dot = F.linear(_mish_tangent(a[:n], F.linear(e_dot, lin1.weight)), lin2.weight)
+            out = o if out is None else out + o
+            out_dot = o_dot if out_dot is None else out_dot + o_dot
+        assert out is not None and out_dot is not None
+        return out, out_dot
+
 
 def _check_inputs(x: torch.Tensor, times: torch.Tensor, cond: torch.Tensor, input_dim: int, cond_dim: int) -> None:
     if x.dim() != 3 or x.shape[-1] != input_dim:
@@ -73,6 +126,24 @@ def _check_inputs(x: torch.Tensor, times: torch.Tensor, cond: torch.Tensor, inpu
         raise ValueError(f"cond must have shape ({x.shape[0]}, {cond_dim}), got {tuple(cond.shape)}")
     if times.shape[0] != x.shape[0]:
         raise ValueError(f"times has batch {times.shape[0]} but x has batch {x.shape[0]}")
+
+
+def _mish_tangent(a: torch.Tensor, a_dot: torch.Tensor) -> torch.Tensor:
+    """Directional derivative of ``mish`` at ``a`` along ``a_dot`` (the formula autograd's forward mode uses)."""
+    return torch.ops.aten.mish_backward(a_dot, a)
+
+
+def _layer_norm_tangent(y: torch.Tensor, rstd: torch.Tensor, h_dot: torch.Tensor) -> torch.Tensor:
+    """Directional derivative of the (affine-free) layer norm over the last dim, at the point whose normalized
+    output is ``y`` and reciprocal std ``rstd`` (B, 1), along ``h_dot``."""
+    return rstd * (h_dot - h_dot.mean(-1, keepdim=True) - y * (y * h_dot).mean(-1, keepdim=True))
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    """Whether a forward hook would see a module call (a hand-written forward would bypass it)."""
+    if nn.modules.module._global_forward_hooks or nn.modules.module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
 
 
 # ---------------------------------------------------------------------------------------------- 1-D U-Net
@@ -127,6 +198,7 @@ class ConditionalUnet1D(Backbone):
         time_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        self.takes_time_emb = True
         if not down_dims:
             raise ValueError("down_dims must not be empty")
         self.input_dim = input_dim
@@ -156,10 +228,14 @@ class ConditionalUnet1D(Backbone):
             Conv1dBlock(start, start, kernel_size, n_groups), nn.Conv1d(start, input_dim, 1)
         )
 
-    def forward(self, x: torch.Tensor, times: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """``x (B, H, Da)``, ``times (B, K)``, ``cond (B, C)`` -> ``(B, H, Da)``."""
+    def forward(
+        self, x: torch.Tensor, times: torch.Tensor, cond: torch.Tensor, time_emb: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x (B, H, Da)``, ``times (B, K)``, ``cond (B, C)`` -> ``(B, H, Da)``; ``time_emb (B, E)``: the time
+        embedding of ``times`` when the caller has it (cached at inference), else it is computed here."""
         _check_inputs(x, times, cond, self.input_dim, self.global_cond_dim)
-        film_cond = torch.cat([self.time_embed(times), cond], dim=-1)  # (B, E + C)
+        temb = self.time_embed(times) if time_emb is None else time_emb
+        film_cond = torch.cat([temb, cond], dim=-1)  # (B, E + C)
         h = x.transpose(1, 2)  # (B, Da, H)
         skips = []
         for level in self.down_modules:
@@ -193,6 +269,26 @@ class FiLMResidualBlock(nn.Module):
         scale, bias = self.film(cond).chunk(2, dim=-1)  # (B, D) each
         return h + self.mlp(self.norm(h) * (1 + scale) + bias)
 
+    def forward_with_tangent(
+        self, h: torch.Tensor, cond: torch.Tensor, h_dot: torch.Tensor, cond_dot: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`forward` (same ops) and, without gradient, its derivative for the first n rows along ``h_dot
+        (n, D)`` and ``cond_dot (n, E)``, the tangent of the first E condition features (the rest have none)."""
+        n, e_dim = cond_dot.shape
+        film_lin = cast(nn.Linear, self.film[1])
+        lin1, act, lin2 = cast(nn.Linear, self.mlp[0]), self.mlp[1], cast(nn.Linear, self.mlp[2])
+        scale, bias = self.film(cond).chunk(2, dim=-1)  # (B, D) each
+        y, _, rstd = torch.native_layer_norm(h, [h.shape[-1]], None, None, self.norm.eps)
+        a = lin1(y * (1 + scale) + bias)
+        out = h + lin2(act(a))
+        with torch.no_grad():
+            film_dot = F.linear(_mish_tangent(cond[:n, :e_dim], cond_dot), film_lin.weight[:, :e_dim])
+            scale_dot, bias_dot = film_dot.chunk(2, dim=-1)
+            y_n = y[:n]
+            g_dot = _layer_norm_tangent(y_n, rstd[:n], h_dot) * (1 + scale[:n]) + y_n * scale_dot + bias_dot
+            out_dot = h_dot + F.linear(_mish_tangent(a[:n], F.linear(g_dot, lin1.weight)), lin2.weight)
+        return out, out_dot
+
 
 class MLPBackbone(Backbone):
     """Residual MLP over the flattened chunk, FiLM-conditioned on ``[sum of time embeddings, global cond]``."""
@@ -211,6 +307,7 @@ class MLPBackbone(Backbone):
         super().__init__()
         if n_layers < 1 or hidden_dim < 1:
             raise ValueError("MLPBackbone needs n_layers >= 1 and hidden_dim >= 1")
+        self.takes_time_emb = True
         self.input_dim = input_dim
         self.horizon = horizon
         self.global_cond_dim = global_cond_dim
@@ -221,13 +318,51 @@ class MLPBackbone(Backbone):
         self.blocks = nn.ModuleList(FiLMResidualBlock(hidden_dim, cond_dim) for _ in range(n_layers))
         self.out = nn.Sequential(nn.LayerNorm(hidden_dim), nn.Linear(hidden_dim, horizon * input_dim))
 
-    def forward(self, x: torch.Tensor, times: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        """``x (B, H, Da)``, ``times (B, K)``, ``cond (B, C)`` -> ``(B, H, Da)``."""
+    def forward(
+        self, x: torch.Tensor, times: torch.Tensor, cond: torch.Tensor, time_emb: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x (B, H, Da)``, ``times (B, K)``, ``cond (B, C)`` -> ``(B, H, Da)``; ``time_emb (B, E)``: the time
+        embedding of ``times`` when the caller has it (cached at inference), else it is computed here."""
         _check_inputs(x, times, cond, self.input_dim, self.global_cond_dim)
         if x.shape[1] != self.horizon:
             raise ValueError(f"MLPBackbone was built for horizon {self.horizon}, got x of shape {tuple(x.shape)}")
-        film_cond = torch.cat([self.time_embed(times), cond], dim=-1)  # (B, E + C)
+        temb = self.time_embed(times) if time_emb is None else time_emb
+        film_cond = torch.cat([temb, cond], dim=-1)  # (B, E + C)
         h = self.inp(x.flatten(1))  # (B, D)
         for block in self.blocks:
             h = block(h, film_cond)
         return self.out(h).view_as(x)  # (B, H, Da)
+
+    def forward_with_tangent(
+        self, x: torch.Tensor, times: torch.Tensor, cond: torch.Tensor, x_dot: torch.Tensor, times_dot: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One forward for both (see :meth:`Backbone.forward_with_tangent`): the output with autograd, and the
+        tangent propagated layer by layer beside it from the same activations, without gradient (so the JVP costs
+        about one forward of n samples, not a second forward plus forward-mode bookkeeping). With forward hooks
+        on any submodule, the generic ``torch.func.jvp`` version runs instead (this one would bypass them)."""
+        if _has_hooks(self):
+            return super().forward_with_tangent(x, times, cond, x_dot, times_dot)
+        _check_inputs(x, times, cond, self.input_dim, self.global_cond_dim)
+        if x.shape[1] != self.horizon or x_dot.shape[1:] != x.shape[1:] or x_dot.shape[0] > x.shape[0]:
+            raise ValueError(
+                f"MLPBackbone was built for horizon {self.horizon}; got x {tuple(x.shape)}, x_dot {tuple(x_dot.shape)}"
+            )
+        if times_dot.shape != (x_dot.shape[0], self.n_time_inputs):
+            raise ValueError(f"times_dot must have shape ({x_dot.shape[0]}, {self.n_time_inputs})")
+        temb, temb_dot = self.time_embed.forward_with_tangent(times, times_dot)  # (B, E), (n, E)
+        film_cond = torch.cat([temb, cond], dim=-1)  # (B, E + C)
+        h = self.inp(x.flatten(1))  # (B, D)
+        with torch.no_grad():
+            h_dot = F.linear(x_dot.flatten(1), self.inp.weight)  # (n, D)
+        for block in self.blocks:
+            h, h_dot = cast(FiLMResidualBlock, block).forward_with_tangent(h, film_cond, h_dot, temb_dot)
+        norm, lin = cast(nn.LayerNorm, self.out[0]), cast(nn.Linear, self.out[1])
+        y, mean, rstd = torch.native_layer_norm(h, list(norm.normalized_shape), norm.weight, norm.bias, norm.eps)
+        out = lin(y)
+        with torch.no_grad():
+            n = h_dot.shape[0]
+            y_dot = _layer_norm_tangent((h[:n] - mean[:n]) * rstd[:n], rstd[:n], h_dot)
+            if norm.weight is not None:
+                y_dot = y_dot * norm.weight
+            out_dot = F.linear(y_dot, lin.weight)
+        return out.view_as(x), out_dot.view_as(x_dot)

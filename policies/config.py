@@ -141,9 +141,11 @@ class MeanFlowConfig:
     adaptive_p: float = 1.0
     adaptive_c: float = 1e-3
     num_inference_steps: int = 1
-    # How du/dt is obtained: "primal" backpropagates through torch.func.jvp's primal output; "separate" runs a
-    # plain forward for u and the JVP under no_grad (less memory). Same loss and gradients.
-    jvp_mode: str = "primal"
+    # How du/dt is obtained: "fused" asks the backbone for u (with gradient) and du/dt (without) from one forward
+    # (the MLP propagates the tangent beside its activations; other backbones fall back to "primal");
+    # "primal" backpropagates through torch.func.jvp's primal output; "separate" runs a plain forward for u and
+    # the JVP under no_grad (less memory). Same loss and gradients.
+    jvp_mode: str = "fused"
 
     def __post_init__(self) -> None:
         check_choice("policy.meanflow.t_dist", self.t_dist, ("logit_normal", "uniform"))
@@ -153,7 +155,7 @@ class MeanFlowConfig:
         check_number("policy.meanflow.adaptive_p", self.adaptive_p, 0.0)
         check_number("policy.meanflow.adaptive_c", self.adaptive_c, 0.0, low_open=self.adaptive_p > 0)
         check_int("policy.meanflow.num_inference_steps", self.num_inference_steps, 1)
-        check_choice("policy.meanflow.jvp_mode", self.jvp_mode, ("primal", "separate"))
+        check_choice("policy.meanflow.jvp_mode", self.jvp_mode, ("fused", "primal", "separate"))
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -39,6 +39,12 @@ class ActionHead(nn.Module, ABC):
         self.horizon = int(horizon)
         self.action_dim = int(backbone.input_dim)
         self.cond_dim = int(backbone.global_cond_dim)
+        # inference cache: (time values, batch, device, dtype) -> (times (B, K), their embedding (B, E)), valid
+        # while the time-embedding parameters are the same tensors at the same version (an optimizer step, a
+        # load_state_dict or a .to() changes the token and empties it)
+        self._time_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._time_cache_token: tuple = ()
+        self._time_modules: tuple[nn.Module | None, list[nn.Module]] = (None, [])
 
     @abstractmethod
     def compute_loss(self, actions: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -78,6 +84,44 @@ class ActionHead(nn.Module, ABC):
         if steps < 1:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
         return steps
+
+    def may_cache(self, cond: torch.Tensor) -> bool:
+        """Whether :meth:`cached_times` may serve this call: inference (no gradient) on a backbone with
+        ``takes_time_emb``, not inside a trace, compile or export (those run the plain path)."""
+        return (
+            getattr(self.backbone, "takes_time_emb", False)  # a duck-typed network may lack it
+            and not torch.is_grad_enabled()
+            and type(cond) is torch.Tensor  # not a fake or functional tensor of a trace
+            and not torch.jit.is_tracing()  # also the TorchScript ONNX exporter
+            and not torch.compiler.is_compiling()
+            and not torch.compiler.is_exporting()
+        )
+
+    def cached_times(
+        self, values: tuple[float, ...], batch: int, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The time inputs ``(B, K)`` filled with ``values`` and the backbone's embedding of them ``(B, E)``,
+        computed once per (values, batch, device, dtype) while the embedding's parameters stay as they are (the
+        same computation on the same inputs as the backbone's own, so outputs are identical). Only where
+        :meth:`may_cache` says so."""
+        embed = cast(nn.Module, self.backbone.time_embed)
+        if self._time_modules[0] is not embed:  # walking the module tree each call costs ~50 us; the tree is fixed
+            self._time_modules = (embed, [m for m in embed.modules() if m._parameters])
+        token = tuple(
+            (p.data_ptr(), p._version, p.dtype)
+            for m in self._time_modules[1]
+            for p in m._parameters.values()
+            if p is not None
+        )
+        if token != self._time_cache_token or len(self._time_cache) > 256:
+            self._time_cache.clear()
+            self._time_cache_token = token
+        key = (values, batch, like.device, like.dtype)
+        hit = self._time_cache.get(key)
+        if hit is None:
+            times = torch.tensor([values], device=like.device, dtype=like.dtype).repeat(batch, 1)  # (B, K)
+            hit = self._time_cache[key] = (times, embed(times))
+        return hit
 
     def initial_noise(
         self, cond: torch.Tensor, noise: torch.Tensor | None, generator: torch.Generator | None

@@ -55,6 +55,24 @@ class DiffusionHead(ActionHead):
         alphas_cumprod = torch.cumprod(1.0 - make_betas(self.num_train_timesteps, cfg.beta_schedule), dim=0)
         # Schedule constants are derived from the config, so they are not saved in the state dict.
         self.register_buffer("alphas_cumprod", alphas_cumprod.float(), persistent=False)
+        self._acp: tuple[tuple, list[float]] = ((), [])  # the buffer's values as Python floats, per dtype/device
+        self._time_values: dict[tuple, float] = {}
+
+    def _acp_list(self) -> list[float]:
+        """``alphas_cumprod.tolist()``, converted again only when the buffer's dtype or device changes."""
+        key = (self.alphas_cumprod.dtype, self.alphas_cumprod.device)
+        if self._acp[0] != key:
+            self._acp = (key, self.alphas_cumprod.tolist())
+        return self._acp[1]
+
+    def _time_value(self, t: int, like: torch.Tensor) -> float:
+        """The network's time input for step ``t`` exactly as the plain sampler builds it (``(t / T) * ones`` in
+        ``like``'s dtype), as a Python float."""
+        key = (t, like.device, like.dtype)
+        hit = self._time_values.get(key)
+        if hit is None:
+            hit = self._time_values[key] = float((t / self.num_train_timesteps) * like.new_ones(()))
+        return hit
 
     def _times(self, timesteps: torch.Tensor) -> torch.Tensor:
         return (timesteps.float() / self.num_train_timesteps)[:, None]  # (B, 1)
@@ -95,10 +113,15 @@ class DiffusionHead(ActionHead):
         x = self.initial_noise(cond, noise, generator)  # (B, H, Da)
         timesteps = self.timesteps_for(steps)
         stride = self.num_train_timesteps // steps
-        acp = self.alphas_cumprod.tolist()
-        ones = torch.ones(cond.shape[0], 1, device=cond.device, dtype=cond.dtype)
+        acp = self._acp_list()
+        fast = self.may_cache(cond)
+        ones = None if fast else torch.ones(cond.shape[0], 1, device=cond.device, dtype=cond.dtype)
         for t in timesteps:
-            out = self.backbone(x, (t / self.num_train_timesteps) * ones, cond)
+            if ones is None:
+                times, emb = self.cached_times((self._time_value(t, cond),), x.shape[0], cond)
+                out = self.backbone(x, times, cond, time_emb=emb)
+            else:
+                out = self.backbone(x, (t / self.num_train_timesteps) * ones, cond)
             prev = t - stride
             ab_t = acp[t]
             ab_prev = acp[prev] if prev >= 0 else 1.0

@@ -23,6 +23,7 @@ class FlowHead(ActionHead):
             raise ValueError(f"flow matching needs a backbone with n_time_inputs=1, got {backbone.n_time_inputs}")
         self.default_num_steps = int(cfg.num_inference_steps)
         self.t_sampling = cfg.t_sampling
+        self._schedules: dict[tuple, list[tuple[float, float]]] = {}
 
     def sample_t(self, batch: int, device: torch.device) -> torch.Tensor:
         """Training times ``(B,)``: uniform on [0, 1] or logit-normal(0, 1)."""
@@ -52,11 +53,27 @@ class FlowHead(ActionHead):
         """k Euler steps ``z <- z - (t_i - t_{i+1}) v(z, t_i)`` on a uniform grid from 1 to 0; ``(B, H, Da)``."""
         steps = self.resolve_steps(num_steps)
         z = self.initial_noise(cond, noise, generator)
+        if self.may_cache(cond):
+            for t, dt in self._schedule(steps, cond):
+                times, emb = self.cached_times((t,), z.shape[0], cond)
+                z = z - dt * self.backbone(z, times, cond, time_emb=emb)
+            return z
         grid = torch.linspace(1.0, 0.0, steps + 1, device=cond.device, dtype=cond.dtype)
         ones = torch.ones(cond.shape[0], 1, device=cond.device, dtype=cond.dtype)
         for i in range(steps):
             z = z - (grid[i] - grid[i + 1]) * self.backbone(z, grid[i] * ones, cond)
         return z
+
+    def _schedule(self, steps: int, like: torch.Tensor) -> list[tuple[float, float]]:
+        """Per step, the time t_i and the step size t_i - t_{i+1} of :meth:`sample`'s grid as Python floats (the
+        same dtype and device), kept per (steps, device, dtype)."""
+        key = (steps, like.device, like.dtype)
+        hit = self._schedules.get(key)
+        if hit is None:
+            grid = torch.linspace(1.0, 0.0, steps + 1, device=like.device, dtype=like.dtype)
+            hit = [(float(grid[i]), float(grid[i] - grid[i + 1])) for i in range(steps)]
+            self._schedules[key] = hit
+        return hit
 
 
 register_head(

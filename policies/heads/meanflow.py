@@ -19,10 +19,12 @@ from policies.heads.base import ActionHead, HeadEntry, register_head
 class MeanFlowHead(ActionHead):
     """One-step generative head trained with the MeanFlow identity; settings from :class:`MeanFlowConfig`.
 
-    ``jvp_mode``: "primal" backpropagates through the JVP's primal output (one forward-mode pass gives u and
-    du/dt; the graph also records the dual ops); "separate" runs a normal forward for u and the JVP under no_grad
-    (one extra forward, less memory). Same loss and gradients. Only samples with r != t enter the JVP: for r = t
-    the du/dt term is multiplied by zero, so it is not computed.
+    ``jvp_mode``: "fused" asks the backbone for u (with gradient) over the whole batch and du/dt (no gradient) in
+    one forward (:meth:`Backbone.forward_with_tangent`: the MLP carries the tangent beside its activations, other
+    backbones use ``torch.func.jvp`` as "primal" does); "primal" backpropagates through the JVP's primal output
+    (one forward-mode pass gives u and du/dt; the graph also records the dual ops); "separate" runs a normal
+    forward for u and the JVP under no_grad (one extra forward, less memory). Same loss and gradients. Only
+    samples with r != t enter the JVP: for r = t the du/dt term is multiplied by zero, so it is not computed.
     """
 
     def __init__(self, backbone: Backbone, horizon: int, cfg: MeanFlowConfig) -> None:
@@ -33,6 +35,7 @@ class MeanFlowHead(ActionHead):
             )
         self.cfg = cfg
         self.default_num_steps = int(cfg.num_inference_steps)
+        self._schedules: dict[tuple, list[tuple[tuple[float, float], float]]] = {}
 
     def u(self, z: torch.Tensor, t: torch.Tensor, r: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Average velocity ``u(z (B, H, Da), r (B,), t (B,) | cond (B, C))``; the network sees (t, t - r)."""
@@ -102,6 +105,12 @@ class MeanFlowHead(ActionHead):
         the tangent (v, 1, 0)."""
         if n_jvp == 0:
             return self.u(z, t, r, cond), None
+        fused = getattr(self.backbone, "forward_with_tangent", None)  # a duck-typed network may lack it
+        if self.cfg.jvp_mode == "fused" and fused is not None:
+            # tangent (v, 1, 0) of (z, t, r) is (v, 1, 1) on the network's inputs (z, t, t - r)
+            times_dot = torch.ones(n_jvp, 2, device=z.device, dtype=z.dtype)
+            u_pred, dudt = fused(z, torch.stack([t, t - r], dim=1), cond, v[:n_jvp].detach(), times_dot)
+            return u_pred, dudt.detach()
         zj, tj, rj, cj = z[:n_jvp], t[:n_jvp], r[:n_jvp], cond[:n_jvp]
         tangents = (v[:n_jvp].detach(), torch.ones_like(tj), torch.zeros_like(rj))
 
@@ -137,12 +146,33 @@ class MeanFlowHead(ActionHead):
         ``a = eps - u(eps, t=1, h=1 | c)``. Returns ``(B, H, Da)``."""
         steps = self.resolve_steps(num_steps)
         z = self.initial_noise(cond, noise, generator)  # (B, H, Da)
+        if self.may_cache(cond):
+            for time_values, step in self._schedule(steps, cond):
+                times, emb = self.cached_times(time_values, z.shape[0], cond)
+                z = z - step * self.backbone(z, times, cond, time_emb=emb)
+            return z
         grid = torch.linspace(1.0, 0.0, steps + 1, device=cond.device, dtype=cond.dtype)
         ones = torch.ones(cond.shape[0], device=cond.device, dtype=cond.dtype)
         for i in range(steps):
             t, r = grid[i] * ones, grid[i + 1] * ones
             z = z - (grid[i] - grid[i + 1]) * self.u(z, t, r, cond)
         return z
+
+    def _schedule(self, steps: int, like: torch.Tensor) -> list[tuple[tuple[float, float], float]]:
+        """Per step, the network's time inputs (t, t - r) and the step size t - r, as the plain loop of
+        :meth:`sample` computes them (same dtype and device), kept as Python floats per (steps, device, dtype)."""
+        key = (steps, like.device, like.dtype)
+        hit = self._schedules.get(key)
+        if hit is None:
+            grid = torch.linspace(1.0, 0.0, steps + 1, device=like.device, dtype=like.dtype)
+            one = torch.ones(1, device=like.device, dtype=like.dtype)
+            hit = []
+            for i in range(steps):
+                t, r = grid[i] * one, grid[i + 1] * one
+                th = torch.stack([t, t - r], dim=1)[0].tolist()
+                hit.append(((th[0], th[1]), float(grid[i] - grid[i + 1])))
+            self._schedules[key] = hit
+        return hit
 
 
 register_head(
