@@ -1,0 +1,48 @@
+"""The registry of multimodal tasks: scene, strategies and mode evidence of each, by name."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Mapping, Optional
+
+import numpy as np
+
+from envs.multimodal import detour
+from envs.multimodal.modes import ModeResult, classify
+from envs.multimodal.scene import MultimodalSceneEnv
+
+Strategy = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (full_state (D,), previous full_state (D,)) -> (4,)
+
+
+@dataclass(frozen=True)
+class MultimodalTask:
+    """A task: its scene class, its strategies (name -> stateless expert), the per-step mode evidence and the
+    decisive event used by :func:`envs.multimodal.modes.classify`, and its episode length."""
+
+    name: str
+    kind: str
+    scene: type[MultimodalSceneEnv]
+    strategies: Mapping[str, Strategy]
+    evidence: Callable[[np.ndarray], Optional[str]]
+    decided: Callable[[np.ndarray], bool]
+    max_episode_steps: int = 200
+
+    def classify(self, full_states: np.ndarray, success: Optional[np.ndarray] = None) -> ModeResult:
+        """Mode and dithering of a trajectory ``full_states (T, D)``."""
+        return classify(full_states, self.evidence, self.decided, success)
+
+
+TASKS: dict[str, MultimodalTask] = {
+    "detour": MultimodalTask(
+        name="detour", kind="path", scene=detour.DetourEnv,
+        strategies={"right": lambda s, p: detour.detour_action(s, p, "right"),
+                    "left": lambda s, p: detour.detour_action(s, p, "left")},
+        evidence=detour.detour_evidence, decided=detour.detour_passed,
+    ),
+}
+
+
+def get_task(name: str) -> MultimodalTask:
+    """The task called ``name``; unknown names raise a ValueError listing the known ones."""
+    if name not in TASKS:
+        raise ValueError(f"unknown multimodal task '{name}'; known: {', '.join(TASKS)}")
+    return TASKS[name]
