@@ -27,20 +27,19 @@ def strategy_for_seed(seed: int, names: Sequence[str], mix: Optional[Sequence[fl
     return str(names[np.random.default_rng([MIX_STREAM, int(seed)]).choice(len(names), p=p)])
 
 
-def _states(obs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """The latest full state and the one before it (the latest again when only one step is given)."""
+def _state(obs: Mapping[str, Any]) -> np.ndarray:
+    """The latest full state of ``obs`` (its ``full_state`` may be (D,), (To, D) or (1, To, D))."""
     if FULL_STATE not in obs:
         raise KeyError(f"the scripted experts read observation key '{FULL_STATE}'; got {list(obs)}")
     state = np.asarray(obs[FULL_STATE], dtype=np.float64)
-    steps = state.reshape(-1, state.shape[-1])  # (To, D) from (D,), (To, D) or (1, To, D)
-    return steps[-1], steps[max(len(steps) - 2, 0)]
+    return state.reshape(-1, state.shape[-1])[-1]
 
 
 class StrategyExpert:
     """One strategy of ``task``, or, with ``strategy=None``, the strategy that the episode seed draws from
     ``mix`` at each :meth:`reset` (the demonstrator of a multimodal dataset)."""
 
-    n_obs_steps = 2
+    n_obs_steps = 1
 
     def __init__(self, task: str, strategy: Optional[str] = None, mix: Optional[Sequence[float]] = None) -> None:
         self.spec = get_task(task)
@@ -62,7 +61,7 @@ class StrategyExpert:
 
     def predict_action(self, obs: Mapping[str, Any]) -> np.ndarray:
         """(1, 4) action of the current strategy from ``obs['full_state']``."""
-        action = self.spec.strategies[self.strategy](*_states(obs))
+        action = self.spec.strategies[self.strategy](_state(obs))
         return np.clip(action, -1.0, 1.0).reshape(1, ACTION_DIM).astype(np.float32)
 
 
@@ -70,7 +69,7 @@ class AveragedExpert:
     """Per state, the mean of the actions of all strategies of ``task``: what MSE regression converges to on
     balanced demonstrations when the state does not tell the modes apart."""
 
-    n_obs_steps = 2
+    n_obs_steps = 1
 
     def __init__(self, task: str) -> None:
         self.spec = get_task(task)
@@ -79,6 +78,6 @@ class AveragedExpert:
         """Nothing to reset (stateless)."""
 
     def predict_action(self, obs: Mapping[str, Any]) -> np.ndarray:
-        state, prev = _states(obs)
-        actions = [np.clip(f(state, prev), -1.0, 1.0) for f in self.spec.strategies.values()]
+        state = _state(obs)
+        actions = [np.clip(f(state), -1.0, 1.0) for f in self.spec.strategies.values()]
         return np.mean(actions, axis=0).reshape(1, ACTION_DIM).astype(np.float32)

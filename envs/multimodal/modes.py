@@ -1,10 +1,10 @@
 """Which strategy an episode followed, from its trajectory, and whether it dithered.
 
-Each task turns one step of a trajectory into *evidence*: the strategy that this step already commits to (a side of
-the fence, a bin, the button pressed first, the side the gripper approaches from) or nothing yet. The episode's
-mode is the last committed strategy once the task's decisive event happened (``none`` if it never did); the episode
-*dithers* when its evidence switches from one strategy to another, or when the hand stalls for
-:data:`STALL_STEPS` steps before the episode succeeds.
+Each task turns one step of a trajectory into *evidence*: the strategy that this step already commits to (the limit
+the hand moves along, the button pressed first) or nothing yet. The episode's mode is the last evidence up to the
+task's decisive event (the pillar passed, a button pressed, the block lifted), ``none`` if that never happened;
+the episode *dithers* when its evidence up to then switches from one strategy to another, or when the hand stalls
+for :data:`STALL_STEPS` steps before the episode succeeds.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 NONE = "none"
-STALL_STEPS = 30  # steps without the hand moving STALL_DISTANCE before success count as a stall
-STALL_DISTANCE = 0.01  # metres
+STALL_STEPS = 30  # steps in which the hand travels less than STALL_DISTANCE, before success, count as a stall
+STALL_DISTANCE = 0.01  # metres of path
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,11 @@ def classify(
     full_states = np.asarray(full_states, dtype=np.float64)
     if full_states.ndim != 2 or len(full_states) == 0:
         raise ValueError(f"full_states must be a non-empty (T, D) array, got shape {full_states.shape}")
-    seen = [e for e in map(evidence, full_states) if e is not None]
+    done = [decided(s) for s in full_states]
+    until = done.index(True) + 1 if any(done) else len(full_states)
+    seen = [e for e in map(evidence, full_states[:until]) if e is not None]
     switched = any(a != b for a, b in zip(seen, seen[1:]))
-    is_decided = any(decided(s) for s in full_states)
-    mode = seen[-1] if seen and is_decided else NONE
+    mode = seen[-1] if seen and any(done) else NONE
     end = len(full_states)
     if success is not None and np.any(success):
         end = int(np.argmax(np.asarray(success, dtype=bool))) + 1
@@ -58,8 +59,8 @@ def classify(
 
 
 def _stalled(hand: np.ndarray) -> bool:
-    """The hand (T, 3) stays within STALL_DISTANCE of where it was STALL_STEPS steps earlier."""
+    """The hand (T, 3) travels less than STALL_DISTANCE in some window of STALL_STEPS steps."""
     if len(hand) <= STALL_STEPS:
         return False
-    moved = np.linalg.norm(hand[STALL_STEPS:] - hand[:-STALL_STEPS], axis=1)
-    return bool(np.any(moved < STALL_DISTANCE))
+    travelled = np.r_[0.0, np.cumsum(np.linalg.norm(np.diff(hand, axis=0), axis=1))]  # (T,) path length so far
+    return bool(np.any(travelled[STALL_STEPS:] - travelled[:-STALL_STEPS] < STALL_DISTANCE))

@@ -6,11 +6,11 @@ from typing import Callable, Mapping, Optional
 
 import numpy as np
 
-from envs.multimodal import detour
+from envs.multimodal import buttons, detour, pick
 from envs.multimodal.modes import ModeResult, classify
 from envs.multimodal.scene import MultimodalSceneEnv
 
-Strategy = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (full_state (D,), previous full_state (D,)) -> (4,)
+Strategy = Callable[[np.ndarray], np.ndarray]  # full_state (D,) -> action (4,)
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,26 @@ class MultimodalTask:
 TASKS: dict[str, MultimodalTask] = {
     "detour": MultimodalTask(
         name="detour", kind="path", scene=detour.DetourEnv,
-        strategies={"right": lambda s, p: detour.detour_action(s, p, "right"),
-                    "left": lambda s, p: detour.detour_action(s, p, "left")},
+        strategies={"right": lambda s: detour.detour_action(s, "right"), "left": lambda s: detour.detour_action(s, "left")},
         evidence=detour.detour_evidence, decided=detour.detour_passed,
+    ),
+    "either-button": MultimodalTask(
+        name="either-button", kind="goal", scene=buttons.ButtonsEnv,
+        strategies={"right": lambda s: buttons.either_action(s, "right"),
+                    "far": lambda s: buttons.either_action(s, "far")},
+        evidence=buttons.press_evidence, decided=buttons.any_pressed,
+    ),
+    "button-order": MultimodalTask(
+        name="button-order", kind="order", scene=buttons.ButtonOrderEnv,
+        strategies={"right-first": lambda s: buttons.order_action(s, "right"),
+                    "far-first": lambda s: buttons.order_action(s, "far")},
+        evidence=lambda s: None if (e := buttons.press_evidence(s)) is None else f"{e}-first",
+        decided=buttons.any_pressed,
+    ),
+    "pick": MultimodalTask(
+        name="pick", kind="grasp", scene=pick.PickEnv,
+        strategies={"top": lambda s: pick.pick_action(s, "top"), "side": lambda s: pick.pick_action(s, "side")},
+        evidence=pick.pick_evidence, decided=pick.picked,
     ),
 }
 
