@@ -145,16 +145,18 @@ def train_head(name: str, demos: Demos, obs_norm: Normalizer, act_norm: Normaliz
 
 
 def evaluate(env: MultimodalEnv, task: str, agent, seeds: list[int]) -> dict:
-    """Success rate, mode counts and dithering of ``agent`` on ``seeds`` (each episode stops at success)."""
+    """Success rate, mode counts and dithering (episodes that switched strategy or stalled, and those that
+    switched) of ``agent`` on ``seeds`` (each episode stops at success)."""
     spec = get_task(task)
-    modes, dithered, successes = Counter(), 0, 0
+    modes, dithered, switched, successes = Counter(), 0, 0, 0
     for seed in seeds:
         states, _, ok = run_episode(env, agent, seed, 1)
         result = spec.classify(states, success=np.r_[np.zeros(len(states) - 1, bool), ok])
         modes[result.mode] += 1
         dithered += int(result.dithered)
+        switched += int(result.switched)
         successes += int(ok)
-    return {"success": successes / len(seeds), "modes": dict(modes), "dithered": dithered}
+    return {"success": successes / len(seeds), "modes": dict(modes), "dithered": dithered, "switched": switched}
 
 
 def check_task(task: str, args) -> dict:

@@ -50,7 +50,9 @@ class ButtonsEnv(MultimodalSceneEnv):
         pressed = getattr(self, "pressed", np.zeros(len(BUTTONS)))  # metaworld reads the state before place()
         return np.concatenate([self.model.body("button_right").pos, self.model.body("button_far").pos, pressed])
 
-    def evaluate_state(self, obs: npt.NDArray[np.float64], action: npt.NDArray[np.float32]) -> tuple[float, dict[str, Any]]:
+    def evaluate_state(
+        self, obs: npt.NDArray[np.float64], action: npt.NDArray[np.float32]
+    ) -> tuple[float, dict[str, Any]]:
         travel = np.array([self.data.joint(f"cap_{name}_joint").qpos[0] for name in BUTTONS])
         self.pressed = np.maximum(self.pressed, travel > PRESSED)
         success = bool(np.all(self.pressed) if self.need_both else np.any(self.pressed))
@@ -107,6 +109,12 @@ def press_evidence(state: np.ndarray) -> str | None:
     if depth[0] < 0.01 and depth[1] > 0.03:
         return "far"
     return None
+
+
+def order_evidence(state: np.ndarray) -> str | None:
+    """:func:`press_evidence` named after the order strategies (``right-first``, ``far-first``)."""
+    first = press_evidence(state)
+    return None if first is None else f"{first}-first"
 
 
 def any_pressed(state: np.ndarray) -> bool:

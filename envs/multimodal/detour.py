@@ -39,7 +39,9 @@ class DetourEnv(MultimodalSceneEnv):
     def task_state(self) -> np.ndarray:
         return np.concatenate([self.model.body("pillar").pos, self.model.body("target").pos])
 
-    def evaluate_state(self, obs: npt.NDArray[np.float64], action: npt.NDArray[np.float32]) -> tuple[float, dict[str, Any]]:
+    def evaluate_state(
+        self, obs: npt.NDArray[np.float64], action: npt.NDArray[np.float32]
+    ) -> tuple[float, dict[str, Any]]:
         dist = float(np.linalg.norm(self.get_endeff_pos() - self.model.body("target").pos))
         success = dist <= SUCCESS_RADIUS
         return float(success), {"success": success, "target_dist": dist}

@@ -5,7 +5,7 @@ Observation dict:
 - ``point_cloud`` (N, 3|6) float32: the DP3 recipe from ``corner2`` (see :mod:`envs.pointcloud`);
 - ``image`` (3, H, W) uint8 from the first image camera; further cameras add ``image_<camera>``;
 - ``agent_pos`` (4,) float32: hand xyz and the normalized gripper opening (as Meta-World's state[:4]);
-- ``full_state`` (4 + D,) float32: ``agent_pos`` then the task state (object positions, button travel), which the
+- ``full_state`` (4 + D,) float32: ``agent_pos`` then the task state (object positions, buttons pressed), which the
   scripted experts and the mode classifier read. D depends on the task (MetaWorldEnv's is Meta-World's 39-d
   vector); there is no ``goal_pos``: every target is a visible object.
 
@@ -23,10 +23,8 @@ from envs.render import OffscreenRenderer  # sets MUJOCO_GL before mujoco is imp
 
 from demos.spec import AGENT_POS, FULL_STATE, POINT_CLOUD, ObsSpec, ShapeMeta  # noqa: E402
 from envs import pointcloud as pc  # noqa: E402
-from envs.metaworld_env import ACTION_DIM, AGENT_POS_DIM, image_key  # noqa: E402
+from envs.metaworld_env import ACTION_DIM, AGENT_POS_DIM, MAX_PATH_LENGTH, image_key  # noqa: E402
 from envs.multimodal.tasks import get_task  # noqa: E402
-
-MAX_EPISODE_STEPS = 500  # metaworld's own limit on an episode
 
 
 class MultimodalEnv(gym.Env):
@@ -58,8 +56,8 @@ class MultimodalEnv(gym.Env):
         self.spec_task = get_task(task)
         self.task = task
         steps = self.spec_task.max_episode_steps if max_episode_steps is None else int(max_episode_steps)
-        if not 1 <= steps <= MAX_EPISODE_STEPS:
-            raise ValueError(f"max_episode_steps must be in [1, {MAX_EPISODE_STEPS}], got {max_episode_steps}")
+        if not 1 <= steps <= MAX_PATH_LENGTH:
+            raise ValueError(f"max_episode_steps must be in [1, {MAX_PATH_LENGTH}], got {max_episode_steps}")
         if point_cloud_cameras and num_points < 1:
             raise ValueError(f"num_points must be >= 1 when point clouds are on, got {num_points}")
         self.max_episode_steps = steps
@@ -119,6 +117,12 @@ class MultimodalEnv(gym.Env):
         if unknown:
             raise KeyError(f"observation key(s) {unknown} are not produced by this env; it produces {self.obs_keys}")
         return ShapeMeta(obs={k: specs[k] for k in obs_keys}, action_dim=ACTION_DIM)
+
+    def camera_params(self) -> dict[str, Any]:
+        """Intrinsics/pose of the point-cloud and image cameras (JSON-ready, for dataset attributes)."""
+        depth, image = self.depth_size, self.image_size
+        return {"point_cloud": dict(pc.camera_params(self.model, self.point_cloud_cameras, depth, depth)),
+                "image": dict(pc.camera_params(self.model, self.image_cameras, image, image))}
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[dict[str, np.ndarray], dict]:

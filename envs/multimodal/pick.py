@@ -2,9 +2,9 @@
 (``side``).
 
 Split point: the workspace's back-left-*top* corner (see :mod:`envs.multimodal.corner`), reached last along y (from
-the front); the block sits below the back limit. The top grasp runs along the ceiling (+x) to above the block and descends onto it; the side grasp
-descends along the left limit to table height and slides in (+x) with the fingers either side of the block. A
-policy that averages them stays clamped in the corner.
+the front); the block sits below the back limit. The top grasp runs along the ceiling (+x) to above the block and
+descends onto it; the side grasp descends along the left limit to table height and slides in (+x) with the fingers
+either side of the block. A policy that averages them stays clamped in the corner.
 """
 from __future__ import annotations
 
@@ -41,7 +41,9 @@ class PickEnv(MultimodalSceneEnv):
     def task_state(self) -> np.ndarray:
         return self.data.body("block").xpos.copy()
 
-    def evaluate_state(self, obs: npt.NDArray[np.float64], action: npt.NDArray[np.float32]) -> tuple[float, dict[str, Any]]:
+    def evaluate_state(
+        self, obs: npt.NDArray[np.float64], action: npt.NDArray[np.float32]
+    ) -> tuple[float, dict[str, Any]]:
         block = self.data.body("block").xpos
         success = bool(block[2] > LIFTED)
         return float(success), {"success": success, "block_z": float(block[2])}

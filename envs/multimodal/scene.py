@@ -1,9 +1,10 @@
 """The Sawyer scene shared by the multimodal tasks: Meta-World's arm, table and cameras plus a task's own objects.
 
 A task is a :class:`metaworld.sawyer_xyz_env.SawyerXYZEnv` subclass, so it keeps Meta-World's mocap control
-(action = xyz delta of 1 cm per unit + gripper effort), its ``hand`` body, gripper and cameras (``corner2``
-included). The model is composed from Meta-World's own scene files, loaded by absolute path from the installed
-package, and the task's ``<mujocoinclude>`` file in ``assets/`` (its own defaults, assets and worldbody); nothing is copied out of metaworld.
+(action = xyz delta of 1 cm per unit + gripper effort, the mocap clipped to ``hand_low``/``hand_high``), its
+``hand`` body, gripper and cameras (``corner2`` included). The model is composed from Meta-World's own scene files,
+loaded by absolute path from the installed package, and the task's ``<mujocoinclude>`` file in ``assets/`` (its
+own defaults, assets and worldbody); nothing is copied out of metaworld.
 """
 from __future__ import annotations
 
@@ -45,17 +46,16 @@ def scene_xml(task_file: str | Path) -> str:
 class MultimodalSceneEnv(SawyerXYZEnv):
     """Base of the multimodal tasks: model composition, a seeded placement vector and a task-state vector.
 
-    Subclasses set ``scene_file``, ``hand_init`` and the placement box ``placement_low``/``placement_high``
-    (its dimensions are task-specific: object and target offsets), and implement :meth:`place` (apply a
-    placement), :meth:`task_state` and :meth:`evaluate_state`.
+    Subclasses set ``scene_file``, the mocap limits ``hand_low``/``hand_high`` and the placement box
+    ``placement_low``/``placement_high`` (task-specific dimensions, e.g. the hand's start), and implement
+    :meth:`place` (apply a placement, including ``hand_init_pos``), :meth:`task_state` and :meth:`evaluate_state`.
     """
 
     scene_file: ClassVar[str]
+    hand_low: ClassVar[tuple[float, float, float]]
+    hand_high: ClassVar[tuple[float, float, float]]
     placement_low: ClassVar[tuple[float, ...]]
     placement_high: ClassVar[tuple[float, ...]]
-    hand_low: tuple[float, float, float] = (-0.35, 0.40, 0.05)
-    hand_high: tuple[float, float, float] = (0.35, 0.90, 0.30)
-    hand_init: tuple[float, float, float] = (0.0, 0.6, 0.2)
 
     def __init__(self) -> None:
         super().__init__(hand_low=self.hand_low, hand_high=self.hand_high)
@@ -63,9 +63,7 @@ class MultimodalSceneEnv(SawyerXYZEnv):
         self._random_reset_space = Box(low, high, dtype=np.float64)
         # metaworld seeds goal_space in seed(); the placement box plays that role here
         self.goal_space = Box(low, high, dtype=np.float64)
-        self.hand_init_pos = np.asarray(self.hand_init, dtype=np.float64)
         self._target_pos = np.zeros(3)
-        self.placement = (low + high) / 2
 
     # ------------------------------------------------------------------ model
     @property
@@ -80,14 +78,14 @@ class MultimodalSceneEnv(SawyerXYZEnv):
 
     # ------------------------------------------------------------------ episode
     def reset_model(self) -> npt.NDArray[np.float64]:
-        self.placement = np.asarray(self._get_state_rand_vec(), dtype=np.float64)
-        self.place(self.placement)
+        self.place(np.asarray(self._get_state_rand_vec(), dtype=np.float64))
         mujoco.mj_forward(self.model, self.data)
         self._reset_hand()
         return self._get_obs()
 
     def place(self, placement: np.ndarray) -> None:
-        """Move the task's objects to ``placement`` (a draw from the placement box)."""
+        """Set the episode's start from ``placement`` (a draw from the placement box): ``hand_init_pos`` and
+        the task's objects."""
         raise NotImplementedError
 
     def task_state(self) -> np.ndarray:
@@ -104,10 +102,6 @@ class MultimodalSceneEnv(SawyerXYZEnv):
     @property
     def _target_site_config(self) -> list[tuple[str, npt.NDArray[Any]]]:
         return []  # no metaworld "goal" site: targets are geoms, visible in the point cloud
-
-    def set_body_pos(self, name: str, pos: npt.ArrayLike) -> None:
-        """Move a fixed (joint-less) body of the scene."""
-        self.model.body(name).pos[:] = np.asarray(pos, dtype=np.float64)
 
     def set_free_body(self, joint: str, pos: npt.ArrayLike, quat: npt.ArrayLike = (1.0, 0.0, 0.0, 0.0)) -> None:
         """Put a free-joint body at ``pos`` with orientation ``quat``, at rest."""

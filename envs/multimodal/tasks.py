@@ -34,7 +34,8 @@ class MultimodalTask:
 TASKS: dict[str, MultimodalTask] = {
     "detour": MultimodalTask(
         name="detour", kind="path", scene=detour.DetourEnv,
-        strategies={"right": lambda s: detour.detour_action(s, "right"), "left": lambda s: detour.detour_action(s, "left")},
+        strategies={"right": lambda s: detour.detour_action(s, "right"),
+                    "left": lambda s: detour.detour_action(s, "left")},
         evidence=detour.detour_evidence, decided=detour.detour_passed,
     ),
     "either-button": MultimodalTask(
@@ -47,7 +48,7 @@ TASKS: dict[str, MultimodalTask] = {
         name="button-order", kind="order", scene=buttons.ButtonOrderEnv,
         strategies={"right-first": lambda s: buttons.order_action(s, "right"),
                     "far-first": lambda s: buttons.order_action(s, "far")},
-        evidence=lambda s: None if (e := buttons.press_evidence(s)) is None else f"{e}-first",
+        evidence=buttons.order_evidence,
         decided=buttons.any_pressed,
     ),
     "pick": MultimodalTask(
