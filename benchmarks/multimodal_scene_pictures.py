@@ -27,13 +27,13 @@ def hand_path(env: MultimodalEnv, task: str, strategy: str) -> np.ndarray:
     """Hand positions (T, 3) of one episode of ``strategy``, up to success."""
     expert = StrategyExpert(task, strategy)
     obs, _ = env.reset(seed=SEED)
-    path = [obs[FULL_STATE][:3]]
+    states = [obs[FULL_STATE]] * 2
     for _ in range(env.max_episode_steps):
-        obs, _, _, _, info = env.step(expert.predict_action(obs)[0])
-        path.append(obs[FULL_STATE][:3])
+        obs, _, _, _, info = env.step(expert.predict_action({FULL_STATE: np.stack(states[-2:])})[0])
+        states.append(obs[FULL_STATE])
         if info["success"]:
             break
-    return np.stack(path)
+    return np.stack(states[1:])[:, :3]
 
 
 def at_split(env: MultimodalEnv, task: str) -> None:
@@ -41,11 +41,13 @@ def at_split(env: MultimodalEnv, task: str) -> None:
     spec = env.spec_task
     expert = StrategyExpert(task, next(iter(spec.strategies)))
     obs, _ = env.reset(seed=SEED)
+    states = [obs[FULL_STATE].astype(np.float64)] * 2
     for _ in range(env.max_episode_steps):
-        actions = [f(obs[FULL_STATE].astype(np.float64)) for f in spec.strategies.values()]
+        actions = [f(states[-1], states[-2]) for f in spec.strategies.values()]
         if not np.allclose(actions[0], actions[1]):
             return
-        obs, *_ = env.step(expert.predict_action(obs)[0])
+        obs, *_ = env.step(expert.predict_action({FULL_STATE: np.stack(states[-2:])})[0])
+        states.append(obs[FULL_STATE].astype(np.float64))
 
 
 def draw(image: np.ndarray, env: MultimodalEnv, camera: str, path: np.ndarray, colour: np.ndarray) -> None:

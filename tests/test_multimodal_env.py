@@ -16,16 +16,17 @@ SEEDS = (100_000, 100_001)
 
 
 def run(env: MultimodalEnv, agent, seed: int) -> tuple[np.ndarray, bool]:
-    """Full states (T + 1, D) of one episode that stops at success, and whether it succeeded."""
+    """Full states (T + 1, D) of one episode that stops at success, and whether it succeeded; the agent gets the
+    last two."""
     obs, _ = env.reset(seed=seed)
     agent.reset(seed=seed)
-    states = [obs[FULL_STATE]]
+    states = [obs[FULL_STATE], obs[FULL_STATE]]
     for _ in range(env.max_episode_steps):
-        obs, _, _, _, info = env.step(agent.predict_action(obs)[0])
+        obs, _, _, _, info = env.step(agent.predict_action({FULL_STATE: np.stack(states[-2:])})[0])
         states.append(obs[FULL_STATE])
         if info["success"]:
-            return np.stack(states), True
-    return np.stack(states), False
+            return np.stack(states[1:]), True
+    return np.stack(states[1:]), False
 
 
 @pytest.fixture(scope="module", params=list(TASKS))
@@ -134,6 +135,17 @@ def test_button_order_mode_is_the_button_pressed_first():
     first_far[2, 10:12] = 1.0  # then both
     assert spec.classify(first_far).mode == "far-first"
     assert spec.classify(np.stack([base, base])).mode == NONE
+
+
+def test_strategies_leave_the_corner_only_after_two_fully_open_readings():
+    hand = detour.CORNER.limits + np.array([0.001, 0.001, -0.004])
+    state = np.concatenate([hand, [1.0], detour.PILLAR, detour.TARGET])
+    opening = state.copy()
+    opening[3] = 0.98
+    for name, f in get_task("detour").strategies.items():
+        assert f(state, opening)[3] == -1.0 and np.all(f(state, opening)[:3] == -corner.HUG), name  # still pausing
+        assert f(state, state)[1 - detour.FIRST_LEG_AXIS[name]] == -corner.HUG, name  # leaving, hugging the other
+        assert f(state, state)[detour.FIRST_LEG_AXIS[name]] == corner.ALONG, name
 
 
 def test_corner_mean_of_two_legs_pushes_into_every_limit():

@@ -78,15 +78,15 @@ def press(state: np.ndarray, name: str) -> np.ndarray:
     return np.append(CORNER.signs * HUG, -1.0).astype(np.float32)
 
 
-def either_action(state: np.ndarray, name: str) -> np.ndarray:
-    """Goal choice: press button ``name`` (then keep pushing it)."""
-    opening = CORNER.approach(state)
+def either_action(state: np.ndarray, prev: np.ndarray, name: str) -> np.ndarray:
+    """Goal choice: press button ``name`` (then keep pushing it); from the current and the previous full state."""
+    opening = CORNER.approach(state, prev)
     return opening if opening is not None else press(state, name)
 
 
-def order_action(state: np.ndarray, first: str) -> np.ndarray:
-    """Order choice: press ``first``, then the other button."""
-    opening = CORNER.approach(state)
+def order_action(state: np.ndarray, prev: np.ndarray, first: str) -> np.ndarray:
+    """Order choice: press ``first``, then the other button; from the current and the previous full state."""
+    opening = CORNER.approach(state, prev)
     if opening is not None:
         return opening
     other = BUTTONS[1 - BUTTONS.index(first)]

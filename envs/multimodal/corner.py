@@ -8,9 +8,10 @@ others harder than it moves (:data:`ALONG` < :data:`HUG`), so the mean of the st
 than the margin, pushes into every limit, and the state does not change at all.
 
 Why a pause. The state at the split must be the same in every demonstration (no randomness left that a regressor
-could tie to the strategy of each demo) and must not keep changing after it (a state that keeps changing leaves
-the demonstrations behind). The hand approaches with its gripper closing, and in the corner opens it while the arm
-comes to rest; the strategies leave once the opening reads fully open, which it then keeps (it saturates at 1).
+could tie to the strategy of each demo), and the state a regressor stalls in must be that very state, history
+included. The hand approaches with its gripper closing, and in the corner opens it while the arm comes to rest;
+the strategies leave once the opening has read fully open (it saturates at 1) in the last two observations, by
+when the arm is at rest: from exactly the two-step history that a policy stuck in the corner keeps seeing.
 """
 from __future__ import annotations
 
@@ -44,17 +45,17 @@ class Corner:
         """The hand is at the two limits other than the arrival axis's (it may still be on its way along it)."""
         return bool(np.max(self.depth(hand)[self.other_axes]) < AT)
 
-    def approach(self, state: np.ndarray) -> Optional[np.ndarray]:
-        """The shared opening of every strategy, or None once it is over: with the gripper closing, push into the
-        two other limits, then move along the arrival axis into its limit; there, open the gripper while pushing
-        into all three limits."""
-        hand, opening = state[:3], state[3]
+    def approach(self, state: np.ndarray, prev: np.ndarray) -> Optional[np.ndarray]:
+        """The shared opening of every strategy, from the current and the previous full state, or None once it is
+        over: with the gripper closing, push into the two other limits, then move along the arrival axis into its
+        limit; there, open the gripper while pushing into all three limits until it has read fully open twice."""
+        hand = state[:3]
         if self.depth(hand)[self.arrival_axis] > APPROACH:
             action = self.signs * HUG
             if not self.inside(hand):
                 action[self.arrival_axis] = 0.0
             return np.append(action, 1.0).astype(np.float32)
-        if self.inside(hand) and opening < OPEN:
+        if self.inside(hand) and min(state[3], prev[3]) < OPEN:
             return np.append(self.signs * HUG, -1.0).astype(np.float32)
         return None
 

@@ -47,10 +47,11 @@ class DetourEnv(MultimodalSceneEnv):
         return float(success), {"success": success, "target_dist": dist}
 
 
-def detour_action(state: np.ndarray, side: str) -> np.ndarray:
-    """Scripted path on ``side``: ``right`` along the back limit then up, ``left`` along the left limit then
-    across; both at the working height, pushing down into the bottom limit."""
-    opening = CORNER.approach(state)
+def detour_action(state: np.ndarray, prev: np.ndarray, side: str) -> np.ndarray:
+    """Scripted path on ``side`` from the current and the previous full state: ``right`` along the back limit then
+    up, ``left`` along the left limit then across; both at the working height, pushing down into the bottom
+    limit."""
+    opening = CORNER.approach(state, prev)
     if opening is not None:
         return opening
     hand, axis = state[:3], FIRST_LEG_AXIS[side]

@@ -2,8 +2,9 @@
 ``predict_action``): one strategy, the mixed expert that draws a strategy per episode from its seed, and the
 averaged expert whose action is the mean of every strategy's action in the current state.
 
-Strategies are stateless functions ``full_state (D,) -> action (4,)`` (the phase is read from the state), so the
-averaged expert is well defined in any state, including the states that only averaging reaches.
+Strategies are functions of the last two observations, ``(full_state (D,), previous full_state (D,)) -> action
+(4,)`` (the phase is read from them; a policy sees as much with ``n_obs_steps=2``), so the averaged expert is well
+defined anywhere, including the states that only averaging reaches.
 """
 from __future__ import annotations
 
@@ -27,19 +28,21 @@ def strategy_for_seed(seed: int, names: Sequence[str], mix: Optional[Sequence[fl
     return str(names[np.random.default_rng([MIX_STREAM, int(seed)]).choice(len(names), p=p)])
 
 
-def _state(obs: Mapping[str, Any]) -> np.ndarray:
-    """The latest full state of ``obs`` (its ``full_state`` may be (D,), (To, D) or (1, To, D))."""
+def _states(obs: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The latest full state of ``obs`` and the one before it (the latest again when only one step is given);
+    ``full_state`` may be (D,), (To, D) or (1, To, D)."""
     if FULL_STATE not in obs:
         raise KeyError(f"the scripted experts read observation key '{FULL_STATE}'; got {list(obs)}")
     state = np.asarray(obs[FULL_STATE], dtype=np.float64)
-    return state.reshape(-1, state.shape[-1])[-1]
+    steps = state.reshape(-1, state.shape[-1])  # (To, D)
+    return steps[-1], steps[max(len(steps) - 2, 0)]
 
 
 class StrategyExpert:
     """One strategy of ``task``, or, with ``strategy=None``, the strategy that the episode seed draws from
     ``mix`` at each :meth:`reset` (the demonstrator of a multimodal dataset)."""
 
-    n_obs_steps = 1
+    n_obs_steps = 2
 
     def __init__(self, task: str, strategy: Optional[str] = None, mix: Optional[Sequence[float]] = None) -> None:
         self.spec = get_task(task)
@@ -60,8 +63,8 @@ class StrategyExpert:
             self.strategy = strategy_for_seed(seed, list(self.spec.strategies), self.mix)
 
     def predict_action(self, obs: Mapping[str, Any]) -> np.ndarray:
-        """(1, 4) action of the current strategy from ``obs['full_state']``."""
-        action = self.spec.strategies[self.strategy](_state(obs))
+        """(1, 4) action of the current strategy from ``obs['full_state']`` of shape (2, D) (the last two steps)."""
+        action = self.spec.strategies[self.strategy](*_states(obs))
         return np.clip(action, -1.0, 1.0).reshape(1, ACTION_DIM).astype(np.float32)
 
 
@@ -69,7 +72,7 @@ class AveragedExpert:
     """Per state, the mean of the actions of all strategies of ``task``: what MSE regression converges to on
     balanced demonstrations when the state does not tell the modes apart."""
 
-    n_obs_steps = 1
+    n_obs_steps = 2
 
     def __init__(self, task: str) -> None:
         self.spec = get_task(task)
@@ -78,6 +81,6 @@ class AveragedExpert:
         """Nothing to reset (stateless)."""
 
     def predict_action(self, obs: Mapping[str, Any]) -> np.ndarray:
-        state = _state(obs)
-        actions = [np.clip(f(state), -1.0, 1.0) for f in self.spec.strategies.values()]
+        state, prev = _states(obs)
+        actions = [np.clip(f(state, prev), -1.0, 1.0) for f in self.spec.strategies.values()]
         return np.mean(actions, axis=0).reshape(1, ACTION_DIM).astype(np.float32)

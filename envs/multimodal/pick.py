@@ -49,10 +49,10 @@ class PickEnv(MultimodalSceneEnv):
         return float(success), {"success": success, "block_z": float(block[2])}
 
 
-def pick_action(state: np.ndarray, way: str) -> np.ndarray:
-    """Scripted pick ``way``: ``top`` along the ceiling to above the block, down, close, lift; ``side`` down the
-    left limit to grasp height, in along +x, close, lift."""
-    opening = CORNER.approach(state)
+def pick_action(state: np.ndarray, prev: np.ndarray, way: str) -> np.ndarray:
+    """Scripted pick ``way`` from the current and the previous full state: ``top`` along the ceiling to above the
+    block, down, close, lift; ``side`` down the left limit to grasp height, in along +x, close, lift."""
+    opening = CORNER.approach(state, prev)
     if opening is not None:
         return opening
     hand, gripper, block = state[:3], state[3], state[4:7]

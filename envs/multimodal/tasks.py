@@ -10,12 +10,13 @@ from envs.multimodal import buttons, detour, pick
 from envs.multimodal.modes import ModeResult, classify
 from envs.multimodal.scene import MultimodalSceneEnv
 
-Strategy = Callable[[np.ndarray], np.ndarray]  # full_state (D,) -> action (4,)
+Strategy = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (full_state (D,), previous full_state (D,)) -> (4,)
 
 
 @dataclass(frozen=True)
 class MultimodalTask:
-    """A task: its scene class, its strategies (name -> stateless expert), the per-step mode evidence and the
+    """A task: its scene class, its strategies (name -> expert reading the last two full states), the per-step
+    mode evidence and the
     decisive event used by :func:`envs.multimodal.modes.classify`, and its episode length."""
 
     name: str
@@ -34,26 +35,26 @@ class MultimodalTask:
 TASKS: dict[str, MultimodalTask] = {
     "detour": MultimodalTask(
         name="detour", kind="path", scene=detour.DetourEnv,
-        strategies={"right": lambda s: detour.detour_action(s, "right"),
-                    "left": lambda s: detour.detour_action(s, "left")},
+        strategies={"right": lambda s, p: detour.detour_action(s, p, "right"),
+                    "left": lambda s, p: detour.detour_action(s, p, "left")},
         evidence=detour.detour_evidence, decided=detour.detour_passed,
     ),
     "either-button": MultimodalTask(
         name="either-button", kind="goal", scene=buttons.ButtonsEnv,
-        strategies={"right": lambda s: buttons.either_action(s, "right"),
-                    "far": lambda s: buttons.either_action(s, "far")},
+        strategies={"right": lambda s, p: buttons.either_action(s, p, "right"),
+                    "far": lambda s, p: buttons.either_action(s, p, "far")},
         evidence=buttons.press_evidence, decided=buttons.any_pressed,
     ),
     "button-order": MultimodalTask(
         name="button-order", kind="order", scene=buttons.ButtonOrderEnv,
-        strategies={"right-first": lambda s: buttons.order_action(s, "right"),
-                    "far-first": lambda s: buttons.order_action(s, "far")},
+        strategies={"right-first": lambda s, p: buttons.order_action(s, p, "right"),
+                    "far-first": lambda s, p: buttons.order_action(s, p, "far")},
         evidence=buttons.order_evidence,
         decided=buttons.any_pressed,
     ),
     "pick": MultimodalTask(
         name="pick", kind="grasp", scene=pick.PickEnv,
-        strategies={"top": lambda s: pick.pick_action(s, "top"), "side": lambda s: pick.pick_action(s, "side")},
+        strategies={"top": lambda s, p: pick.pick_action(s, p, "top"), "side": lambda s, p: pick.pick_action(s, p, "side")},
         evidence=pick.pick_evidence, decided=pick.picked,
     ),
 }
