@@ -9,16 +9,17 @@ every executed action is a real one.
 Batches for training come from :meth:`SequenceDataset.sample_batch` (vectorized gather through a precomputed
 index table); ``__getitem__`` serves a torch ``DataLoader`` the same samples one at a time.
 """
+
 from __future__ import annotations
 
 import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from core.spec import ACTION, ShapeMeta, SpecError
 from demos.replay_buffer import ReplayBuffer
-from demos.spec import ACTION, ShapeMeta, SpecError
 
 
 class SequenceDataset(torch.utils.data.Dataset):
@@ -39,22 +40,23 @@ class SequenceDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        replay_buffer_or_path: "ReplayBuffer | str | os.PathLike",
+        replay_buffer_or_path: ReplayBuffer | str | os.PathLike,
         shape_meta: ShapeMeta,
         horizon: int,
         n_obs_steps: int = 2,
-        n_action_steps: Optional[int] = None,
+        n_action_steps: int | None = None,
         val_ratio: float = 0.0,
         seed: int = 0,
-        max_train_episodes: Optional[int] = None,
+        max_train_episodes: int | None = None,
     ) -> None:
         if n_action_steps is None:
             n_action_steps = horizon - n_obs_steps + 1
         if horizon < 1 or n_obs_steps < 1 or n_action_steps < 1:
             raise ValueError("horizon, n_obs_steps and n_action_steps must be >= 1")
         if n_obs_steps > horizon or n_obs_steps - 1 + n_action_steps > horizon:
-            raise ValueError(f"need n_obs_steps - 1 + n_action_steps <= horizon; got {n_obs_steps}, "
-                             f"{n_action_steps}, {horizon}")
+            raise ValueError(
+                f"need n_obs_steps - 1 + n_action_steps <= horizon; got {n_obs_steps}, {n_action_steps}, {horizon}"
+            )
         if not 0.0 <= val_ratio < 1.0:
             raise ValueError(f"val_ratio must be in [0, 1), got {val_ratio}")
         rb = replay_buffer_or_path
@@ -73,10 +75,13 @@ class SequenceDataset(torch.utils.data.Dataset):
         self.pad_before, self.pad_after = n_obs_steps - 1, n_action_steps - 1
         self.path = rb.path
         self.attrs = rb.attrs
+        self.n_episodes_total = rb.n_episodes  # before the validation split and max_train_episodes
         self._ends = rb.episode_ends
         # Float32 copies of everything but images (kept uint8: 4x smaller, cast per batch).
-        self._data = {key: rb[key] if spec.type == "rgb" else rb[key].astype(np.float32, copy=False)
-                      for key, spec in shape_meta.obs.items()}
+        self._data = {
+            key: rb[key] if spec.type == "rgb" else rb[key].astype(np.float32, copy=False)
+            for key, spec in shape_meta.obs.items()
+        }
         self._data[ACTION] = rb[ACTION].astype(np.float32, copy=False)
         val_mask = _val_mask(rb.n_episodes, val_ratio, seed)
         train_mask = _downsample(~val_mask, max_train_episodes, seed)
@@ -88,7 +93,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         self._index = _window_table(self._ends, episodes, self.horizon, self.pad_before, self.pad_after)
 
     # ------------------------------------------------------------------ splits
-    def get_validation_dataset(self) -> "SequenceDataset":
+    def get_validation_dataset(self) -> SequenceDataset:
         """The held-out episodes as a dataset sharing this one's memory (empty when ``val_ratio`` was 0)."""
         val = object.__new__(SequenceDataset)
         val.__dict__.update(self.__dict__)
@@ -107,8 +112,10 @@ class SequenceDataset(torch.utils.data.Dataset):
         """Samples ``indices`` as one batch: ``{"obs": {key: (B, To, ...)}, "action": (B, H, Da)}`` float32 tensors."""
         rows = self._index[np.asarray(indices, dtype=np.int64)]  # (B, H) absolute step indices
         obs_rows = rows[:, : self.n_obs_steps]  # (B, To)
-        obs = {key: torch.from_numpy(np.ascontiguousarray(self._data[key][obs_rows], dtype=np.float32))
-               for key in self.shape_meta.obs}
+        obs = {
+            key: torch.from_numpy(np.ascontiguousarray(self._data[key][obs_rows], dtype=np.float32))
+            for key in self.shape_meta.obs
+        }
         action = torch.from_numpy(self._data[ACTION][rows])  # (B, H, Da)
         return {"obs": obs, "action": action}
 
@@ -139,16 +146,22 @@ def _check_layout(rb: ReplayBuffer, shape_meta: ShapeMeta) -> None:
     needed = list(shape_meta.obs) + [ACTION]
     missing = [k for k in needed if k not in rb]
     if missing:
-        raise SpecError(f"{where} lacks key(s) {missing} that the config needs; it has {rb.keys}. "
-                        f"Collect a dataset with those observations (mfp collect) or change the observation keys.")
+        raise SpecError(
+            f"{where} lacks key(s) {missing} that the config needs; it has {rb.keys}. "
+            f"Collect a dataset with those observations (mfp collect) or change the observation keys."
+        )
     for key, spec in shape_meta.obs.items():
         have = rb.step_shape(key)
         if have != spec.shape:
-            raise SpecError(f"{where}: '{key}' has per-step shape {have}, the config expects {spec.shape} "
-                            f"(e.g. a different point count or image size); recollect or change the config")
+            raise SpecError(
+                f"{where}: '{key}' has per-step shape {have}, the config expects {spec.shape} "
+                f"(e.g. a different point count or image size); recollect or change the config"
+            )
     if rb.step_shape(ACTION) != (shape_meta.action_dim,):
-        raise SpecError(f"{where}: 'action' has per-step shape {rb.step_shape(ACTION)}, "
-                        f"the config expects ({shape_meta.action_dim},)")
+        raise SpecError(
+            f"{where}: 'action' has per-step shape {rb.step_shape(ACTION)}, "
+            f"the config expects ({shape_meta.action_dim},)"
+        )
 
 
 def _val_mask(n_episodes: int, val_ratio: float, seed: int) -> np.ndarray:
@@ -161,7 +174,7 @@ def _val_mask(n_episodes: int, val_ratio: float, seed: int) -> np.ndarray:
     return mask
 
 
-def _downsample(mask: np.ndarray, max_n: Optional[int], seed: int) -> np.ndarray:
+def _downsample(mask: np.ndarray, max_n: int | None, seed: int) -> np.ndarray:
     if max_n is None or mask.sum() <= max_n:
         return mask
     keep = np.random.default_rng(seed + 1).choice(np.flatnonzero(mask), size=max_n, replace=False)
@@ -170,7 +183,9 @@ def _downsample(mask: np.ndarray, max_n: Optional[int], seed: int) -> np.ndarray
     return out
 
 
-def _window_table(ends: np.ndarray, episodes: Sequence[int], horizon: int, pad_before: int, pad_after: int) -> np.ndarray:
+def _window_table(
+    ends: np.ndarray, episodes: Sequence[int] | np.ndarray, horizon: int, pad_before: int, pad_after: int
+) -> np.ndarray:
     """(N, horizon) absolute step indices of every window, edges clamped to the episode (frame repetition)."""
     rows = []
     offsets = np.arange(horizon)
@@ -186,12 +201,11 @@ def _window_table(ends: np.ndarray, episodes: Sequence[int], horizon: int, pad_b
     return np.concatenate(rows).astype(np.int64)
 
 
-def _episode_steps(ends: np.ndarray, episodes: Sequence[int]) -> np.ndarray:
+def _episode_steps(ends: np.ndarray, episodes: Sequence[int] | np.ndarray) -> np.ndarray:
     parts = [np.arange(int(ends[ep - 1]) if ep > 0 else 0, int(ends[ep])) for ep in episodes]
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
 
-def shape_meta_from_dataset(path: "str | os.PathLike", obs_keys: Sequence[str]) -> ShapeMeta:
+def shape_meta_from_dataset(path: str | os.PathLike, obs_keys: Sequence[str]) -> ShapeMeta:
     """The :class:`ShapeMeta` of ``obs_keys`` as stored in the dataset at ``path``."""
     return ReplayBuffer.open(path).shape_meta(obs_keys)
-

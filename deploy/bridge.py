@@ -6,25 +6,28 @@ oversized or wrong-type request gets an ``error`` reply and the server keeps ser
 Requests above ``4 * max_bytes`` are dropped by ZeroMQ itself (``ZMQ_MAXMSGSIZE``) without a reply, so a client
 sending those sees a timeout; requests between the limits get an ``error`` reply.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import zmq
 
+from core.errors import MfpError
 from deploy.protocol import (
     ERR_INTERNAL,
     ERR_PROTOCOL,
     ERR_REJECTED,
     ERR_UNSUPPORTED,
     MAX_MESSAGE_BYTES,
+    REQUEST_TYPES,
     Message,
     ProtocolError,
-    REQUEST_TYPES,
     decode,
     encode,
 )
@@ -37,7 +40,7 @@ _log = logging.getLogger(__name__)
 Handler = Callable[[Message], tuple[str, dict[str, Any]]]
 
 
-class BridgeError(RuntimeError):
+class BridgeError(MfpError, RuntimeError):
     """The bridge could not complete a request."""
 
 
@@ -66,7 +69,7 @@ def check_address(address: str, allow_remote: bool = False) -> str:
     if parts.scheme != "tcp" or not parts.hostname:
         raise ValueError(f"bridge address '{address}' must look like tcp://127.0.0.1:5555 (or ipc://path)")
     try:
-        parts.port
+        _ = parts.port  # urllib raises on a non-numeric or out-of-range port only when it is read
     except ValueError as e:
         raise ValueError(f"bridge address '{address}' has an invalid port") from e
     if parts.port is None:
@@ -95,16 +98,20 @@ class BridgeServer:
         check_address(address, allow_remote)
         self._handler = handler
         self._max_bytes = max_bytes
-        self._ctx = zmq.Context.instance()
+        self._ctx: zmq.Context = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.REP)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.setsockopt(zmq.MAXMSGSIZE, 4 * max_bytes)
-        bind_to = address[: address.rfind(":")] + ":*" if address.startswith("tcp://") and address.endswith(":0") else address
+        bind_to = (
+            address[: address.rfind(":")] + ":*" if address.startswith("tcp://") and address.endswith(":0") else address
+        )
         try:
             self._sock.bind(bind_to)
         except zmq.ZMQError as e:
             self._sock.close(0)
-            raise BridgeError(f"cannot bind the robot bridge to {address}: {e} (is another server using the port?)") from e
+            raise BridgeError(
+                f"cannot bind the robot bridge to {address}: {e} (is another server using the port?)"
+            ) from e
         self.address: str = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.requests = 0
         self.errors = 0
@@ -162,8 +169,8 @@ class BridgeClient:
         self.address = check_address(address, allow_remote)
         self.timeout_s = float(timeout_s)
         self._max_bytes = max_bytes
-        self._ctx = zmq.Context.instance()
-        self._sock: Optional[zmq.Socket] = None
+        self._ctx: zmq.Context = zmq.Context.instance()
+        self._sock: zmq.Socket | None = None
         self._connect()
 
     def _connect(self) -> None:
@@ -175,7 +182,7 @@ class BridgeClient:
         self._sock = sock
 
     def request(self, type_: str, **fields: Any) -> Message:
-        """Send one schema-checked request and return the checked reply; ``error`` replies raise :class:`RemoteError`."""
+        """Send one schema-checked request and return the checked reply (``error`` raises :class:`RemoteError`)."""
         return self.request_raw(encode(type_, self._max_bytes, **fields), what=type_)
 
     def request_raw(self, data: bytes, what: str = "raw") -> Message:

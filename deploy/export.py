@@ -1,4 +1,4 @@
-"""`mfp export`: a policy checkpoint → one graph (ONNX for onnxruntime, and ``torch.export`` .pt2), parity-checked.
+"""A policy checkpoint → one graph (ONNX for onnxruntime, and ``torch.export`` .pt2), parity-checked.
 
 The graph is normalization + observation encoders + the action head's sampler + unnormalization, with flat named
 inputs: one tensor per observation key, shape ``(1, n_obs_steps, *spec.shape)``, then ``noise`` ``(1, horizon, Da)``
@@ -15,52 +15,32 @@ Every export is checked against the eager policy on ``n_check`` observation wind
 Output directory: ``model.onnx``, ``model.pt2``, ``export.json`` (inputs in order with shapes and dtypes,
 n_obs_steps, n_action_steps, horizon, control rate, head and NFE, normalizer digest, noise, parity results).
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
-import sys
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from mfp.cli_args import parse_overrides
-from policies.atomic_write import replace_dir
-
-EXPORT_FORMAT = "mfp-export/1"
-ONNX_FILE, PT2_FILE, META_FILE = "model.onnx", "model.pt2", "export.json"
-NOISE = "noise"
-OUTPUT = "action"
-
-
-class ExportError(RuntimeError):
-    """The export failed or does not reproduce the eager policy."""
-
-
-@dataclass
-class ExportConfig:
-    checkpoint: str = field(default="???", metadata={"help": "policy checkpoint directory (required)"})
-    out: str = field(default="???", metadata={"help": "output directory (required)"})
-    data: Optional[str] = field(default=None, metadata={"help": "zarr dataset with recorded observations for parity"})
-    n_check: int = field(default=16, metadata={"help": "observation windows checked for parity"})
-    tolerance: float = field(default=1e-4, metadata={"help": "max abs error allowed against eager"})
-    hz: float = field(default=10.0, metadata={"help": "control rate recorded in the metadata"})
-    num_inference_steps: Optional[int] = field(default=None, metadata={"help": "NFE baked into the graph"})
-    seed: int = field(default=0, metadata={"help": "seed of the fixed noise stored with the export"})
-    opset: int = field(default=18, metadata={"help": "ONNX opset"})
-    formats: list = field(default_factory=lambda: ["onnx", "pt2"], metadata={"help": "onnx and/or pt2"})
+from core.atomic_write import replace_dir
+from demos.replay_buffer import ReplayBuffer
+from deploy.export_format import EXPORT_FORMAT, META_FILE, NOISE, ONNX_FILE, OUTPUT, PT2_FILE, ExportError
+from deploy.onnx_session import onnx_session
+from policies.checkpoint import load_policy, read_config
+from policies.policy import Policy
 
 
 class ExportablePolicy(nn.Module):
     """``forward(*obs tensors in key order, noise) -> action (B, n_action_steps, Da)``: the whole policy, one graph."""
 
-    def __init__(self, policy: nn.Module, num_steps: Optional[int] = None) -> None:
+    def __init__(self, policy: Policy, num_steps: int | None = None) -> None:
         super().__init__()
         self.policy = policy
         self.keys = list(policy.shape_meta.obs)
@@ -71,35 +51,36 @@ class ExportablePolicy(nn.Module):
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
         *obs, noise = inputs
         p = self.policy
-        normalized = {k: p.normalizer.normalize(k, x) for k, x in zip(self.keys, obs)}  # (B, To, ...)
+        normalized = {k: p.normalizer.normalize(k, x) for k, x in zip(self.keys, obs, strict=True)}  # (B, To, ...)
         cond = p.obs_encoder(normalized)  # (B, To * D)
+        if p.noise_actor is not None:  # a steered policy picks its own noise; the input stays for one interface
+            noise = p.noise_actor(cond) + 0.0 * noise
         naction = p.head.sample(cond, num_steps=self.num_steps, noise=noise)  # (B, H, Da)
         action = p.normalizer.unnormalize(OUTPUT, naction)
         return action[:, self.start : self.start + self.n_action_steps]
 
 
-def input_specs(policy: nn.Module) -> list[dict[str, Any]]:
+def input_specs(policy: Policy) -> list[dict[str, Any]]:
     """Graph inputs in order: one per observation key, then the noise."""
     To = policy.n_obs_steps
     specs = []
     for key, spec in policy.shape_meta.obs.items():
         dtype = "uint8" if spec.type == "rgb" else "float32"
         specs.append({"name": key, "type": spec.type, "shape": [1, To, *spec.shape], "dtype": dtype})
-    specs.append({"name": NOISE, "type": "noise", "shape": [1, policy.horizon, policy.shape_meta.action_dim],
-                  "dtype": "float32"})
+    specs.append(
+        {"name": NOISE, "type": "noise", "shape": [1, policy.horizon, policy.shape_meta.action_dim], "dtype": "float32"}
+    )
     return specs
 
 
 def _recorded_windows(path: str, keys: list[str], To: int, n: int, rng: np.random.Generator) -> list[dict]:
-    from demos.replay_buffer import ReplayBuffer
-
     buffer = ReplayBuffer.open(path, mode="r")
     missing = [k for k in keys if k not in buffer]
     if missing:
         raise ExportError(f"dataset '{path}' lacks observation key(s) {missing} the policy needs; it has {buffer.keys}")
     ends = buffer.episode_ends
     starts = np.concatenate([[0], ends[:-1]])
-    valid = [(s, e) for s, e in zip(starts, ends) if e - s >= To]
+    valid = [(s, e) for s, e in zip(starts, ends, strict=True) if e - s >= To]
     if not valid:
         raise ExportError(f"dataset '{path}' has no episode with {To} steps")
     windows = []
@@ -110,14 +91,14 @@ def _recorded_windows(path: str, keys: list[str], To: int, n: int, rng: np.rando
     return windows
 
 
-def _synthetic_windows(policy: nn.Module, n: int, rng: np.random.Generator) -> list[dict]:
+def _synthetic_windows(policy: Policy, n: int, rng: np.random.Generator) -> list[dict]:
     To = policy.n_obs_steps
     windows = []
     for _ in range(n):
         obs = {}
         for key, spec in policy.shape_meta.obs.items():
             if spec.type == "rgb":
-                obs[key] = rng.integers(0, 256, size=(To, *spec.shape), dtype=np.uint8)
+                obs[key] = rng.integers(0, 256, size=(To, *spec.shape)).astype(np.uint8)
             else:
                 s = policy.normalizer.stats(key)
                 lo, hi = s["min"].cpu().numpy(), s["max"].cpu().numpy()
@@ -126,7 +107,7 @@ def _synthetic_windows(policy: nn.Module, n: int, rng: np.random.Generator) -> l
     return windows
 
 
-def _as_inputs(policy: nn.Module, window: dict, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def _as_inputs(policy: Policy, window: dict, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:
     tensors = []
     for key, spec in policy.shape_meta.obs.items():
         dtype = torch.uint8 if spec.type == "rgb" else torch.float32
@@ -134,7 +115,7 @@ def _as_inputs(policy: nn.Module, window: dict, noise: torch.Tensor) -> tuple[to
     return (*tensors, noise)
 
 
-def normalizer_digest(policy: nn.Module) -> str:
+def normalizer_digest(policy: Policy) -> str:
     """sha256 over the normalizer's stats (names, shapes and float32 bytes): identifies the normalization baked in."""
     h = hashlib.sha256()
     for name, t in sorted(policy.normalizer.state_tensors().items()):
@@ -146,8 +127,16 @@ def normalizer_digest(policy: nn.Module) -> str:
 
 def export_onnx(module: ExportablePolicy, example: tuple, names: list[str], path: Path, opset: int) -> None:
     try:
-        torch.onnx.export(module, example, str(path), input_names=names, output_names=[OUTPUT], opset_version=opset,
-                          dynamo=True, external_data=False)
+        torch.onnx.export(
+            module,
+            example,
+            str(path),
+            input_names=names,
+            output_names=[OUTPUT],
+            opset_version=opset,
+            dynamo=True,
+            external_data=False,
+        )
     except Exception as e:  # the exporter raises many error types; all mean "this graph did not export"
         raise ExportError(f"ONNX export failed: {type(e).__name__}: {e}") from e
 
@@ -160,20 +149,15 @@ def export_pt2(module: ExportablePolicy, example: tuple, path: Path) -> None:
         raise ExportError(f"torch.export failed: {type(e).__name__}: {e}") from e
 
 
-def onnx_session(path: str | Path, threads: int = 1):
-    """An onnxruntime CPU session pinned to ``threads`` threads."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3  # errors only: ORT warns about ops it cannot constant-fold (harmless)
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def check_parity(policy: nn.Module, module: ExportablePolicy, windows: list[dict], noise: torch.Tensor,
-                 onnx_path: Optional[Path], pt2_path: Optional[Path], seed: int) -> dict[str, float]:
+def check_parity(
+    policy: Policy,
+    module: ExportablePolicy,
+    windows: list[dict],
+    noise: torch.Tensor,
+    onnx_path: Path | None,
+    pt2_path: Path | None,
+    seed: int,
+) -> dict[str, float]:
     """Max abs error of each exported artefact against eager on ``windows`` (fixed noise and fresh noise)."""
     names = [s["name"] for s in input_specs(policy)]
     session = onnx_session(onnx_path) if onnx_path is not None else None
@@ -189,10 +173,12 @@ def check_parity(policy: nn.Module, module: ExportablePolicy, windows: list[dict
             z = noise if i % 2 == 0 else torch.randn(noise.shape, generator=g)
             inputs = _as_inputs(policy, window, z)
             eager = module(*inputs).numpy()
-            api = policy.predict_action({k: x for k, x in zip(names, inputs[:-1])}, noise=z).numpy()
+            api_noise = None if policy.noise_actor is not None else z  # a steered policy chooses its own noise
+            window_obs = {k: x for k, x in zip(names[:-1], inputs[:-1], strict=True)}
+            api = policy.predict_action(window_obs, noise=api_noise).numpy()
             errors["policy_api"] = max(errors["policy_api"], float(np.abs(api - eager).max()))
             if session is not None:
-                out = session.run([OUTPUT], {n: x.numpy() for n, x in zip(names, inputs)})[0]
+                out = session.run([OUTPUT], {n: x.numpy() for n, x in zip(names, inputs, strict=True)})[0]
                 errors["onnx"] = max(errors["onnx"], float(np.abs(out - eager).max()))
             if program is not None:
                 out = program(*inputs).numpy()
@@ -200,12 +186,19 @@ def check_parity(policy: nn.Module, module: ExportablePolicy, windows: list[dict
     return errors
 
 
-def export_policy(checkpoint: str | Path, out: str | Path, data: Optional[str] = None, n_check: int = 16,
-                  tolerance: float = 1e-4, hz: float = 10.0, num_inference_steps: Optional[int] = None, seed: int = 0,
-                  opset: int = 18, formats: tuple[str, ...] = ("onnx", "pt2")) -> dict[str, Any]:
+def export_policy(
+    checkpoint: str | Path,
+    out: str | Path,
+    data: str | None = None,
+    n_check: int = 16,
+    tolerance: float = 1e-4,
+    hz: float = 10.0,
+    num_inference_steps: int | None = None,
+    seed: int = 0,
+    opset: int = 18,
+    formats: tuple[str, ...] = ("onnx", "pt2"),
+) -> dict[str, Any]:
     """Export ``checkpoint`` into directory ``out`` and return the metadata written to ``export.json``."""
-    from policies.checkpoint import load_policy, read_config
-
     formats = tuple(formats)
     unknown = [f for f in formats if f not in ("onnx", "pt2")]
     if unknown or not formats:
@@ -213,8 +206,10 @@ def export_policy(checkpoint: str | Path, out: str | Path, data: Optional[str] =
     config = read_config(checkpoint)
     head = config["policy"]["head"]
     if head == "ddpm":
-        raise ExportError("a DDPM head draws fresh noise at every step, so its graph cannot reproduce eager; "
-                          "export a meanflow, flow, ddim or regression policy")
+        raise ExportError(
+            "a DDPM head draws fresh noise at every step, so its graph cannot reproduce eager; "
+            "export a meanflow, flow, ddim or regression policy"
+        )
     policy = load_policy(checkpoint).eval()
     module = ExportablePolicy(policy, num_inference_steps).eval()
     specs = input_specs(policy)
@@ -243,16 +238,22 @@ def export_policy(checkpoint: str | Path, out: str | Path, data: Optional[str] =
         errors = check_parity(policy, module, windows, noise, onnx_path, pt2_path, seed)
         failed = {k: v for k, v in errors.items() if not v <= tolerance}
         if failed:
-            raise ExportError(f"exported graph does not match eager: max abs error {failed} > tolerance {tolerance} "
-                              f"on {len(windows)} observation windows ({source}); nothing was written")
+            raise ExportError(
+                f"exported graph does not match eager: max abs error {failed} > tolerance {tolerance} "
+                f"on {len(windows)} observation windows ({source}); nothing was written"
+            )
         meta = {
             "format": EXPORT_FORMAT,
             "checkpoint": str(checkpoint),
             "trained_by": config.get("metadata", {}).get("code"),  # the commit that trained the checkpoint
             "files": {f: (ONNX_FILE if f == "onnx" else PT2_FILE) for f in formats},
             "inputs": specs,
-            "output": {"name": OUTPUT, "shape": [1, policy.n_action_steps, policy.shape_meta.action_dim],
-                       "dtype": "float32", "units": "robot (unnormalized)"},
+            "output": {
+                "name": OUTPUT,
+                "shape": [1, policy.n_action_steps, policy.shape_meta.action_dim],
+                "dtype": "float32",
+                "units": "robot (unnormalized)",
+            },
             "shape_meta": policy.shape_meta.to_dict(),
             "n_obs_steps": policy.n_obs_steps,
             "n_action_steps": policy.n_action_steps,
@@ -273,20 +274,3 @@ def export_policy(checkpoint: str | Path, out: str | Path, data: Optional[str] =
         if tmp.exists():
             shutil.rmtree(tmp)
     return meta
-
-
-def main(argv: list[str]) -> int:
-    cfg = parse_overrides(ExportConfig, argv, "mfp export")
-    from policies.checkpoint import CheckpointError
-
-    torch.set_num_threads(1)
-    try:
-        meta = export_policy(cfg.checkpoint, cfg.out, cfg.data, cfg.n_check, cfg.tolerance, cfg.hz,
-                             cfg.num_inference_steps, cfg.seed, cfg.opset, tuple(cfg.formats))
-    except (ExportError, CheckpointError) as e:
-        print(f"mfp export: FAILED: {e}", file=sys.stderr)
-        return 1
-    errs = ", ".join(f"{k} {v:.2e}" for k, v in meta["parity"]["max_abs_error"].items())
-    print(f"[export] {', '.join(meta['files'].values())} -> {cfg.out}; parity max abs error vs eager: {errs} "
-          f"(tolerance {cfg.tolerance:g}, {meta['parity']['n_windows']} windows, {meta['parity']['source']})")
-    return 0

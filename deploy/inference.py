@@ -8,8 +8,9 @@ inference thread while it holds the lock, the control thread waits for it (measu
 15-20 ms on a loaded 2-core machine, with or without real-time priority). A process has its own interpreter, so the
 control thread only ever waits for the OS; chunks come back over a ZeroMQ PAIR socket on loopback, encoded with the
 bridge codec (:mod:`deploy.protocol`, no pickle), and the loop collects them with :meth:`InferenceWorker.poll` at
-each tick. The worker is ``python -m deploy.inference address=... path=...``; it exits when its parent does.
+each tick. The worker is ``python -m deploy.inference_worker address=... path=...``; it exits when its parent does.
 """
+
 from __future__ import annotations
 
 import logging
@@ -19,19 +20,21 @@ import sys
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import zmq
 
+from core.errors import MfpError
 from deploy.protocol import ProtocolError, decode, encode
 
 OnChunk = Callable[[float, np.ndarray, float], None]
 _log = logging.getLogger(__name__)
 
 
-class InferenceError(RuntimeError):
+class InferenceError(MfpError, RuntimeError):
     """The inference worker failed (at start-up or on an observation)."""
 
 
@@ -39,7 +42,7 @@ class InferenceWorker(ABC):
     """Runs an agent on submitted observation histories ``{key: (To, ...)}``."""
 
     n_obs_steps: int
-    error: Optional[BaseException] = None
+    error: BaseException | None = None
 
     @abstractmethod
     def start(self, on_chunk: OnChunk) -> None:
@@ -54,7 +57,7 @@ class InferenceWorker(ABC):
     def idle(self) -> bool:
         """True when nothing is running or waiting."""
 
-    def poll(self) -> None:
+    def poll(self) -> None:  # noqa: B027  (optional hook: a thread delivers its chunks by itself)
         """Deliver finished chunks (called by the control thread each tick; a thread delivers by itself)."""
 
     @abstractmethod
@@ -69,11 +72,11 @@ class InferenceThread(InferenceWorker):
         self._agent = agent
         self.n_obs_steps = int(agent.n_obs_steps)
         self._cv = threading.Condition()
-        self._pending: Optional[tuple[dict, float]] = None
+        self._pending: tuple[dict, float] | None = None
         self._busy = False
         self._stopping = False
-        self._thread: Optional[threading.Thread] = None
-        self._on_chunk: Optional[OnChunk] = None
+        self._thread: threading.Thread | None = None
+        self._on_chunk: OnChunk | None = None
         self.error = None
 
     def start(self, on_chunk: OnChunk) -> None:
@@ -106,13 +109,15 @@ class InferenceThread(InferenceWorker):
                     self._cv.wait()
                 if self._stopping:
                     return
+                assert self._pending is not None and self._on_chunk is not None  # the wait above, start()
                 obs, obs_time = self._pending
+                on_chunk = self._on_chunk
                 self._pending, self._busy = None, True
             try:
                 t0 = time.monotonic()
                 chunk = np.asarray(self._agent.predict_action(obs), dtype=np.float64)
                 latency = time.monotonic() - t0
-                self._on_chunk(obs_time, chunk, latency)
+                on_chunk(obs_time, chunk, latency)
             # Any failure of the policy must reach the control thread, which stops the loop and reports it.
             except BaseException as e:
                 self.error = e
@@ -135,16 +140,30 @@ class InferenceProcess(InferenceWorker):
         startup_timeout_s: how long to wait for the worker to load the policy.
     """
 
-    def __init__(self, path: str | Path, backend: str = "auto", threads: int = 1,
-                 num_inference_steps: Optional[int] = None, realtime_priority: int = 0,
-                 startup_timeout_s: float = 180.0) -> None:
-        self._ctx = zmq.Context.instance()
+    def __init__(
+        self,
+        path: str | Path,
+        backend: str = "auto",
+        threads: int = 1,
+        num_inference_steps: int | None = None,
+        realtime_priority: int = 0,
+        startup_timeout_s: float = 180.0,
+    ) -> None:
+        self._ctx: zmq.Context = zmq.Context.instance()
         self._sock = self._ctx.socket(zmq.PAIR)
         self._sock.setsockopt(zmq.LINGER, 0)
         self._sock.bind("tcp://127.0.0.1:*")
         address = self._sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        cmd = [sys.executable, "-m", "deploy.inference", f"address={address}", f"path={path}", f"backend={backend}",
-               f"threads={threads}", f"realtime_priority={int(realtime_priority)}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "deploy.inference_worker",
+            f"address={address}",
+            f"path={path}",
+            f"backend={backend}",
+            f"threads={threads}",
+            f"realtime_priority={int(realtime_priority)}",
+        ]
         if num_inference_steps is not None:
             cmd.append(f"num_inference_steps={num_inference_steps}")
         env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
@@ -154,7 +173,7 @@ class InferenceProcess(InferenceWorker):
         self.error = None
         self._seq = 0
         self._in_flight: dict[int, float] = {}  # seq -> obs_time
-        self._on_chunk: Optional[OnChunk] = None
+        self._on_chunk: OnChunk | None = None
         reply = self._receive(startup_timeout_s, "start-up")
         if reply.type != "ready":
             self._fail_startup(f"the inference worker sent '{reply.type}' instead of 'ready'")
@@ -166,7 +185,7 @@ class InferenceProcess(InferenceWorker):
         self.stop()
         raise InferenceError(message)
 
-    def _receive(self, timeout_s: float, what: str):
+    def _receive(self, timeout_s: float, what: str) -> Any:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._sock.poll(100, zmq.POLLIN):
@@ -175,8 +194,10 @@ class InferenceProcess(InferenceWorker):
                     self._fail_startup(f"inference worker failed during {what}: {reply['message']}")
                 return reply
             if self._proc.poll() is not None:
-                self._fail_startup(f"inference worker exited with code {self._proc.returncode} during {what} "
-                                   "(its error output is above)")
+                self._fail_startup(
+                    f"inference worker exited with code {self._proc.returncode} during {what} "
+                    "(its error output is above)"
+                )
         self._fail_startup(f"inference worker did not finish {what} within {timeout_s:.0f} s")
 
     def start(self, on_chunk: OnChunk) -> None:
@@ -234,69 +255,3 @@ def set_realtime_priority(priority: int, who: str) -> bool:
     except (OSError, AttributeError) as e:
         _log.warning("%s: could not switch to SCHED_FIFO priority %d (%s); continuing without", who, priority, e)
         return False
-
-
-def _load_agent(path: str, backend: str, threads: int, num_inference_steps: Optional[int]):
-    if not ((Path(path) / "config.json").is_file() or (Path(path) / "export.json").is_file()):
-        raise InferenceError(f"'{path}' is neither a policy checkpoint (config.json) nor an `mfp export` directory "
-                             "(export.json)")
-    import torch
-
-    from deploy.export import META_FILE
-    from deploy.exported import ExportedPolicy
-    from policies.checkpoint import load_policy
-
-    torch.set_num_threads(threads)
-    if (Path(path) / META_FILE).is_file():
-        if backend not in ("auto", "onnx", "pt2") or num_inference_steps is not None:
-            raise InferenceError("an export directory runs its graph (backend onnx or pt2) with its NFE baked in")
-        agent = ExportedPolicy(path, "onnx" if backend == "auto" else backend, threads)
-        return agent, agent.n_action_steps, agent.shape_meta.action_dim
-    if backend not in ("auto", "eager"):
-        raise InferenceError(f"backend={backend} needs an `mfp export` directory; '{path}' is a checkpoint")
-    policy = load_policy(path).eval()
-    if num_inference_steps is not None:
-        policy.num_inference_steps = num_inference_steps
-    return policy, policy.n_action_steps, policy.shape_meta.action_dim
-
-
-def main(argv: list[str]) -> int:
-    """Worker: connect to ``address``, load the agent, answer ``infer`` with ``chunk`` until the parent is gone."""
-    args = dict(a.split("=", 1) for a in argv)
-    parent = os.getppid()
-    sock = zmq.Context.instance().socket(zmq.PAIR)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(args["address"])
-    steps = int(args["num_inference_steps"]) if "num_inference_steps" in args else None
-    set_realtime_priority(int(args.get("realtime_priority", 0)), "inference worker")
-    try:
-        agent, n_action, action_dim = _load_agent(args["path"], args.get("backend", "auto"),
-                                                  int(args.get("threads", 1)), steps)
-    # Report any load failure to the parent, which shows it; then exit.
-    except Exception as e:
-        sock.send(encode("error", code="internal", message=f"{type(e).__name__}: {e}"))
-        time.sleep(0.5)
-        return 1
-    sock.send(encode("ready", n_obs_steps=int(agent.n_obs_steps), n_action_steps=int(n_action),
-                     action_dim=int(action_dim)))
-    while os.getppid() == parent:
-        if not sock.poll(200, zmq.POLLIN):
-            continue
-        data = sock.recv()
-        while sock.poll(0, zmq.POLLIN):  # only the newest request matters; the older ones are answered as skipped
-            data = sock.recv()
-        try:
-            msg = decode(data)
-            t0 = time.monotonic()
-            chunk = np.asarray(agent.predict_action(msg["obs"]), dtype=np.float32)
-            latency = time.monotonic() - t0
-            sock.send(encode("chunk", seq=msg["seq"], action=chunk.reshape(-1, chunk.shape[-1]), latency=latency))
-        # The loop must learn why inference failed; it stops and reports it.
-        except Exception as e:
-            sock.send(encode("error", code="internal", message=f"{type(e).__name__}: {e}"))
-            return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

@@ -16,6 +16,7 @@ not executed either. Slots covered by several chunks use the newest chunk (``ble
 
 If the robot stops answering, the loop stops, reports why, and returns its statistics; so does an inference error.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,8 +26,9 @@ import sys
 import threading
 import time
 from collections import Counter, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Optional, Protocol, Sequence, Union
+from typing import Any, Protocol, cast
 
 import numpy as np
 
@@ -38,11 +40,11 @@ BLENDS = ("latest", "ensemble")
 _log = logging.getLogger(__name__)
 
 # Hold reasons (keys of LoopStats.holds).
-HOLD_STARTUP = "startup"            # no chunk has arrived yet
-HOLD_NO_ACTION = "no_action"        # watchdog: nothing scheduled for this slot (inference late)
-HOLD_STALE = "stale"                # watchdog: only actions planned from observations older than the deadline
-HOLD_BAD_OBS = "nan_observation"    # the observation had NaN/inf
-HOLD_UNSAFE = "unsafe_action"       # the safety layer refused the action (NaN/inf, wrong shape)
+HOLD_STARTUP = "startup"  # no chunk has arrived yet
+HOLD_NO_ACTION = "no_action"  # watchdog: nothing scheduled for this slot (inference late)
+HOLD_STALE = "stale"  # watchdog: only actions planned from observations older than the deadline
+HOLD_BAD_OBS = "nan_observation"  # the observation had NaN/inf
+HOLD_UNSAFE = "unsafe_action"  # the safety layer refused the action (NaN/inf, wrong shape)
 
 
 class Agent(Protocol):
@@ -72,13 +74,13 @@ class LoopStats:
 
     hz: float
     ticks: int = 0
-    missed_ticks: int = 0            # periods skipped because a tick started more than a period late
+    missed_ticks: int = 0  # periods skipped because a tick started more than a period late
     actions_sent: int = 0
     chunks: int = 0
-    dropped_actions: int = 0         # already due when their chunk arrived
-    stale_actions: int = 0           # planned from an observation older than the deadline
+    dropped_actions: int = 0  # already due when their chunk arrived
+    stale_actions: int = 0  # planned from an observation older than the deadline
     holds: Counter = field(default_factory=Counter)
-    interventions: int = 0           # commands the safety layer changed
+    interventions: int = 0  # commands the safety layer changed
     stop_reason: str = ""
     periods: list = field(default_factory=list, repr=False)
     lateness: list = field(default_factory=list, repr=False)
@@ -96,8 +98,10 @@ class LoopStats:
             "hz": self.hz,
             "ticks": self.ticks,
             "missed_ticks": self.missed_ticks,
-            "period_ms": {"mean": float(np.mean(self.periods) * 1e3) if self.periods else float("nan"),
-                          **_percentiles(self.periods)},
+            "period_ms": {
+                "mean": float(np.mean(self.periods) * 1e3) if self.periods else float("nan"),
+                **_percentiles(self.periods),
+            },
             "jitter_ms": _percentiles(jitter),
             "lateness_ms": _percentiles(self.lateness),
             "tick_work_ms": _percentiles(self.tick_work),
@@ -115,8 +119,9 @@ class LoopStats:
     def format(self) -> str:
         s = self.summary()
         return (
-            f"{s['ticks']} ticks at {self.hz:g} Hz ({s['missed_ticks']} missed); period p50 {s['period_ms']['p50']:.2f} "
-            f"ms, jitter p50/p99 {s['jitter_ms']['p50']:.2f}/{s['jitter_ms']['p99']:.2f} ms; inference p50/p99 "
+            f"{s['ticks']} ticks at {self.hz:g} Hz ({s['missed_ticks']} missed); "
+            f"period p50 {s['period_ms']['p50']:.2f} ms, "
+            f"jitter p50/p99 {s['jitter_ms']['p50']:.2f}/{s['jitter_ms']['p99']:.2f} ms; inference p50/p99 "
             f"{s['inference_ms']['p50']:.2f}/{s['inference_ms']['p99']:.2f} ms; {s['actions_sent']} actions, "
             f"{s['dropped_actions']} dropped as due, {s['stale_actions']} stale; holds {s['holds']}; "
             f"stop: {s['stop_reason']}"
@@ -147,7 +152,7 @@ class ActionSchedule:
             if obs_time < self._floor:
                 return len(actions)
             dropped = 0
-            for ts, action in zip(timestamps, actions):
+            for ts, action in zip(timestamps, actions, strict=True):
                 slot = self.slot_of(float(ts))
                 if slot <= self._executing:
                     dropped += 1
@@ -155,7 +160,7 @@ class ActionSchedule:
                 self._slots.setdefault(slot, []).append((self._seq, obs_time, np.asarray(action, dtype=np.float64)))
             return dropped
 
-    def take(self, slot: int, oldest_obs_time: float) -> tuple[Optional[np.ndarray], int]:
+    def take(self, slot: int, oldest_obs_time: float) -> tuple[np.ndarray | None, int]:
         """The action for ``slot`` from observations not older than ``oldest_obs_time`` (None if there is none),
         and the number of candidates rejected as stale. Marks ``slot`` as executing and forgets earlier slots."""
         with self._lock:
@@ -201,15 +206,15 @@ class ControlLoop:
     def __init__(
         self,
         robot: Robot,
-        agent: Union[Agent, InferenceWorker],
+        agent: Agent | InferenceWorker,
         safety: SafetyLayer,
         hz: float,
-        obs_keys: Optional[Sequence[str]] = None,
+        obs_keys: Sequence[str] | None = None,
         blend: str = "latest",
         ensemble_decay: float = 0.01,
         latency_offset_s: float = 0.0,
         deadline_s: float = 0.2,
-        recorder: Optional[Recorder] = None,
+        recorder: Recorder | None = None,
         realtime_priority: int = 0,
     ) -> None:
         if not hz > 0:
@@ -237,14 +242,15 @@ class ControlLoop:
         """Run for ``duration_s`` seconds (or until stopped or the robot is lost)."""
         stats = LoopStats(hz=self.hz)
         own_worker = not isinstance(self.agent, InferenceWorker)
-        worker = InferenceThread(self.agent) if own_worker else self.agent
+        worker = InferenceThread(self.agent) if own_worker else cast(InferenceWorker, self.agent)
         n_obs = int(worker.n_obs_steps)
         history: deque = deque(maxlen=n_obs)
-        schedule: Optional[ActionSchedule] = None
+        schedule: ActionSchedule | None = None
 
         def on_chunk(obs_time: float, chunk: np.ndarray, latency: float) -> None:
             chunk = chunk.reshape(-1, chunk.shape[-1])  # (n, Da)
             ts = obs_time + np.arange(len(chunk)) * self.dt + self.latency_offset_s
+            assert schedule is not None  # made before the worker starts
             dropped = schedule.add_chunk(obs_time, ts, chunk)
             with self._stats_lock:
                 stats.chunks += 1
@@ -254,7 +260,7 @@ class ControlLoop:
         old_switch = sys.getswitchinterval()
         sys.setswitchinterval(5e-4)  # let the control thread preempt inference's Python code quickly
         old_sched = self._enter_realtime()
-        holding: Optional[str] = None
+        holding: str | None = None
         resync = True
         try:
             _, obs = self.robot.get_observation()
@@ -288,8 +294,8 @@ class ControlLoop:
 
                 t_obs, obs = self.robot.get_observation()
                 bad = self._bad_keys(obs)
-                action: Optional[np.ndarray] = None
-                reason: Optional[str] = None
+                action: np.ndarray | None = None
+                reason: str | None = None
                 if bad:
                     reason = HOLD_BAD_OBS
                     history.clear()
@@ -319,18 +325,23 @@ class ControlLoop:
                         if holding != reason:
                             _log.warning("hold: safety layer refused the action at tick %d: %s", k, e)
                 if reason is None:
+                    assert command is not None  # a filtered action: reason stays None only then
                     self.robot.send_action(t_k, command)
                     stats.actions_sent += 1
                     holding = None
                 else:
                     if holding != reason and reason in (HOLD_NO_ACTION, HOLD_STALE):
-                        _log.warning("hold (watchdog): %s at tick %d; last inference %.1f ms", reason, k,
-                                     stats.inference[-1] * 1e3 if stats.inference else float("nan"))
+                        _log.warning(
+                            "hold (watchdog): %s at tick %d; last inference %.1f ms",
+                            reason,
+                            k,
+                            stats.inference[-1] * 1e3 if stats.inference else float("nan"),
+                        )
                     self.robot.hold(reason)
                     stats.holds[reason] += 1
                     holding, resync = reason, True
                     command = self.safety.hold_command()
-                if self.recorder is not None and not bad:
+                if self.recorder is not None and not bad and command is not None:
                     self.recorder.add(obs, command, t_obs, hold=reason is not None)
                 stats.ticks += 1
                 stats.tick_work.append(time.monotonic() - start)
@@ -360,13 +371,13 @@ class ControlLoop:
         return stats
 
     # ------------------------------------------------------------------ helpers
-    def _enter_realtime(self) -> Optional[tuple[int, Any]]:
+    def _enter_realtime(self) -> tuple[int, Any] | None:
         if self.realtime_priority <= 0:
             return None
         old = (os.sched_getscheduler(0), os.sched_getparam(0))
         return old if set_realtime_priority(self.realtime_priority, "control loop") else None
 
-    def _leave_realtime(self, old: Optional[tuple[int, Any]]) -> None:
+    def _leave_realtime(self, old: tuple[int, Any] | None) -> None:
         if old is not None:
             os.sched_setscheduler(0, old[0], old[1])
 
@@ -390,7 +401,9 @@ class ControlLoop:
     def _check_spec(self, obs: Mapping[str, np.ndarray]) -> None:
         missing = [k for k in self._keys(obs) if k not in obs]
         if missing:
-            raise RobotError(f"the robot's observation lacks key(s) {missing} that the policy needs; it sends {list(obs)}")
+            raise RobotError(
+                f"the robot's observation lacks key(s) {missing} that the policy needs; it sends {list(obs)}"
+            )
 
     def _bad_keys(self, obs: Mapping[str, np.ndarray]) -> list[str]:
         keys = set(self._keys(obs)) | {self.safety.limits.position_key}

@@ -31,17 +31,22 @@ observation was captured and ``now`` is when the reply was sent, so a client on 
 keys of at most :data:`MAX_KEY_LEN` characters from ``[A-Za-z0-9_./-]``, strings of at most :data:`MAX_STR_LEN`.
 Anything else (unknown type, unknown or missing field, wrong dtype or shape, oversized) raises
 :class:`ProtocolError`. Three more types (``ready``, ``infer``, ``chunk``) carry observations and action chunks
-between the control loop and its inference worker process (:mod:`deploy.inference`); robots never see them. The same text, for driver authors, is ``docs/robot_protocol.md``.
+between the control loop and its inference worker process (:mod:`deploy.inference_worker`); robots never see them.
+The same text, for driver authors, is ``docs/robot_protocol.md``.
 """
+
 from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import msgpack
 import numpy as np
+
+from core.errors import MfpError
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
@@ -60,16 +65,16 @@ DTYPES: dict[str, np.dtype] = {
     "bool": np.dtype("?"),
 }
 _FLOAT_DTYPES = ("float32", "float64")
-_KEY_RE = re.compile(r"^[A-Za-z0-9_./-]{1,%d}$" % MAX_KEY_LEN)
+_KEY_RE = re.compile(rf"^[A-Za-z0-9_./-]{{1,{MAX_KEY_LEN}}}$")
 
 # Error codes carried by ``error`` replies.
-ERR_PROTOCOL = "protocol"      # the request failed the schema or size checks
+ERR_PROTOCOL = "protocol"  # the request failed the schema or size checks
 ERR_UNSUPPORTED = "unsupported"  # a valid message this server does not answer (e.g. a reply type sent as request)
-ERR_REJECTED = "rejected"      # well-formed but refused by the robot (e.g. a non-finite action)
-ERR_INTERNAL = "internal"      # the robot side failed while handling it
+ERR_REJECTED = "rejected"  # well-formed but refused by the robot (e.g. a non-finite action)
+ERR_INTERNAL = "internal"  # the robot side failed while handling it
 
 
-class ProtocolError(ValueError):
+class ProtocolError(MfpError, ValueError):
     """A message that does not follow the schema (or is too large); the text says which field and why."""
 
 
@@ -151,7 +156,9 @@ def _dtype_name(name: str, value: Any) -> str:
 def _array(name: str, value: Any) -> np.ndarray:
     value = _map(name, value)
     if set(value) != {"dtype", "shape", "data"}:
-        raise ProtocolError(f"array '{name}' must have exactly the fields dtype, shape, data; got {sorted(map(str, value))}"[:300])
+        raise ProtocolError(
+            f"array '{name}' must have exactly the fields dtype, shape, data; got {sorted(map(str, value))}"[:300]
+        )
     dtype = DTYPES[_dtype_name(name, value["dtype"])]
     shape = _shape(name, value["shape"])
     data = value["data"]
@@ -159,21 +166,27 @@ def _array(name: str, value: Any) -> np.ndarray:
         raise ProtocolError(f"'{name}.data' must be bytes, got {type(data).__name__}")
     expected = math.prod(shape) * dtype.itemsize
     if len(data) != expected:
-        raise ProtocolError(f"'{name}.data' has {len(data)} bytes; dtype {value['dtype']} shape {list(shape)} needs {expected}")
+        raise ProtocolError(
+            f"'{name}.data' has {len(data)} bytes; dtype {value['dtype']} shape {list(shape)} needs {expected}"
+        )
     return np.frombuffer(data, dtype=dtype).reshape(shape).copy()
 
 
 def _float_vector(name: str, value: Any) -> np.ndarray:
     arr = _array(name, value)
     if arr.ndim != 1 or arr.size == 0 or arr.dtype.name not in _FLOAT_DTYPES:
-        raise ProtocolError(f"'{name}' must be a non-empty 1-D float32/float64 array, got {arr.dtype.name} {list(arr.shape)}")
+        raise ProtocolError(
+            f"'{name}' must be a non-empty 1-D float32/float64 array, got {arr.dtype.name} {list(arr.shape)}"
+        )
     return arr
 
 
 def _float_matrix(name: str, value: Any) -> np.ndarray:
     arr = _array(name, value)
     if arr.ndim != 2 or arr.size == 0 or arr.dtype.name not in _FLOAT_DTYPES:
-        raise ProtocolError(f"'{name}' must be a non-empty 2-D float32/float64 array, got {arr.dtype.name} {list(arr.shape)}")
+        raise ProtocolError(
+            f"'{name}' must be a non-empty 2-D float32/float64 array, got {arr.dtype.name} {list(arr.shape)}"
+        )
     return arr
 
 
@@ -198,7 +211,7 @@ def _spec_map(name: str, value: Any) -> dict[str, dict[str, Any]]:
 
 
 def _scalar_map(name: str, value: Any) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in _map(name, value).items():
         _key(name, k)
         if isinstance(v, str):

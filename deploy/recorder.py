@@ -6,10 +6,12 @@ loaders as demonstrations. Per tick it stores every observation key, ``action`` 
 safety layer; for a hold, the command that keeps the arm still), ``timestamp`` (observation capture time, loop clock,
 float64) and ``hold`` (uint8, 1 where the tick held). Ticks whose observation had NaN/inf are not recorded.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
@@ -34,8 +36,9 @@ class EpisodeRecorder:
         attrs: extra dataset attributes written on creation (robot, control rate, checkpoint, ...).
     """
 
-    def __init__(self, path: str | Path, obs_types: Optional[Mapping[str, str]] = None,
-                 attrs: Optional[Mapping[str, Any]] = None) -> None:
+    def __init__(
+        self, path: str | Path, obs_types: Mapping[str, str] | None = None, attrs: Mapping[str, Any] | None = None
+    ) -> None:
         self.path = Path(path)
         self._types = dict(obs_types or {})
         self._attrs = dict(attrs or {})
@@ -45,10 +48,16 @@ class EpisodeRecorder:
         return len(self._steps)
 
     def add(self, obs: Mapping[str, np.ndarray], action: np.ndarray, timestamp: float, hold: bool) -> None:
-        self._steps.append(({k: np.asarray(v) for k, v in obs.items()}, np.asarray(action, dtype=np.float32),
-                            float(timestamp), bool(hold)))
+        self._steps.append(
+            (
+                {k: np.asarray(v) for k, v in obs.items()},
+                np.asarray(action, dtype=np.float32),
+                float(timestamp),
+                bool(hold),
+            )
+        )
 
-    def save(self, seed: int = -1) -> Optional[ReplayBuffer]:
+    def save(self, seed: int = -1) -> ReplayBuffer | None:
         """Append the collected ticks as one episode; None when nothing was recorded."""
         if not self._steps:
             return None

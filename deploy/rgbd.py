@@ -21,21 +21,24 @@ made the way the training clouds were. Camera and workspace come from a YAML fil
     voxel_size: 0.005            # metres; 0 = no voxel downsampling
     use_color: false             # (N, 6) points with rgb in [0, 1]
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
+from core.errors import MfpError
 from envs.pointcloud import crop_points, sample_points
 
 _CAMERA_KEYS = ("width", "height", "fx", "fy", "cx", "cy", "depth_scale", "depth_trunc", "cam_to_world")
 _TOP_KEYS = ("camera", "crop_box", "num_points", "voxel_size", "use_color")
 
 
-class CameraConfigError(ValueError):
+class CameraConfigError(MfpError, ValueError):
     """A camera/workspace file or a frame that does not fit it."""
 
 
@@ -61,8 +64,14 @@ class PinholeCamera:
 class RGBDPointCloud:
     """Callable turning ``(depth (H, W), rgb (H, W, 3) | None)`` into ``(num_points, 3|6)`` float32."""
 
-    def __init__(self, camera: PinholeCamera, crop_box: np.ndarray, num_points: int, voxel_size: float = 0.0,
-                 use_color: bool = False) -> None:
+    def __init__(
+        self,
+        camera: PinholeCamera,
+        crop_box: np.ndarray,
+        num_points: int,
+        voxel_size: float = 0.0,
+        use_color: bool = False,
+    ) -> None:
         import open3d as o3d
 
         self._o3d = o3d
@@ -80,7 +89,7 @@ class RGBDPointCloud:
         self._extrinsic = np.linalg.inv(c.cam_to_world)  # open3d wants world -> camera
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "RGBDPointCloud":
+    def from_yaml(cls, path: str | Path) -> RGBDPointCloud:
         import yaml
 
         path = Path(path)
@@ -90,7 +99,7 @@ class RGBDPointCloud:
             return cls.from_dict(yaml.safe_load(f), source=str(path))
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> "RGBDPointCloud":
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> RGBDPointCloud:
         if not isinstance(d, Mapping) or "camera" not in d or not isinstance(d["camera"], Mapping):
             raise CameraConfigError(f"{source}: needs a 'camera' mapping with {', '.join(_CAMERA_KEYS)}")
         unknown = [k for k in d if k not in _TOP_KEYS]
@@ -98,23 +107,38 @@ class RGBDPointCloud:
         missing = [k for k in _CAMERA_KEYS if k not in cam]
         unknown += [f"camera.{k}" for k in cam if k not in _CAMERA_KEYS]
         if missing or unknown or "crop_box" not in d or "num_points" not in d:
-            raise CameraConfigError(f"{source}: missing camera key(s) {missing}, unknown key(s) {unknown}; "
-                                    "crop_box and num_points are required")
+            raise CameraConfigError(
+                f"{source}: missing camera key(s) {missing}, unknown key(s) {unknown}; "
+                "crop_box and num_points are required"
+            )
         pose = np.asarray(cam["cam_to_world"], dtype=np.float64)
         if pose.shape != (4, 4) or not np.allclose(pose[3], [0, 0, 0, 1]):
             raise CameraConfigError(f"{source}: camera.cam_to_world must be a 4x4 rigid transform")
         R = pose[:3, :3]
         if not np.allclose(R @ R.T, np.eye(3), atol=1e-5) or np.linalg.det(R) < 0:
             raise CameraConfigError(f"{source}: the rotation of camera.cam_to_world is not a proper rotation")
-        camera = PinholeCamera(int(cam["width"]), int(cam["height"]), float(cam["fx"]), float(cam["fy"]),
-                               float(cam["cx"]), float(cam["cy"]), float(cam["depth_scale"]),
-                               float(cam["depth_trunc"]), pose)
+        camera = PinholeCamera(
+            int(cam["width"]),
+            int(cam["height"]),
+            float(cam["fx"]),
+            float(cam["fy"]),
+            float(cam["cx"]),
+            float(cam["cy"]),
+            float(cam["depth_scale"]),
+            float(cam["depth_trunc"]),
+            pose,
+        )
         if camera.depth_scale <= 0 or camera.depth_trunc <= 0 or camera.fx <= 0 or camera.fy <= 0:
             raise CameraConfigError(f"{source}: fx, fy, depth_scale and depth_trunc must be positive")
-        return cls(camera, np.asarray(d["crop_box"]), int(d["num_points"]), float(d.get("voxel_size", 0.0)),
-                   bool(d.get("use_color", False)))
+        return cls(
+            camera,
+            np.asarray(d["crop_box"]),
+            int(d["num_points"]),
+            float(d.get("voxel_size", 0.0)),
+            bool(d.get("use_color", False)),
+        )
 
-    def __call__(self, depth: np.ndarray, rgb: Optional[np.ndarray] = None) -> np.ndarray:
+    def __call__(self, depth: np.ndarray, rgb: np.ndarray | None = None) -> np.ndarray:
         """The workspace cloud of one frame; ``depth`` uint16 (raw units) or float32 (raw units)."""
         o3d, c = self._o3d, self.camera
         depth = np.asarray(depth)
@@ -127,13 +151,18 @@ class RGBDPointCloud:
             if rgb is None or np.shape(rgb) != (c.height, c.width, 3):
                 raise CameraConfigError(f"use_color needs an rgb frame of shape {(c.height, c.width, 3)}")
             rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
-                o3d.geometry.Image(np.ascontiguousarray(rgb, dtype=np.uint8)), depth_image,
-                depth_scale=c.depth_scale, depth_trunc=c.depth_trunc, convert_rgb_to_intensity=False)
+                o3d.geometry.Image(np.ascontiguousarray(rgb, dtype=np.uint8)),
+                depth_image,
+                depth_scale=c.depth_scale,
+                depth_trunc=c.depth_trunc,
+                convert_rgb_to_intensity=False,
+            )
             cloud = o3d.geometry.PointCloud.create_from_rgbd_image(rgbd, self._intrinsic, self._extrinsic)
             points = np.concatenate([np.asarray(cloud.points), np.asarray(cloud.colors)], axis=1)  # (M, 6)
         else:
             cloud = o3d.geometry.PointCloud.create_from_depth_image(
-                depth_image, self._intrinsic, self._extrinsic, depth_scale=c.depth_scale, depth_trunc=c.depth_trunc)
+                depth_image, self._intrinsic, self._extrinsic, depth_scale=c.depth_scale, depth_trunc=c.depth_trunc
+            )
             points = np.asarray(cloud.points)  # (M, 3)
         points = crop_points(points, self.crop_box)
         if self.voxel_size > 0 and len(points) > self.num_points:

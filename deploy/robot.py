@@ -3,6 +3,7 @@
 A real arm's driver process serves the bridge protocol (``docs/robot_protocol.md``); the simulated arm
 (:mod:`deploy.sim_arm`) serves the same protocol, so the loop cannot tell them apart.
 """
+
 from __future__ import annotations
 
 import time
@@ -12,11 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from core.errors import MfpError
 from deploy.bridge import DEFAULT_ADDRESS, BridgeClient, BridgeTimeout, RemoteError
-from deploy.protocol import ProtocolError
+from deploy.protocol import Message, ProtocolError
+from deploy.safety import SafetyLimits
 
 
-class RobotError(RuntimeError):
+class RobotError(MfpError, RuntimeError):
     """The robot refused a command or answered something unusable."""
 
 
@@ -70,7 +73,7 @@ class BridgeRobot(Robot):
     def address(self) -> str:
         return self._client.address
 
-    def _request(self, type_: str, **fields: Any):
+    def _request(self, type_: str, **fields: Any) -> Message:
         try:
             return self._client.request(type_, **fields)
         except BridgeTimeout as e:
@@ -89,7 +92,9 @@ class BridgeRobot(Robot):
         return received - (reply["now"] - reply["timestamp"]), reply["obs"]
 
     def send_action(self, timestamp: float, action: np.ndarray) -> None:
-        self._request("action", timestamp=float(timestamp) + self._clock_offset, action=np.asarray(action, dtype=np.float64))
+        self._request(
+            "action", timestamp=float(timestamp) + self._clock_offset, action=np.asarray(action, dtype=np.float64)
+        )
 
     def hold(self, reason: str = "") -> None:
         self._request("hold", reason=reason)
@@ -100,3 +105,25 @@ class BridgeRobot(Robot):
         except (BridgeTimeout, RemoteError, ProtocolError):
             pass  # closing a connection to a robot that is already gone is not an error
         self._client.close()
+
+
+def check_compatible(policy: Any, robot_info: RobotInfo, limits: SafetyLimits) -> None:
+    """Raise ValueError naming every mismatch between policy, robot and limits."""
+    problems = []
+    for key, spec in policy.shape_meta.obs.items():
+        have = robot_info.obs.get(key)
+        if have is None:
+            problems.append(f"the robot sends no '{key}' (it sends {sorted(robot_info.obs)})")
+        elif tuple(have["shape"]) != tuple(spec.shape):
+            problems.append(f"'{key}' has shape {tuple(have['shape'])} on the robot, {tuple(spec.shape)} in the policy")
+    da = policy.shape_meta.action_dim
+    if robot_info.action_dim != da:
+        problems.append(f"the robot takes {robot_info.action_dim} action dims, the policy outputs {da}")
+    if limits.action_dim != da:
+        problems.append(f"limits '{limits.name}' describe {limits.action_dim} action dims, the policy outputs {da}")
+    if limits.position_key not in robot_info.obs:
+        problems.append(
+            f"limits '{limits.name}' read the position from '{limits.position_key}', which the robot does not send"
+        )
+    if problems:
+        raise ValueError("policy, robot and limits do not match: " + "; ".join(problems))

@@ -19,24 +19,41 @@ braking from the resulting state (the same jerk-limited rule aiming at zero velo
 from the previous state is such a candidate, so a safe choice always exists; the layer takes the one closest to the
 requested command. It is a limiter, not a planner: smooth commands pass unchanged, jumps are smoothed.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
+from core.errors import MfpError
+
 COMMAND_KINDS = ("absolute", "delta")
-_REQUIRED = ("name", "command", "action_dim", "lower", "upper", "position_dims", "workspace", "max_velocity",
-             "max_acceleration", "max_jerk", "position_key", "position_index")
+_REQUIRED = (
+    "name",
+    "command",
+    "action_dim",
+    "lower",
+    "upper",
+    "position_dims",
+    "workspace",
+    "max_velocity",
+    "max_acceleration",
+    "max_jerk",
+    "position_key",
+    "position_index",
+)
 _OPTIONAL = ("delta_scale", "description")
 # Candidates tried between "brake" and "requested" when the requested acceleration cannot stop inside the box.
 _N_CANDIDATES = 16
 
 
-class SafetyError(ValueError):
+class SafetyError(MfpError, ValueError):
     """A command (or a limits file) the safety layer refuses."""
 
 
@@ -46,24 +63,24 @@ class SafetyLimits:
 
     name: str
     command: str
-    lower: np.ndarray             # (Da,) command bounds
-    upper: np.ndarray             # (Da,)
+    lower: np.ndarray  # (Da,) command bounds
+    upper: np.ndarray  # (Da,)
     position_dims: tuple[int, ...]  # action dims that move the arm (P of them)
-    workspace_lower: np.ndarray   # (P,) position box
-    workspace_upper: np.ndarray   # (P,)
-    max_velocity: np.ndarray      # (P,) units/s
+    workspace_lower: np.ndarray  # (P,) position box
+    workspace_upper: np.ndarray  # (P,)
+    max_velocity: np.ndarray  # (P,) units/s
     max_acceleration: np.ndarray  # (P,) units/s^2
-    max_jerk: np.ndarray          # (P,) units/s^3
-    position_key: str             # observation key holding the measured position ...
+    max_jerk: np.ndarray  # (P,) units/s^3
+    position_key: str  # observation key holding the measured position ...
     position_index: tuple[int, ...]  # ... at these indices (P of them)
-    delta_scale: float = 1.0      # delta commands: position units per command unit
+    delta_scale: float = 1.0  # delta commands: position units per command unit
 
     @property
     def action_dim(self) -> int:
         return int(self.lower.shape[0])
 
     @classmethod
-    def from_yaml(cls, path: str | Path) -> "SafetyLimits":
+    def from_yaml(cls, path: str | Path) -> SafetyLimits:
         import yaml
 
         path = Path(path)
@@ -74,7 +91,7 @@ class SafetyLimits:
         return cls.from_dict(data, source=str(path))
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> "SafetyLimits":
+    def from_dict(cls, d: Mapping[str, Any], source: str = "<dict>") -> SafetyLimits:
         if not isinstance(d, Mapping):
             raise SafetyError(f"{source}: robot limits must be a mapping")
         missing = [k for k in _REQUIRED if k not in d]
@@ -159,7 +176,7 @@ class SafetyLayer:
         self._den = 1.0 + self._k * self.dt
         horizon_s = 2.0 * (2.0 * self._A / self._J + 2.0 * self._V / self._A).max()
         self._horizon = int(min(4000, math.ceil(horizon_s / self.dt) + 10))
-        self._q: Optional[np.ndarray] = None  # (P,) last commanded position
+        self._q: np.ndarray | None = None  # (P,) last commanded position
         self._v = np.zeros(len(pd))
         self._a = np.zeros(len(pd))
         self._last = np.clip(np.zeros(limits.action_dim), limits.lower, limits.upper)
@@ -185,7 +202,9 @@ class SafetyLayer:
         """The measured position (P,) from the latest observation (``position_key`` at ``position_index``)."""
         key = self.limits.position_key
         if key not in obs:
-            raise SafetyError(f"observation lacks '{key}', which the limits of '{self.limits.name}' read the position from")
+            raise SafetyError(
+                f"observation lacks '{key}', which the limits of '{self.limits.name}' read the position from"
+            )
         x = np.asarray(obs[key], dtype=np.float64).reshape(-1)
         return x[list(self.limits.position_index)]
 
@@ -212,7 +231,9 @@ class SafetyLayer:
             raise SafetyError("safety layer used before reset(position); reset it from the first observation")
         command = np.asarray(command, dtype=np.float64)
         if command.shape != (self.limits.action_dim,):
-            raise SafetyError(f"command has shape {command.shape}; '{self.limits.name}' takes ({self.limits.action_dim},)")
+            raise SafetyError(
+                f"command has shape {command.shape}; '{self.limits.name}' takes ({self.limits.action_dim},)"
+            )
         if not np.isfinite(command).all():
             raise SafetyError(f"command contains NaN or inf: {command.tolist()}")
         lim, dt = self.limits, self.dt
@@ -227,11 +248,11 @@ class SafetyLayer:
         a_req = np.clip(((target - q) / dt - v) / dt, lo, hi)
         a_brake = np.clip(-self._k * v / self._den, lo, hi)
         # Candidates from braking (m = 0, safe) to the request (m = M); keep the one nearest the request that can stop.
-        frac = np.linspace(0.0, 1.0, _N_CANDIDATES + 1)[:, None]        # (M+1, 1)
-        cands = a_brake[None] + frac * (a_req - a_brake)[None]           # (M+1, P)
-        ok = self._can_stop(q[None], v[None], cands)                     # (M+1, P)
+        frac = np.linspace(0.0, 1.0, _N_CANDIDATES + 1)[:, None]  # (M+1, 1)
+        cands = a_brake[None] + frac * (a_req - a_brake)[None]  # (M+1, P)
+        ok = self._can_stop(q[None], v[None], cands)  # (M+1, P)
         ok[0] = True
-        best = ok.shape[0] - 1 - np.argmax(ok[::-1], axis=0)             # (P,) last ok index
+        best = ok.shape[0] - 1 - np.argmax(ok[::-1], axis=0)  # (P,) last ok index
         a_new = cands[best, np.arange(len(self._pd))]
         v_new = v + a_new * dt
         q_new = np.clip(q + v_new * dt, self._lo_box, self._hi_box)
@@ -278,3 +299,16 @@ class SafetyLayer:
             if done.all():
                 break
         return ok & done
+
+
+def resolve_limits(name_or_path: str) -> Path:
+    """A limits file: an existing path, or ``configs/robot/<name>.yaml`` shipped with the package."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        return path
+    shipped = resources.files("configs") / "robot"
+    candidate = shipped / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return Path(str(candidate))
+    names = sorted(p.name[:-5] for p in shipped.iterdir() if p.name.endswith(".yaml"))
+    raise FileNotFoundError(f"robot limits '{name_or_path}' not found; pass a YAML path or one of: {', '.join(names)}")

@@ -5,6 +5,7 @@ effective rank near 1. Both are uncentred, so a large offset shared by the whole
 the spread around it is wide; the centred effective rank tells the two apart (an offset is only a bias to the
 layers that read the embedding, a spread in few directions is a real loss of information).
 """
+
 from __future__ import annotations
 
 import torch

@@ -12,19 +12,19 @@ Variants, with d_ij = ||z_i - z_j||^2 / D (the official code's normalized square
     covariance      sum_{m != n} Cov_mn^2 of the batch-standardized features (grows with D^2: pick the weight
                     accordingly)
 """
+
 from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoders.config import DISPERSIVE_VARIANTS
-
+DISPERSIVE_VARIANTS = ("infonce_l2", "infonce_cosine", "hinge", "covariance")
 OBS_EMBEDDING = "obs_embedding"  # reserved layer name: the encoder output, passed in by the policy
 
 
@@ -227,7 +227,7 @@ class FeatureTap:
             handle.remove()
         self._handles.clear()
 
-    def _hook(self, name: str):
+    def _hook(self, name: str) -> Callable[[nn.Module, object, object], None]:
         def hook(module: nn.Module, args: object, output: object) -> None:
             out = output[0] if isinstance(output, (tuple, list)) and output else output
             if not isinstance(out, torch.Tensor):

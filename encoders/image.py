@@ -8,9 +8,10 @@ crop per image; eval mode takes the centre crop, so evaluation is deterministic 
 normalization happens inside. GroupNorm (not BatchNorm) keeps the network usable under forward-mode AD and at
 batch 1.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,11 @@ class BasicBlock(nn.Module):
 class ResNet18GN(nn.Module):
     """ResNet-18 trunk without avgpool/fc: (N, 3, H, W) -> (N, 512, ceil(H/32), ceil(W/32))."""
 
+    layer1: nn.Sequential
+    layer2: nn.Sequential
+    layer3: nn.Sequential
+    layer4: nn.Sequential
+
     def __init__(self) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, stride=2, padding=3, bias=False)
@@ -79,7 +85,7 @@ class ShallowConvGN(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         in_ch = 3
-        for width, stride in zip(widths, strides):
+        for width, stride in zip(widths, strides, strict=True):
             layers += [nn.Conv2d(in_ch, width, 3, stride=stride, padding=1, bias=False), _group_norm(width), nn.ReLU()]
             in_ch = width
         self.layers = nn.Sequential(*layers)
@@ -118,6 +124,7 @@ class SpatialSoftmax(nn.Module):
     def __init__(self, in_channels: int, height: int, width: int, num_keypoints: int) -> None:
         super().__init__()
         self.keypoints = nn.Conv2d(in_channels, num_keypoints, kernel_size=1)
+        self.grid: torch.Tensor
         ys, xs = torch.meshgrid(torch.linspace(-1.0, 1.0, height), torch.linspace(-1.0, 1.0, width), indexing="ij")
         self.register_buffer("grid", torch.stack([xs.reshape(-1), ys.reshape(-1)], dim=1), persistent=False)  # (HW, 2)
         self.num_keypoints = num_keypoints
@@ -165,17 +172,21 @@ class ImageEncoder(nn.Module):
         self.image_shape = (c, h, w)
         self.crop_shape = (ch, cw)
         self.output_dim = int(out_dim)
-        self.trunk = ResNet18GN() if trunk == "resnet18" else ShallowConvGN()
+        self.trunk: ResNet18GN | ShallowConvGN = ResNet18GN() if trunk == "resnet18" else ShallowConvGN()
         if pretrained:
+            if not isinstance(self.trunk, ResNet18GN):
+                raise ValueError(f"pretrained weights exist only for the resnet18 trunk, not '{trunk}'")
             load_imagenet_weights(self.trunk)
         # Channels-last conv weights and inputs take oneDNN's kernels; at batch 1 PyTorch otherwise picks its
         # slow im2col convolution for these small maps (measured 2-3x slower). Savers must call .contiguous()
         # on the 4-D weights (safetensors refuses other strides; policies/checkpoint.py does).
-        self.trunk.to(memory_format=torch.channels_last)
+        self.trunk.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
         with torch.no_grad():
             fh, fw = self.trunk(torch.zeros(1, 3, ch, cw)).shape[-2:]
         self.pool = SpatialSoftmax(self.trunk.out_channels, fh, fw, num_keypoints)
         self.proj = nn.Linear(2 * num_keypoints, self.output_dim)
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 

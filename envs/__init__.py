@@ -1,5 +1,5 @@
 """Simulated benchmarks, scripted experts and the evaluation runner.
 
-Import the submodule you need (``envs.metaworld_env``, ``envs.pointcloud``, ``envs.experts``, ``envs.runner``,
-``envs.seeds``); this package imports nothing heavy itself, so ``import envs`` never starts mujoco or OpenGL.
+Import the submodule you need (``envs.metaworld.env``, ``envs.pointcloud``, ``envs.metaworld.expert``, ``envs.runner``,
+``core.seeds``); this package imports nothing heavy itself, so ``import envs`` never starts mujoco or OpenGL.
 """

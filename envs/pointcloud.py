@@ -5,19 +5,26 @@ z forward; ``cam_to_world`` is a 4×4 pose), so real RGB-D cameras reuse them. T
 bottom read the intrinsics and pose of a MuJoCo camera from the model/data and undo MuJoCo's depth-buffer
 mapping; they take ``model``/``data`` objects but never import mujoco themselves.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
+
+from core.errors import MfpError
 
 try:
     import fpsample as _fpsample
 except ImportError:  # pragma: no cover - exercised only where the wheel is missing
     _fpsample = None
-    warnings.warn("fpsample is not installed; farthest point sampling falls back to slow numpy "
-                  "(pip install fpsample)", RuntimeWarning, stacklevel=2)
+    warnings.warn(
+        "fpsample is not installed; farthest point sampling falls back to slow numpy (pip install fpsample)",
+        RuntimeWarning,
+        stacklevel=2,
+    )
 
 # Workspace crop box in the Meta-World world frame (metres): [[x_min, y_min, z_min], [x_max, y_max, z_max]].
 # The table top is at z = 0; z_min just above it drops the table plane, x/y bound the reachable area and z_max
@@ -35,7 +42,7 @@ TASK_CROP_BOXES: dict[str, tuple[tuple[float, float, float], tuple[float, float,
 }
 
 
-class PointCloudError(ValueError):
+class PointCloudError(MfpError, ValueError):
     """A crop box or depth image that cannot give a point cloud."""
 
 
@@ -60,7 +67,7 @@ def depth_to_points(
     depth: np.ndarray,
     K: np.ndarray,
     cam_to_world: np.ndarray,
-    rgb: Optional[np.ndarray] = None,
+    rgb: np.ndarray | None = None,
     max_depth: float = np.inf,
 ) -> np.ndarray:
     """Back-project a metric depth image (H, W) to world points (M, 3), or (M, 6) with colour in [0, 1].
@@ -97,7 +104,9 @@ def crop_points(points: np.ndarray, box: np.ndarray) -> np.ndarray:
     """Keep the points whose xyz lies inside ``box`` (2, 3) = [min_xyz, max_xyz] (bounds inclusive)."""
     box = np.asarray(box, dtype=np.float32)
     if box.shape != (2, 3) or not np.all(box[0] < box[1]):
-        raise PointCloudError(f"crop box must be [[x_min, y_min, z_min], [x_max, y_max, z_max]] with min < max, got {box.tolist()}")
+        raise PointCloudError(
+            f"crop box must be [[x_min, y_min, z_min], [x_max, y_max, z_max]] with min < max, got {box.tolist()}"
+        )
     xyz = points[:, :3]
     inside = np.all((xyz >= box[0]) & (xyz <= box[1]), axis=1)
     return points[inside]
@@ -137,8 +146,10 @@ def sample_points(points: np.ndarray, n: int) -> np.ndarray:
     """
     m = len(points)
     if m == 0:
-        raise PointCloudError("no points left to sample from (the crop box removed everything); check the crop "
-                              "box against the scene or pass a task override")
+        raise PointCloudError(
+            "no points left to sample from (the crop box removed everything); check the crop "
+            "box against the scene or pass a task override"
+        )
     if m > n:
         return points[farthest_point_indices(points, n)]
     if m == n:
@@ -171,18 +182,18 @@ def depth_buffer_to_metric(buffer: np.ndarray, near: float, far: float, reversed
     return z.astype(np.float32)
 
 
-def mujoco_clip_planes(model) -> tuple[float, float]:
+def mujoco_clip_planes(model: Any) -> tuple[float, float]:
     """(near, far) clipping distances in metres: ``vis.map.znear/zfar`` are fractions of ``stat.extent``."""
     extent = float(model.stat.extent)
     return float(model.vis.map.znear) * extent, float(model.vis.map.zfar) * extent
 
 
-def mujoco_camera_intrinsics(model, cam_id: int, width: int, height: int) -> np.ndarray:
+def mujoco_camera_intrinsics(model: Any, cam_id: int, width: int, height: int) -> np.ndarray:
     """K (3, 3) of MuJoCo camera ``cam_id`` rendered at ``width``×``height`` (fovy read from the model)."""
     return intrinsics_from_fovy(float(model.cam_fovy[cam_id]), width, height)
 
 
-def mujoco_camera_pose(data, cam_id: int) -> np.ndarray:
+def mujoco_camera_pose(data: Any, cam_id: int) -> np.ndarray:
     """Camera-to-world 4×4 pose of MuJoCo camera ``cam_id`` in the OpenCV convention (x right, y down, z forward).
 
     MuJoCo cameras look along their −z axis with +y up, so the OpenCV axes are (x, −y, −z) of ``cam_xmat``.
@@ -195,12 +206,12 @@ def mujoco_camera_pose(data, cam_id: int) -> np.ndarray:
 
 
 def mujoco_points(
-    model,
-    data,
+    model: Any,
+    data: Any,
     cam_id: int,
     depth_buffer: np.ndarray,
     reversed_z: bool,
-    rgb: Optional[np.ndarray] = None,
+    rgb: np.ndarray | None = None,
 ) -> np.ndarray:
     """World points (M, 3|6) seen by MuJoCo camera ``cam_id`` from an upright raw depth buffer (H, W).
 
@@ -215,7 +226,7 @@ def mujoco_points(
 
 def workspace_point_cloud(
     clouds: Sequence[np.ndarray],
-    crop_box: Optional[np.ndarray],
+    crop_box: np.ndarray | None,
     num_points: int,
 ) -> np.ndarray:
     """Merge per-camera clouds, crop to the workspace, and sample exactly ``num_points`` points (float32)."""
@@ -225,7 +236,7 @@ def workspace_point_cloud(
     return np.ascontiguousarray(sample_points(points, num_points), dtype=np.float32)
 
 
-def camera_params(model, cam_names: Sequence[str], width: int, height: int) -> Mapping[str, dict]:
+def camera_params(model: Any, cam_names: Sequence[str], width: int, height: int) -> Mapping[str, dict]:
     """JSON-ready record of each camera's fovy, intrinsics and clip planes (for dataset attributes)."""
     near, far = mujoco_clip_planes(model)
     out = {}

@@ -5,23 +5,27 @@ works. Fast settings (the default) turn off shadows, reflections, the skybox and
 (llvmpipe) shadows and reflections cost ~4× per frame, and multisampling blends depths at object edges into
 "flying" points between foreground and background.
 """
+
 from __future__ import annotations
 
 import atexit
 import os
 import weakref
+from typing import Any
 
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import mujoco  # noqa: E402
 import numpy as np  # noqa: E402
 
+from core.errors import MfpError
 
-class RenderError(RuntimeError):
+
+class RenderError(MfpError, RuntimeError):
     """The OpenGL context could not be created or a camera does not exist."""
 
 
-_live: "weakref.WeakSet[OffscreenRenderer]" = weakref.WeakSet()
+_live: weakref.WeakSet[OffscreenRenderer] = weakref.WeakSet()
 _atexit_registered = False
 
 
@@ -30,7 +34,7 @@ def _close_all() -> None:
         renderer.close()
 
 
-def _gl_context_class():
+def _gl_context_class() -> Any:
     """The GLContext of the backend named by ``MUJOCO_GL``, chosen now rather than when mujoco was first imported
     (another library may have imported mujoco before this module set the variable)."""
     backend = os.environ.get("MUJOCO_GL", "egl").lower()
@@ -79,8 +83,11 @@ class OffscreenRenderer:
         mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN, self._con)
         self._scene = mujoco.MjvScene(model, maxgeom=10_000)
         if fast:
-            for flag in (mujoco.mjtRndFlag.mjRND_SHADOW, mujoco.mjtRndFlag.mjRND_REFLECTION,
-                         mujoco.mjtRndFlag.mjRND_SKYBOX):
+            for flag in (
+                mujoco.mjtRndFlag.mjRND_SHADOW,
+                mujoco.mjtRndFlag.mjRND_REFLECTION,
+                mujoco.mjtRndFlag.mjRND_SKYBOX,
+            ):
                 self._scene.flags[flag] = 0
         self._option = mujoco.MjvOption()
         self._perturb = mujoco.MjvPerturb()
@@ -103,8 +110,9 @@ class OffscreenRenderer:
             raise RenderError(f"{width}x{height} exceeds this renderer's buffer {self._max[0]}x{self._max[1]}")
         self._gl.make_current()
         self._camera.fixedcamid = cam_id
-        mujoco.mjv_updateScene(self.model, data, self._option, self._perturb, self._camera,
-                               mujoco.mjtCatBit.mjCAT_ALL, self._scene)
+        mujoco.mjv_updateScene(
+            self.model, data, self._option, self._perturb, self._camera, mujoco.mjtCatBit.mjCAT_ALL, self._scene
+        )
         viewport = mujoco.MjrRect(0, 0, width, height)
         flags = self._scene.flags
         depth_only = depth and not rgb
@@ -120,8 +128,10 @@ class OffscreenRenderer:
         depth_buf = np.empty((height, width), dtype=np.float32) if depth else None
         mujoco.mjr_readPixels(rgb_buf, depth_buf, viewport, self._con)
         # OpenGL rows start at the bottom.
-        return (None if rgb_buf is None else rgb_buf[::-1].copy(),
-                None if depth_buf is None else depth_buf[::-1].copy())
+        return (
+            None if rgb_buf is None else rgb_buf[::-1].copy(),
+            None if depth_buf is None else depth_buf[::-1].copy(),
+        )
 
     def close(self) -> None:
         if getattr(self, "_con", None) is not None:

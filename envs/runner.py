@@ -1,4 +1,4 @@
-"""Evaluation runner: N Meta-World or robosuite episodes on fixed seeds, in parallel worker processes → ``eval_info.json``.
+"""Evaluation runner: N episodes of any suite's task on fixed seeds, in parallel worker processes → ``eval_info.json``.
 
 Works with any *agent*: an object with ``reset()``, ``n_obs_steps`` and ``predict_action(obs) -> (n, Da)`` where
 ``obs`` is ``{key: (To, ...)}`` (the last ``n_obs_steps`` observations, the first one repeated at episode start).
@@ -8,9 +8,10 @@ reason recorded, and the run goes on.
 
 Workers are spawned processes (EGL contexts and torch threads do not survive ``fork``); each builds its own env
 and agent. Pass the agent itself when it pickles (a ``Policy`` does), or a zero-argument factory such as
-``functools.partial(policies.checkpoint.load_policy, "runs/x/policy")``. An agent that reads the simulator
+``functools.partial(training.evaluation.load_agent, "runs/x/policy")``. An agent that reads the simulator
 (a robosuite scripted expert) may define ``bind_env(env)``; each worker calls it once, after building its env.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -20,17 +21,23 @@ import multiprocessing
 import os
 import time
 from collections import deque
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 import numpy as np
 
-from demos.spec import ShapeMeta
-from policies.atomic_write import write_text
+from core.atomic_write import write_text
+from envs.suites import suite_for_task
 
-ACTION_DIM = 4
+EVAL_INFO, VIDEO_DIR = "eval_info.json", "videos"
+
+
+def is_eval_dir(path: Path) -> bool:
+    """True for a directory holding only what :func:`evaluate` writes (a re-run may replace it)."""
+    return path.is_dir() and all(p.name in (EVAL_INFO, VIDEO_DIR) for p in path.iterdir())
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -44,44 +51,16 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def env_kwargs_from_shape_meta(shape_meta: ShapeMeta, image_camera: str = "corner2") -> dict[str, Any]:
-    """MetaWorldEnv arguments that produce the observations ``shape_meta`` declares.
-
-    ``point_cloud`` (N, 3|6) sets the point count and colour; ``image`` uses ``image_camera`` and
-    ``image_<camera>`` keys name their camera; the image size comes from the (3, H, W) shape.
-    """
-    from demos.spec import IMAGE, POINT_CLOUD
-
-    kwargs: dict[str, Any] = {"point_cloud_cameras": (), "image_cameras": ()}
-    cameras, sizes = [], set()
-    for key, spec in shape_meta.obs.items():
-        if key == POINT_CLOUD:
-            kwargs.update(point_cloud_cameras=("corner2",), num_points=spec.shape[0],
-                          use_point_color=spec.shape[1] == 6)
-        elif spec.type == "rgb":
-            if spec.shape[1] != spec.shape[2]:
-                raise ValueError(f"'{key}': Meta-World images are square, shape_meta says {spec.shape}")
-            sizes.add(spec.shape[1])
-            cameras.append(image_camera if key == IMAGE else key[len(IMAGE) + 1:])
-    if len(sizes) > 1:
-        raise ValueError(f"image keys of different sizes {sorted(sizes)} are not supported by MetaWorldEnv")
-    if cameras:
-        if IMAGE not in shape_meta.obs:
-            raise ValueError(f"image keys {cameras} need the first camera under key '{IMAGE}'")
-        kwargs.update(image_cameras=tuple(cameras), image_size=sizes.pop())
-    return kwargs
-
-
 def evaluate(
     agent: Any,
     task: str,
     seeds: Sequence[int],
     n_workers: int = 2,
-    out_dir: Optional[str | os.PathLike] = None,
-    video_dir: Optional[str | os.PathLike] = None,
+    out_dir: str | os.PathLike | None = None,
+    video_dir: str | os.PathLike | None = None,
     n_videos: int = 0,
-    max_steps: Optional[int] = None,
-    env_kwargs: Optional[Mapping[str, Any]] = None,
+    max_steps: int | None = None,
+    env_kwargs: Mapping[str, Any] | None = None,
     threads_per_worker: int = 1,
     progress: bool = False,
     label: str = "",
@@ -90,29 +69,27 @@ def evaluate(
 
     Args:
         agent: an agent, or a zero-argument callable that builds one (in each worker).
-        task: Meta-World v3 task name, or a robosuite task (``lift``/``can``/``square``, ``robomimic/`` prefix optional).
-        seeds: one episode per seed (use :func:`envs.seeds.eval_seeds`).
+        task: a task of any registered suite (:mod:`envs.suites`), e.g. ``reach-v3`` or ``robomimic/lift``.
+        seeds: one episode per seed (use :func:`core.seeds.eval_seeds`).
         n_workers: worker processes; <= 1 runs in this process.
         out_dir: where ``eval_info.json`` (and, without ``video_dir``, ``videos/``) go; None writes nothing.
         video_dir: where the mp4 videos of the first ``n_videos`` episodes go.
-        max_steps: step limit per episode (default: 200 for Meta-World, the task's robomimic horizon for robosuite).
-        env_kwargs: extra :class:`envs.metaworld_env.MetaWorldEnv` (or :class:`envs.robosuite_env.RobosuiteEnv`)
-            arguments (observations the agent needs).
+        max_steps: step limit per episode (default: the suite's rollout horizon for the task).
+        env_kwargs: extra arguments of the suite's env (the observations the agent needs, see ``Suite.env_kwargs``).
         threads_per_worker: torch/OpenMP threads in each worker.
         label: free text recorded as the agent's name.
     """
-    task = _check_task(task)
+    suite = suite_for_task(task)
+    task = suite.check_task(task)
     if max_steps is None:
-        from envs.robosuite_env import task_info
-
-        max_steps = task_info(task).max_steps if _is_robosuite(task) else 200
+        max_steps = suite.max_steps(task)
     seeds = [int(s) for s in seeds]
     if not seeds:
         raise ValueError("evaluate needs at least one seed")
     if len(set(seeds)) != len(seeds):
         raise ValueError("seeds must be distinct (one episode per seed)")
     if video_dir is None and out_dir is not None and n_videos > 0:
-        video_dir = Path(out_dir) / "videos"
+        video_dir = Path(out_dir) / VIDEO_DIR
     env_kwargs = dict(env_kwargs or {})
     jobs = [(i, s, str(video_dir) if video_dir is not None and i < n_videos else None) for i, s in enumerate(seeds)]
     setup = (agent, task, env_kwargs, max_steps, threads_per_worker)
@@ -137,16 +114,19 @@ def evaluate(
             os.environ[k] = str(threads_per_worker)
         try:
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(n_workers, len(jobs)), mp_context=ctx,
-                                     initializer=_init_worker, initargs=setup) as pool:
+            with ProcessPoolExecutor(
+                max_workers=min(n_workers, len(jobs)), mp_context=ctx, initializer=_init_worker, initargs=setup
+            ) as pool:
                 futures = [pool.submit(_run_job, *job) for job in jobs]
                 for fut in as_completed(futures):
                     results.append(fut.result())
                     if bar is not None:
                         bar.update(1)
         except BrokenProcessPool as e:
-            raise RuntimeError("an evaluation worker died while building its env or agent, or crashed; its "
-                               "traceback is printed above (run with n_workers=0 to debug in this process)") from e
+            raise RuntimeError(
+                "an evaluation worker died while building its env or agent, or crashed; its "
+                "traceback is printed above (run with n_workers=0 to debug in this process)"
+            ) from e
         finally:
             for k, v in saved.items():
                 if v is None:
@@ -159,112 +139,19 @@ def evaluate(
     results.sort(key=lambda r: r["episode_ix"])
     info = _summarize(results, task, elapsed, label, max_steps, n_workers, env_kwargs)
     if out_dir is not None:
-        write_text(Path(out_dir) / "eval_info.json", json.dumps(info, indent=2))
+        write_text(Path(out_dir) / EVAL_INFO, json.dumps(info, indent=2))
     return info
 
 
-def load_agent(path: str, num_steps: int = 0, device: str = "cpu", n_action_steps: int = 0,
-               noise_scale: float = 1.0, hold_noise: bool = False, average_draws: int = 1):
-    """The policy saved at ``path`` (module-level so worker processes can build it from a ``partial``).
-
-    ``num_steps`` > 0 overrides the NFE; ``n_action_steps`` > 0 the number of actions executed per predicted chunk
-    (fewer = more often re-planned), at most ``horizon - n_obs_steps + 1``; ``noise_scale`` scales the sampler's
-    starting noise (0 = deterministic chunks); ``hold_noise`` keeps one starting noise per episode;
-    ``average_draws`` > 1 executes the mean of that many draws per chunk (see ``Policy.average_draws``).
-    """
-    from policies.checkpoint import load_policy
-
-    policy = load_policy(path, device=device)
-    check_inference_overrides(policy.horizon, policy.n_obs_steps, n_action_steps, noise_scale, average_draws)
-    if num_steps > 0:
-        policy.num_inference_steps = num_steps
-    if n_action_steps > 0:
-        policy.n_action_steps = n_action_steps
-    policy.noise_scale = float(noise_scale)
-    policy.hold_noise = bool(hold_noise)
-    policy.average_draws = int(average_draws)
-    return policy
-
-
-def check_inference_overrides(horizon: int, n_obs_steps: int, n_action_steps: int, noise_scale: float,
-                              average_draws: int = 1) -> None:
-    """Raise ValueError unless ``n_action_steps`` (0 = keep) fits the chunk, ``noise_scale`` is >= 0 and
-    ``average_draws`` >= 1."""
-    most = horizon - n_obs_steps + 1
-    if n_action_steps > most:
-        raise ValueError(f"n_action_steps={n_action_steps} exceeds what this policy predicts: horizon {horizon} with "
-                         f"{n_obs_steps} observation steps leaves at most {most}")
-    if not noise_scale >= 0.0:  # also refuses NaN
-        raise ValueError(f"noise_scale must be >= 0 (1 = as trained, 0 = deterministic), got {noise_scale}")
-    if average_draws < 1:
-        raise ValueError(f"average_draws must be >= 1 (1 = one draw per chunk, as trained), got {average_draws}")
-
-
-def evaluate_checkpoint(
-    policy_dir: str | os.PathLike,
-    episodes: int = 50,
-    n_workers: int = 2,
-    out_dir: Optional[str | os.PathLike] = None,
-    n_videos: int = 0,
-    seed0: int = 0,
-    max_steps: Optional[int] = None,
-    task: Optional[str] = None,
-    num_steps: int = 0,
-    device: str = "cpu",
-    progress: bool = False,
-    n_action_steps: int = 0,
-    noise_scale: float = 1.0,
-    hold_noise: bool = False,
-    average_draws: int = 1,
+def _summarize(
+    results: list[dict],
+    task: str,
+    elapsed: float,
+    label: str,
+    max_steps: int,
+    n_workers: int,
+    env_kwargs: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """Evaluate the policy saved in ``policy_dir`` on ``eval_seeds(episodes, seed0)``.
-
-    The task and step limit come from the checkpoint's ``metadata.task`` (``env``, ``max_episode_steps``) unless
-    given; the env's observations are derived from the checkpoint's shape_meta (plus any ``crop_box``,
-    ``point_cloud_cameras`` or ``depth_size`` the task metadata records). ``num_steps`` > 0 overrides the NFE and
-    ``n_action_steps`` > 0 the executed actions per chunk, ``noise_scale`` the starting noise, ``hold_noise`` one
-    starting noise per episode, ``average_draws`` the mean of that many draws per chunk (:func:`load_agent`).
-    """
-    import functools
-
-    from demos.spec import ShapeMeta
-    from envs.seeds import eval_seeds
-    from policies.checkpoint import read_config
-
-    config = read_config(policy_dir)
-    saved_task = config.get("metadata", {}).get("task", {})
-    if not isinstance(saved_task, Mapping):
-        saved_task = {"env": str(saved_task)}
-    task = task or saved_task.get("env")
-    if not task:
-        raise ValueError(f"checkpoint '{policy_dir}' records no task (metadata.task.env); pass task=<name>")
-    if _is_robosuite(task):
-        from envs.robosuite_env import env_kwargs_from_shape_meta as robosuite_env_kwargs
-
-        env_kwargs = robosuite_env_kwargs(ShapeMeta.from_dict(config["shape_meta"]))
-    else:
-        env_kwargs = env_kwargs_from_shape_meta(ShapeMeta.from_dict(config["shape_meta"]))
-    for key in ("crop_box", "point_cloud_cameras", "depth_size"):
-        if saved_task.get(key) is not None:
-            env_kwargs[key] = saved_task[key]
-    max_steps = max_steps or int(saved_task.get("max_episode_steps", 200))
-    agent = functools.partial(load_agent, str(policy_dir), num_steps=num_steps, device=device,
-                              n_action_steps=n_action_steps, noise_scale=noise_scale, hold_noise=hold_noise,
-                              average_draws=average_draws)
-    policy_cfg = config["policy"]  # a bad override fails here, before any worker starts
-    check_inference_overrides(policy_cfg["horizon"], policy_cfg["n_obs_steps"], n_action_steps, noise_scale,
-                              average_draws)
-    overrides = [f"{k}={v}" for k, v in (("num_steps", num_steps), ("n_action_steps", n_action_steps)) if v]
-    overrides += [f"noise_scale={noise_scale:g}"] if noise_scale != 1.0 else []
-    overrides += ["hold_noise=true"] if hold_noise else []
-    overrides += [f"average_draws={average_draws}"] if average_draws != 1 else []
-    label = f"checkpoint:{policy_dir}" + (f" ({', '.join(overrides)})" if overrides else "")
-    return evaluate(agent, task, eval_seeds(episodes, seed0), n_workers=n_workers, out_dir=out_dir,
-                    n_videos=n_videos, max_steps=max_steps, env_kwargs=env_kwargs, progress=progress, label=label)
-
-
-def _summarize(results: list[dict], task: str, elapsed: float, label: str, max_steps: int, n_workers: int,
-               env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
     latencies = np.concatenate([np.asarray(r.pop("latencies_s"), dtype=np.float64) for r in results])
     spans = np.array([r.pop("_span") for r in results])
     episodes_s = float(spans[:, 1].max() - spans[:, 0].min())  # from the first episode start: no worker start-up
@@ -297,9 +184,13 @@ def _summarize(results: list[dict], task: str, elapsed: float, label: str, max_s
         "per_episode": results,
         "aggregated": aggregated,
         "video_paths": [r["video"] for r in results if r["video"]],
-        "config": {"max_steps": max_steps, "n_workers": n_workers, "seeds": [r["seed"] for r in results],
-                   "env_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in env_kwargs.items()},
-                   "latency": "wall time of each predict_action call, first call per worker excluded"},
+        "config": {
+            "max_steps": max_steps,
+            "n_workers": n_workers,
+            "seeds": [r["seed"] for r in results],
+            "env_kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in env_kwargs.items()},
+            "latency": "wall time of each predict_action call, first call per worker excluded",
+        },
     }
 
 
@@ -317,33 +208,50 @@ def _init_worker(agent: Any, task: str, env_kwargs: Mapping[str, Any], max_steps
         agent = agent()
     for attr in ("reset", "predict_action"):
         if not callable(getattr(agent, attr, None)):
-            raise TypeError(f"agent {type(agent).__name__} lacks {attr}(); see the agent interface in docs/ARCHITECTURE.md")
+            raise TypeError(
+                f"agent {type(agent).__name__} lacks {attr}(); see the agent interface in docs/ARCHITECTURE.md"
+            )
     env = _worker.get("env")
     if env is not None:
         env.close()
-    if _is_robosuite(task):
-        from envs.robosuite_env import RobosuiteEnv as Env
-    else:
-        from envs.metaworld_env import MetaWorldEnv as Env
-    env = Env(task, max_episode_steps=max_steps, **env_kwargs)
+    env = suite_for_task(task).make_env(task, max_episode_steps=max_steps, **env_kwargs)
     if callable(getattr(agent, "bind_env", None)):
         agent.bind_env(env)
     meta = getattr(agent, "shape_meta", None)
     keys = list(meta.obs) if meta is not None else env.obs_keys
     missing = [k for k in keys if k not in env.obs_keys]
     if missing:
-        raise ValueError(f"the agent needs observation key(s) {missing} that this env does not produce "
-                         f"({env.obs_keys}); pass matching env_kwargs (see env_kwargs_from_shape_meta)")
+        raise ValueError(
+            f"the agent needs observation key(s) {missing} that this env does not produce "
+            f"({env.obs_keys}); pass matching env_kwargs (see Suite.env_kwargs)"
+        )
     reset_takes_seed = "seed" in inspect.signature(agent.reset).parameters
-    _worker.update(env=env, agent=agent, keys=keys, n_obs=int(getattr(agent, "n_obs_steps", 1)),
-                   reset_takes_seed=reset_takes_seed, max_steps=max_steps, warm=False)
+    lazy = "render" in inspect.signature(env.step).parameters  # the env can skip rendering an unread observation
+    _worker.update(
+        env=env,
+        agent=agent,
+        keys=keys,
+        n_obs=int(getattr(agent, "n_obs_steps", 1)),
+        reset_takes_seed=reset_takes_seed,
+        lazy=lazy,
+        max_steps=max_steps,
+        warm=False,
+    )
 
 
-def _run_job(episode_ix: int, seed: int, video_dir: Optional[str]) -> dict[str, Any]:
+def _run_job(episode_ix: int, seed: int, video_dir: str | None) -> dict[str, Any]:
     w = _worker
     env, agent, keys, n_obs = w["env"], w["agent"], w["keys"], w["n_obs"]
-    result: dict[str, Any] = {"episode_ix": episode_ix, "seed": seed, "success": False, "steps": 0,
-                              "sum_reward": 0.0, "max_reward": 0.0, "failure": None, "video": None}
+    result: dict[str, Any] = {
+        "episode_ix": episode_ix,
+        "seed": seed,
+        "success": False,
+        "steps": 0,
+        "sum_reward": 0.0,
+        "max_reward": 0.0,
+        "failure": None,
+        "video": None,
+    }
     latencies: list[float] = []
     frames: list[np.ndarray] = []
     rewards: list[float] = []
@@ -367,12 +275,14 @@ def _run_job(episode_ix: int, seed: int, video_dir: Optional[str]) -> dict[str, 
             if w["warm"]:
                 latencies.append(dt)
             w["warm"] = True
-            chunk, problem = _check_chunk(chunk, getattr(env, "action_dim", ACTION_DIM))
+            chunk, problem = _check_chunk(chunk, env.action_dim)
             if problem is not None:
                 result["failure"] = f"step {result['steps']}: {problem}"
                 break
-            for action in chunk:
-                obs, reward, _, truncated, info = env.step(action)
+            for i, action in enumerate(chunk):
+                # Only the last n_obs observations of a chunk feed the next prediction: the others go unrendered.
+                needed = i >= len(chunk) - n_obs
+                obs, reward, _, truncated, info = env.step(action, render=needed) if w["lazy"] else env.step(action)
                 result["steps"] += 1
                 rewards.append(reward)
                 history.append(obs)
@@ -387,31 +297,14 @@ def _run_job(episode_ix: int, seed: int, video_dir: Optional[str]) -> dict[str, 
         result["failure"] = result["failure"] or f"episode error {type(e).__name__}: {e}"
     if rewards:
         result["sum_reward"], result["max_reward"] = float(np.sum(rewards)), float(np.max(rewards))
-    if frames:
+    if frames and video_dir is not None:
         result["video"] = _write_video(frames, Path(video_dir) / f"episode_{episode_ix:03d}_seed{seed}.mp4")
     result["latencies_s"] = latencies
     result["_span"] = (t_start, time.time())
     return result
 
 
-def _is_robosuite(task: str) -> bool:
-    from envs.robosuite_env import is_robosuite_task
-
-    return is_robosuite_task(task)
-
-
-def _check_task(task: str) -> str:
-    """A robosuite task's short name (``robomimic/lift`` -> ``lift``), or a checked Meta-World task name."""
-    if _is_robosuite(task):
-        from envs.robosuite_env import task_name
-
-        return task_name(task)
-    from envs.metaworld_env import check_task
-
-    return check_task(task)
-
-
-def _check_chunk(chunk: Any, action_dim: int = ACTION_DIM) -> tuple[np.ndarray, Optional[str]]:
+def _check_chunk(chunk: Any, action_dim: int) -> tuple[np.ndarray, str | None]:
     """(actions (n, Da) float32, None) or (_, reason) for a chunk the env cannot execute."""
     if hasattr(chunk, "detach"):
         chunk = chunk.detach().cpu().numpy()
@@ -431,24 +324,23 @@ def _check_chunk(chunk: Any, action_dim: int = ACTION_DIM) -> tuple[np.ndarray, 
     return arr, None
 
 
-def _write_video(frames: list[np.ndarray], path: Path, fps: int = 30) -> Optional[str]:
+def _write_video(frames: list[np.ndarray], path: Path, fps: int = 30) -> str | None:
     import warnings
 
     try:
         import imageio.v2 as imageio
 
         path.parent.mkdir(parents=True, exist_ok=True)
-        imageio.mimwrite(str(path), frames, fps=fps, macro_block_size=1)
+        imageio.mimwrite(str(path), list(frames), fps=fps, macro_block_size=1)
         return str(path)
     except Exception as e:  # missing ffmpeg must not lose the evaluation
-        warnings.warn(f"could not write video {path}: {e} (pip install imageio-ffmpeg)", RuntimeWarning)
+        warnings.warn(f"could not write video {path}: {e} (pip install imageio-ffmpeg)", RuntimeWarning, stacklevel=2)
         return None
 
 
-def _progress_bar(total: int, task: str, enabled: bool):
+def _progress_bar(total: int, task: str, enabled: bool) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=f"eval {task}", unit="ep", dynamic_ncols=True)
-

@@ -3,12 +3,16 @@
 Commands that take hydra overrides (`key=value`) are hydra apps; the dispatcher only rewrites argv so hydra
 sees the sub-command's own name.
 """
+
 from __future__ import annotations
 
 import ctypes
 import importlib
 import os
 import sys
+
+from core.errors import MfpError
+from mfp.cli_args import full_errors, one_line
 
 # OpenMP threads that spin while waiting collapse when another process shares the cores: measured here, a 2-thread
 # MeanFlow training step took 5.0 s with a competing process under the default policy and 0.33 s with PASSIVE.
@@ -37,28 +41,42 @@ _reuse_freed_memory()
 
 # command -> (module, function, one-line help). Each function takes the remaining argv.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "collect": ("demos.collect", "main", "generate scripted-expert demonstrations into a zarr dataset"),
-    "merge": ("demos.merge_robomimic", "main", "concatenate robomimic HDF5 files of one task into one"),
-    "train": ("training.train", "main", "collect demos if missing, train, evaluate (hydra overrides: task.env=... policy=...)"),
-    "eval": ("envs.evaluate", "main", "evaluate a checkpoint or the scripted expert on fixed seeds"),
-    "export": ("deploy.export", "main", "export a checkpoint to ONNX and torch.export with parity checks"),
-    "deploy": ("deploy.run", "main", "run the real-time control loop against a robot bridge"),
-    "sim-arm": ("deploy.sim_arm", "main", "serve a simulated Meta-World arm over the robot bridge"),
-    "bench": ("mfp.bench", "main", "benchmarks: heads, encoders, policy, envs, success, deploy, robomimic"),
+    "collect": ("mfp.commands.collect", "main", "generate scripted-expert demonstrations into a zarr dataset"),
+    "merge": ("mfp.commands.merge", "main", "concatenate robomimic HDF5 files of one task into one"),
+    "convert": (
+        "mfp.commands.convert",
+        "main",
+        "demos between robosuite/robomimic HDF5, LeRobot datasets and zarr (src=... out=... to=...)",
+    ),
+    "train": (
+        "mfp.commands.train",
+        "main",
+        "collect demos if missing, train, evaluate (hydra overrides: task.env=... policy=...)",
+    ),
+    "finetune": (
+        "mfp.commands.finetune",
+        "main",
+        "fine-tune a one-step policy online (PPO or noise steering)",
+    ),
+    "eval": ("mfp.commands.eval", "main", "evaluate a checkpoint or the scripted expert on fixed seeds"),
+    "export": ("mfp.commands.export", "main", "export a checkpoint to ONNX and torch.export with parity checks"),
+    "deploy": ("mfp.commands.deploy", "main", "run the real-time control loop against a robot bridge"),
+    "sim-arm": ("mfp.commands.sim_arm", "main", "serve a simulated Meta-World arm over the robot bridge"),
+    "bench": ("mfp.bench", "main", "benchmarks: heads, policy, envs, deploy (success: from a checkout)"),
 }
 
 
-_OWN_PACKAGES = {"policies", "encoders", "envs", "deploy", "demos", "training", "mfp"}
-
-
 def _usage() -> str:
-    lines = ["usage: mfp <command> [args...]", "", "commands:"]
+    lines = ["usage: mfp <command> [args...] [--debug]", "", "commands:"]
     lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:  # full tracebacks for the project's own errors too (hydra's switch for the same)
+        argv = [a for a in argv if a != "--debug"]
+        os.environ["HYDRA_FULL_ERROR"] = "1"
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -75,12 +93,12 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = [f"mfp {name}", *rest]
     try:
         result = getattr(module, func_name)(rest)
-    except Exception as e:
-        # Errors this package raises on purpose (bad checkpoint, dataset, spec, task ...) carry their own message and
-        # advice: print it without a traceback. Anything else is a bug and keeps its traceback.
-        if type(e).__module__.split(".")[0] not in _OWN_PACKAGES:
+    except MfpError as e:
+        # Errors this package raises on purpose (bad value, damaged file, mismatch) carry their own message and advice:
+        # one line, no traceback. Anything else is a bug and keeps its traceback.
+        if full_errors():
             raise
-        print(f"mfp {name}: {type(e).__name__}: {e}", file=sys.stderr)
+        print(one_line(f"mfp {name}", e), file=sys.stderr)
         return 2
     return int(result or 0)
 

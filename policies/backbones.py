@@ -4,18 +4,31 @@ Both backbones share one interface, ``forward(x (B, H, Da), times (B, K), cond (
 action head can run on either. Normalization is GroupNorm/LayerNorm only: the MeanFlow target needs forward-mode
 AD (``torch.func.jvp``), which BatchNorm in train mode does not support.
 """
+
 from __future__ import annotations
 
 import itertools
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 from torch import nn
 
 
+class Backbone(nn.Module):
+    """What a head needs of its network: ``forward(x (B, H, Da), times (B, K), cond (B, C)) -> (B, H, Da)`` and the
+    sizes it was built for."""
+
+    input_dim: int  # Da
+    global_cond_dim: int  # C
+    n_time_inputs: int  # K
+
+
 class SinusoidalEmbedding(nn.Module):
     """Sinusoidal features of ``scale * t``: half sines, half cosines over log-spaced frequencies in [1e-4, 1]."""
+
+    freqs: torch.Tensor
 
     def __init__(self, dim: int, scale: float) -> None:
         super().__init__()
@@ -93,7 +106,7 @@ class ConditionalResidualBlock1D(nn.Module):
         return out + self.residual(x)
 
 
-class ConditionalUnet1D(nn.Module):
+class ConditionalUnet1D(Backbone):
     """1-D convolutional U-Net over the horizon axis with FiLM conditioning (Diffusion Policy / DP3 layout).
 
     Every level but the last halves the length (stride-2 conv, ``ceil(L / 2)``) and every up level doubles it; the
@@ -149,13 +162,15 @@ class ConditionalUnet1D(nn.Module):
         film_cond = torch.cat([self.time_embed(times), cond], dim=-1)  # (B, E + C)
         h = x.transpose(1, 2)  # (B, Da, H)
         skips = []
-        for res1, res2, down in self.down_modules:
+        for level in self.down_modules:
+            res1, res2, down = cast(nn.ModuleList, level)
             h = res2(res1(h, film_cond), film_cond)
             skips.append(h)
             h = down(h)
         for mid in self.mid_modules:
             h = mid(h, film_cond)
-        for res1, res2, up in self.up_modules:
+        for level in self.up_modules:
+            res1, res2, up = cast(nn.ModuleList, level)
             skip = skips.pop()
             h = torch.cat([h[..., : skip.shape[-1]], skip], dim=1)  # upsampled length is >= the skip's
             h = res2(res1(h, film_cond), film_cond)
@@ -179,7 +194,7 @@ class FiLMResidualBlock(nn.Module):
         return h + self.mlp(self.norm(h) * (1 + scale) + bias)
 
 
-class MLPBackbone(nn.Module):
+class MLPBackbone(Backbone):
     """Residual MLP over the flattened chunk, FiLM-conditioned on ``[sum of time embeddings, global cond]``."""
 
     def __init__(

@@ -9,23 +9,26 @@ Layout::
 Loading rebuilds the model through :func:`policies.factory.build_policy` and loads strictly; any mismatch raises
 :class:`CheckpointError` naming the keys or shapes.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, cast
 
 import torch
 from omegaconf import OmegaConf
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from demos.spec import ShapeMeta, SpecError
-from policies.atomic_write import interrupted_swap, replace_dir
-from policies.config import PolicyConfig
+from core.atomic_write import interrupted_swap, replace_dir
+from core.errors import MfpError
+from core.spec import ShapeMeta, SpecError
+from policies.config import REMOVED_SETTINGS, PolicyConfig
 from policies.normalizer import NormalizerError
 from policies.policy import Policy
 
@@ -35,11 +38,13 @@ MODEL_FILE = "model.safetensors"
 NORMALIZER_FILE = "normalizer.safetensors"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(MfpError, RuntimeError):
     """A checkpoint that is missing, corrupt, or does not match the model its config describes."""
 
 
-def save_policy(policy: Policy, cfg: PolicyConfig, path: str | os.PathLike, metadata: Optional[Mapping[str, Any]] = None) -> Path:
+def save_policy(
+    policy: Policy, cfg: PolicyConfig, path: str | os.PathLike, metadata: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``policy`` to directory ``path`` atomically: a temporary sibling, swapped into place in one step."""
     path = Path(path)
     for stale in path.parent.glob(f".{path.name}.tmp-*") if path.parent.is_dir() else []:
@@ -67,8 +72,10 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_dir():
         previous = interrupted_swap(path)
         if previous is not None:
-            raise CheckpointError(f"checkpoint directory '{path}' is missing: a save was killed while replacing it; "
-                                  f"the previous checkpoint is '{previous}' (rename it to '{path.name}')")
+            raise CheckpointError(
+                f"checkpoint directory '{path}' is missing: a save was killed while replacing it; "
+                f"the previous checkpoint is '{previous}' (rename it to '{path.name}')"
+            )
         raise CheckpointError(f"checkpoint directory '{path}' does not exist; pass the directory written by training")
     if not file.is_file():
         raise CheckpointError(f"'{path}' has no {CONFIG_FILE}; is this a policy checkpoint directory?")
@@ -76,20 +83,50 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         config = json.loads(file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{file} is not valid JSON ({e}); the checkpoint is corrupt") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{file} holds a JSON {type(config).__name__}, not an object; the checkpoint is corrupt")
     version = config.get("format_version")
     if version != FORMAT_VERSION:
         raise CheckpointError(f"{file}: format_version {version!r}; this package reads version {FORMAT_VERSION}")
     for key in ("policy", "shape_meta"):
-        if key not in config:
-            raise CheckpointError(f"{file} lacks '{key}'; the checkpoint is corrupt")
+        if not isinstance(config.get(key), dict):
+            raise CheckpointError(f"{file} lacks the object '{key}'; the checkpoint is corrupt")
+    config["policy"] = asdict(policy_config_from_dict(config["policy"]))  # typed and validated, errors named
+    if not isinstance(config.get("metadata", {}), dict):
+        raise CheckpointError(f"{file}: 'metadata' must be an object; the checkpoint is corrupt")
     return config
 
 
+# Weights only the training of a removed setting used (the null condition of guidance, the auxiliary regression).
+_REMOVED_WEIGHTS = ("head.null_cond", "aux_regression.")
+
+
+def _drop_removed_settings(d: Mapping[str, Any]) -> dict[str, Any]:
+    """``d`` without the settings this version removed (``REMOVED_SETTINGS``). All but x-prediction shaped training
+    only, so a checkpoint that used them runs as it was evaluated; x-prediction changed what the network outputs."""
+    d = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in d.items()}
+    if (d.get("meanflow") or {}).get("prediction", "u") != "u":
+        raise CheckpointError(
+            "this checkpoint's MeanFlow head predicts x (policy.meanflow.prediction=x), which this version no longer "
+            f"builds: {REMOVED_SETTINGS['meanflow.prediction']}"
+        )
+    for dotted in REMOVED_SETTINGS:
+        *parents, key = dotted.split(".")
+        target: dict[str, Any] = d
+        for part in parents:
+            child = target.get(part)
+            target = child if isinstance(child, dict) else {}
+        target.pop(key, None)
+    return d
+
+
 def policy_config_from_dict(d: Mapping[str, Any]) -> PolicyConfig:
-    """Rebuild a typed :class:`PolicyConfig`; unknown keys or wrong types raise."""
+    """Rebuild a typed :class:`PolicyConfig`; unknown keys or wrong types raise (settings this version removed are
+    dropped, see ``REMOVED_SETTINGS``)."""
+    current = _drop_removed_settings(d)
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(PolicyConfig), OmegaConf.create(dict(d)))
-        return OmegaConf.to_object(merged)
+        merged = OmegaConf.merge(OmegaConf.structured(PolicyConfig), OmegaConf.create(current))
+        return cast(PolicyConfig, OmegaConf.to_object(merged))
     except Exception as e:  # omegaconf raises several error types; all mean "config does not fit the schema"
         raise CheckpointError(f"policy config does not match this package's PolicyConfig: {e}") from e
 
@@ -113,6 +150,10 @@ def load_policy(path: str | os.PathLike, device: str | torch.device = "cpu") -> 
     except NormalizerError as e:
         raise CheckpointError(f"{path / NORMALIZER_FILE}: {e}") from e
     _check_normalizer_keys(policy, path)
+    weights = {k: v for k, v in weights.items() if not k.startswith(_REMOVED_WEIGHTS)}
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"'{path / MODEL_FILE}': tensor '{bad[0]}' holds NaN or inf; the checkpoint is corrupt")
     _load_strict(policy, weights, path / MODEL_FILE)
     policy.to(device).eval()
     policy.checkpoint_metadata = config.get("metadata", {})
@@ -138,17 +179,22 @@ def _check_normalizer_keys(policy: Policy, path: Path) -> None:
     if have != expected:
         raise CheckpointError(
             f"{path / NORMALIZER_FILE}: normalizer keys {sorted(have)} do not match the policy's "
-            f"observation/action keys {sorted(expected)} (missing {sorted(expected - have)}, extra {sorted(have - expected)})"
+            f"observation/action keys {sorted(expected)} (missing {sorted(expected - have)}, "
+            f"extra {sorted(have - expected)})"
         )
     for key, spec in policy.shape_meta.obs.items():
         if spec.type == "rgb":
             continue
         n = policy.normalizer.stats(key)["min"].shape
         if n != (spec.shape[-1],):
-            raise CheckpointError(f"normalizer stats for '{key}' have shape {tuple(n)}; shape_meta needs ({spec.shape[-1]},)")
+            raise CheckpointError(
+                f"normalizer stats for '{key}' have shape {tuple(n)}; shape_meta needs ({spec.shape[-1]},)"
+            )
     a = policy.normalizer.stats("action")["min"].shape
     if a != (policy.shape_meta.action_dim,):
-        raise CheckpointError(f"normalizer stats for 'action' have shape {tuple(a)}; expected ({policy.shape_meta.action_dim},)")
+        raise CheckpointError(
+            f"normalizer stats for 'action' have shape {tuple(a)}; expected ({policy.shape_meta.action_dim},)"
+        )
 
 
 def _load_strict(policy: Policy, weights: Mapping[str, torch.Tensor], file: Path) -> None:
@@ -163,8 +209,10 @@ def _load_strict(policy: Policy, weights: Mapping[str, torch.Tensor], file: Path
         if unexpected:
             details.append(f"unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
         if wrong:
-            details.append("shape mismatch " + ", ".join(
-                f"{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:8]))
+            details.append(
+                "shape mismatch "
+                + ", ".join(f"{k}: file {tuple(weights[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:8])
+            )
         raise CheckpointError(f"'{file}' does not match the model built from config.json: " + "; ".join(details))
     full = dict(weights)
     full.update({k: v for k, v in policy.state_dict().items() if k.startswith("normalizer.")})

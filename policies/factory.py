@@ -1,37 +1,39 @@
 """The one way to build a policy from its config: used by train, eval, export and deploy alike."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict
-from typing import Mapping, Optional
 
 import numpy as np
 
-from demos.spec import ShapeMeta
+from core.spec import ShapeMeta
+from encoders.dispersive import DispersiveLoss
+from policies.backbones import Backbone, ConditionalUnet1D, MLPBackbone
 from policies.config import PolicyConfig
+from policies.heads import make_head, n_time_inputs_for
+from policies.noise_actor import NoiseActor
 from policies.normalizer import LinearNormalizer
+from policies.obs_encoder import ObservationEncoder
 from policies.policy import Policy
 
 
 def build_policy(
     cfg: PolicyConfig,
     shape_meta: ShapeMeta,
-    stats: Optional[Mapping[str, Mapping[str, np.ndarray]]] = None,
+    stats: Mapping[str, Mapping[str, np.ndarray]] | None = None,
 ) -> Policy:
     """Build encoder, backbone, head and normalizer from ``cfg``; fit the normalizer when ``stats`` is given.
 
     ``stats`` maps every low_dim/point_cloud key and ``"action"`` to ``{"min", "max"}`` arrays (from the
     training set). Without stats (e.g. when loading a checkpoint) the normalizer is filled by the loader.
     """
-    from encoders.fusion import ObservationEncoder
-    from policies.backbones import ConditionalUnet1D, MLPBackbone
-    from policies.heads import make_head, n_time_inputs_for
-
     obs_encoder = ObservationEncoder(shape_meta, cfg.n_obs_steps, **asdict(cfg.encoder))
     cond_dim = obs_encoder.output_dim
     b = cfg.backbone
     n_times = n_time_inputs_for(cfg.head)
     if b.type == "unet":
-        backbone = ConditionalUnet1D(
+        backbone: Backbone = ConditionalUnet1D(
             input_dim=shape_meta.action_dim,
             global_cond_dim=cond_dim,
             n_time_inputs=n_times,
@@ -52,23 +54,20 @@ def build_policy(
             time_embed_dim=b.time_embed_dim,
             time_scale=b.time_scale,
         )
-    head_cfg = {"meanflow": cfg.meanflow, "flow": cfg.flow, "ddpm": cfg.diffusion, "ddim": cfg.diffusion}.get(cfg.head)
-    head = make_head(cfg.head, backbone, head_cfg, horizon=cfg.horizon)
+    head = make_head(cfg.head, backbone, cfg.head_config(), horizon=cfg.horizon)
 
     normalizer = LinearNormalizer()
     if stats is not None:
         fit_normalizer(normalizer, shape_meta, stats)
 
+    noise_actor = None
+    if cfg.noise_actor_hidden > 0:
+        noise_actor = NoiseActor(
+            cond_dim, cfg.horizon, shape_meta.action_dim, cfg.noise_actor_hidden, cfg.noise_actor_bound
+        )
     dispersive = None
     if cfg.dispersive.weight > 0:
-        from encoders.dispersive import DispersiveLoss
-
         dispersive = DispersiveLoss(cfg.dispersive.variant, cfg.dispersive.temperature, cfg.dispersive.margin)
-    aux_regression = None
-    if cfg.aux_regression_weight > 0:
-        from policies.regression import AuxiliaryRegression
-
-        aux_regression = AuxiliaryRegression(cond_dim, cfg.horizon, shape_meta.action_dim)
     return Policy(
         shape_meta=shape_meta,
         obs_encoder=obs_encoder,
@@ -82,8 +81,7 @@ def build_policy(
         dispersive_layers=list(cfg.dispersive.layers),
         num_inference_steps=cfg.num_inference_steps,
         samples_per_obs=cfg.samples_per_obs,  # PolicyConfig already records 1 for heads that draw nothing
-        aux_regression=aux_regression,
-        aux_regression_weight=cfg.aux_regression_weight,
+        noise_actor=noise_actor,
     )
 
 

@@ -3,20 +3,23 @@
 An ``nn.Module`` whose statistics are buffers, so they travel in the policy's state_dict and in its
 checkpoint: a saved policy always carries the stats it was trained with.
 """
+
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 import numpy as np
 import torch
 from torch import nn
+
+from core.errors import MfpError
 
 _FIELDS = ("scale", "offset", "min", "max")
 # Ranges narrower than this are treated as constant: the key is centred, not stretched (avoids division by ~0).
 _MIN_RANGE = 1e-4
 
 
-class NormalizerError(ValueError):
+class NormalizerError(MfpError, ValueError):
     """Stats missing for a key, or stats whose shape does not match the data."""
 
 
@@ -31,14 +34,18 @@ class LinearNormalizer(nn.Module):
     def keys(self) -> list[str]:
         return list(self._keys)
 
-    def fit(self, stats: Mapping[str, Mapping[str, np.ndarray]], output_range: tuple[float, float] = (-1.0, 1.0)) -> None:
+    def fit(
+        self, stats: Mapping[str, Mapping[str, np.ndarray]], output_range: tuple[float, float] = (-1.0, 1.0)
+    ) -> None:
         """Set scale/offset from ``{key: {"min": array, "max": array}}`` (per-feature limits over the training set)."""
         lo_out, hi_out = output_range
         for key, s in stats.items():
             lo = torch.as_tensor(np.asarray(s["min"]), dtype=torch.float32)
             hi = torch.as_tensor(np.asarray(s["max"]), dtype=torch.float32)
             if lo.shape != hi.shape:
-                raise NormalizerError(f"normalizer stats for '{key}': min shape {tuple(lo.shape)} != max {tuple(hi.shape)}")
+                raise NormalizerError(
+                    f"normalizer stats for '{key}': min shape {tuple(lo.shape)} != max {tuple(hi.shape)}"
+                )
             if not (torch.isfinite(lo).all() and torch.isfinite(hi).all()):
                 raise NormalizerError(f"normalizer stats for '{key}' contain NaN or inf; check the dataset")
             rng = hi - lo
@@ -79,14 +86,15 @@ class LinearNormalizer(nn.Module):
 
     @staticmethod
     def _check_broadcast(key: str, x: torch.Tensor, scale: torch.Tensor) -> None:
-        """Stats broadcast over leading dims: (D,) over (..., D); point stats (3,) over (..., N, 3); (C,1,1) over images."""
+        """Stats broadcast over leading dims: (D,) over (..., D); points (3,) over (..., N, 3); (C,1,1) over images."""
         try:
             ok = torch.broadcast_shapes(x.shape, scale.shape) == x.shape
         except RuntimeError:
             ok = False
         if not ok:
             raise NormalizerError(
-                f"'{key}': data shape {tuple(x.shape)} does not broadcast with the normalizer's shape {tuple(scale.shape)}"
+                f"'{key}': data shape {tuple(x.shape)} does not broadcast with the normalizer's shape "
+                f"{tuple(scale.shape)}"
             )
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
@@ -112,6 +120,11 @@ class LinearNormalizer(nn.Module):
             shapes = {tuple(v.shape) for v in fields.values()}
             if len(shapes) != 1:
                 raise NormalizerError(f"normalizer entry for '{key}' has fields of different shapes {shapes}")
+            for name, value in fields.items():
+                if not torch.isfinite(value).all():
+                    raise NormalizerError(f"normalizer entry '{key}/{name}' holds NaN or inf")
+            if (fields["scale"] == 0).any():
+                raise NormalizerError(f"normalizer entry '{key}/scale' holds zeros (actions could not be unnormalized)")
             self._set(key, fields["scale"], fields["offset"], fields["min"], fields["max"])
 
 

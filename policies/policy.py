@@ -3,20 +3,28 @@
 Training calls :meth:`Policy.compute_loss`; evaluation, export and deployment call :meth:`Policy.predict_action`
 (a whole executed chunk per call) or :meth:`Policy.select_action` (one action per call, served from a queue).
 """
+
 from __future__ import annotations
 
 import contextlib
 from collections import deque
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from demos.spec import ShapeMeta, SpecError
-from encoders.dispersive import OBS_EMBEDDING, FeatureTap, regularized_loss
+from core.spec import ShapeMeta, SpecError
+from encoders.dispersive import OBS_EMBEDDING, DispersiveLoss, FeatureTap, regularized_loss
+from policies.heads.base import ActionHead
+from policies.noise_actor import NoiseActor
 from policies.normalizer import LinearNormalizer
+from policies.obs_encoder import ObservationEncoder
 
+# A normalized observation beyond this magnitude (training data spans [-1, 1]) is named when the actions blow up.
+OUT_OF_RANGE = 1e3
 
 
 class Policy(nn.Module):
@@ -29,19 +37,18 @@ class Policy(nn.Module):
     def __init__(
         self,
         shape_meta: ShapeMeta,
-        obs_encoder: nn.Module,
-        head: nn.Module,
+        obs_encoder: ObservationEncoder,
+        head: ActionHead,
         normalizer: LinearNormalizer,
         horizon: int,
         n_obs_steps: int,
         n_action_steps: int,
-        dispersive: Optional[nn.Module] = None,
+        dispersive: DispersiveLoss | None = None,
         dispersive_weight: float = 0.0,
         dispersive_layers: Sequence[str] = (OBS_EMBEDDING,),
-        num_inference_steps: Optional[int] = None,
+        num_inference_steps: int | None = None,
         samples_per_obs: int = 1,
-        aux_regression: Optional[nn.Module] = None,
-        aux_regression_weight: float = 0.0,
+        noise_actor: NoiseActor | None = None,
     ) -> None:
         super().__init__()
         if n_obs_steps - 1 + n_action_steps > horizon:
@@ -59,21 +66,11 @@ class Policy(nn.Module):
         # Training only: each encoded observation is repeated this many times in the head's loss, each copy with
         # its own noise and time draws (the encoder's gradient sums over the copies).
         self.samples_per_obs = int(samples_per_obs)
-        # Scale of the sampler's starting noise at inference: 1 = the trained distribution, 0 = one deterministic
-        # chunk per observation (the head's map of the noise origin). Set after loading, e.g. by `mfp eval`.
-        self.noise_scale = 1.0
-        # One starting noise per episode instead of a fresh draw per chunk: drawn at the first chunk after reset()
-        # and reused until the next, so successive chunks are the same draw of the policy and a multimodal policy
-        # does not switch modes between re-plans. Set after loading, e.g. by `mfp eval hold_noise=true`.
-        self.hold_noise = False
-        self._held_noise: Optional[torch.Tensor] = None
-        # Inference only: the executed chunk is the mean of this many sampler draws (normalized action space), an
-        # estimate of the learned policy's conditional mean, which is what regression predicts. It suits unimodal
-        # demonstrations (scripted experts); averaging draws of a multimodal policy mixes its modes. 1 = one draw.
-        self.average_draws = 1
+        # When present, chooses the sampler's starting noise from the observation (noise-space steering).
+        self.noise_actor = noise_actor
         # reset(seed=...) makes the episode's sampling noise a function of its seed (reproducible evaluation).
-        self._episode_seed: Optional[int] = None
-        self._episode_generator: Optional[torch.Generator] = None
+        self._episode_seed: int | None = None
+        self._episode_generator: torch.Generator | None = None
         self.dispersive_weight = float(dispersive_weight)
         self.dispersive = dispersive if self.dispersive_weight > 0 else None
         self._disperse_embedding = OBS_EMBEDDING in dispersive_layers
@@ -81,14 +78,13 @@ class Policy(nn.Module):
         if self.dispersive is not None and not (block_layers or self._disperse_embedding):
             raise ValueError("dispersive weight > 0 but no layer to regularize; set dispersive.layers")
         self._tap = FeatureTap(self, block_layers) if self.dispersive is not None and block_layers else None
-        # Training only: an auxiliary regression of the chunk from the embedding, added to the loss with this weight.
-        self.aux_regression_weight = float(aux_regression_weight)
-        self.aux_regression = aux_regression if self.aux_regression_weight > 0 else None
         self._obs_history: deque = deque(maxlen=n_obs_steps)
         self._action_queue: deque = deque()
 
     # ------------------------------------------------------------------ training
-    def compute_loss(self, batch: Mapping[str, Any], diagnostics: bool = False) -> tuple[torch.Tensor, dict[str, float]]:
+    def compute_loss(
+        self, batch: Mapping[str, Any], diagnostics: bool = False
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss on a batch ``{"obs": {key: (B, To, ...)}, "action": (B, H, Da)}`` in raw (unnormalized) units."""
         obs, actions = batch["obs"], batch["action"]
         self.shape_meta.check_obs(obs, leading_dims=2)
@@ -102,10 +98,6 @@ class Policy(nn.Module):
             k = self.samples_per_obs
             loss, metrics = self.head.compute_loss(nactions.repeat_interleave(k, 0), cond.repeat_interleave(k, 0))
         metrics = dict(metrics)
-        if self.aux_regression is not None:
-            aux = self.aux_regression.loss(cond, nactions)
-            loss = loss + self.aux_regression_weight * aux
-            metrics["aux_regression"] = float(aux.detach())
         if self.dispersive is not None:
             features = ([cond] if self._disperse_embedding else []) + block_features
             loss, disp_metrics = regularized_loss(loss, features, self.dispersive, self.dispersive_weight)
@@ -117,7 +109,7 @@ class Policy(nn.Module):
             metrics.update(collapse_metrics(cond.detach(), prefix="embedding"))
         return loss, metrics
 
-    def _capture(self):
+    def _capture(self) -> AbstractContextManager[list[torch.Tensor]]:
         """Hooks on the configured backbone blocks for the duration of one loss computation."""
         return self._tap.capture() if self._tap is not None else contextlib.nullcontext([])
 
@@ -131,6 +123,11 @@ class Policy(nn.Module):
     def _normalize_obs(self, obs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {key: self.normalizer.normalize(key, obs[key]) for key in self.shape_meta.obs}
 
+    def condition(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The head's condition ``(B, To * D)`` for raw observations ``{key: (B, To, ...)}``, with autograd."""
+        self.shape_meta.check_obs(obs, leading_dims=2)
+        return self.obs_encoder(self._normalize_obs(obs))
+
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def embed(self, obs: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -143,51 +140,69 @@ class Policy(nn.Module):
     def predict_action(
         self,
         obs: Mapping[str, Any],
-        num_steps: Optional[int] = None,
-        noise: Optional[torch.Tensor] = None,
-        generator: Optional[torch.Generator] = None,
+        num_steps: int | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
     ) -> Any:
         """Executed action chunk from an observation history.
 
         ``obs``: ``{key: (B, To, ...)}`` or unbatched ``{key: (To, ...)}``, torch tensors or numpy arrays; a longer
         history is cut to the last ``n_obs_steps``. Returns ``(B, n_action_steps, Da)`` (or ``(n_action_steps, Da)``
-        when unbatched), numpy when the input was numpy. An explicit ``noise`` is ``(B * average_draws, H, Da)``.
+        when unbatched), numpy when the input was numpy. An explicit ``noise`` is the sampler's starting noise
+        ``(B, H, Da)``; without it the noise comes from ``generator``, else the episode's (see :meth:`reset`).
         """
         missing = [k for k in self.shape_meta.obs if k not in obs]
         if missing:
             raise SpecError(f"observation is missing key(s) {missing}; expected {list(self.shape_meta.obs)}")
         first = next(iter(self.shape_meta.obs.values()))
         as_numpy = isinstance(obs[first.key], np.ndarray)
-        unbatched = obs[first.key].ndim == len(first.shape) + 1
         tensors = {}
         for key in self.shape_meta.obs:
-            x = torch.as_tensor(obs[key], device=self._device())
+            try:
+                tensors[key] = torch.as_tensor(obs[key], device=self._device())
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise SpecError(f"observation '{key}' is not a numeric array ({type(e).__name__}: {e})") from None
+        unbatched = tensors[first.key].dim() == len(first.shape) + 1
+        for key, x in tensors.items():
             x = x.unsqueeze(0) if unbatched else x
             tensors[key] = x[:, -self.n_obs_steps :] if x.dim() >= 2 else x  # keep the latest history
         self.shape_meta.check_obs(tensors, leading_dims=2)
         steps = tensors[first.key].shape[1]
         if steps != self.n_obs_steps:
             raise SpecError(f"got {steps} observation steps; this policy needs {self.n_obs_steps}")
-        cond = self.obs_encoder(self._normalize_obs(tensors))
+        normalized = self._normalize_obs(tensors)
+        cond = self.obs_encoder(normalized)
         if generator is None:
             generator = self._episode_rng(cond.device)
         n = num_steps if num_steps is not None else self.num_inference_steps
-        draws = int(self.average_draws)
-        if draws < 1:
-            raise ValueError(f"average_draws must be >= 1, got {draws}")
-        if draws > 1:  # the encoder ran once; only the head sees the repeated condition
-            cond = cond.repeat_interleave(draws, dim=0)
-        if noise is None and (self.hold_noise or self.noise_scale != 1.0):
-            noise = self.noise_scale * self._starting_noise(cond, generator)
-        naction = self.head.sample(cond, num_steps=n, noise=noise, generator=generator)  # (B * draws, H, Da)
-        if draws > 1:
-            naction = naction.unflatten(0, (-1, draws)).mean(dim=1)
+        if noise is not None:
+            noise = torch.as_tensor(noise, device=cond.device)
+            noise = noise.unsqueeze(0) if unbatched and noise.dim() == 2 else noise
+        elif self.noise_actor is not None:
+            noise = self.noise_actor(cond)
+        naction = self.head.sample(cond, num_steps=n, noise=noise, generator=generator)  # (B, H, Da)
         action = self.normalizer.unnormalize("action", naction)
+        if not torch.isfinite(action).all():
+            raise SpecError(self._why_not_finite(normalized))
         start = self.n_obs_steps - 1
         action = action[:, start : start + self.n_action_steps]
         if unbatched:
             action = action[0]
         return action.cpu().numpy() if as_numpy else action
+
+    def _why_not_finite(self, normalized: Mapping[str, torch.Tensor]) -> str:
+        """Name the observation that drove the network out of its range, when one did."""
+        for key, x in normalized.items():
+            if self.shape_meta.obs[key].type == "rgb":
+                continue
+            peak = float(x.abs().max()) if x.numel() else 0.0
+            if not peak <= OUT_OF_RANGE:  # also NaN
+                lo, hi = (self.normalizer.stats(key)[b].cpu().numpy() for b in ("min", "max"))
+                return (
+                    f"the policy produced NaN/inf actions: observation '{key}' lies far outside the range it was "
+                    f"trained on (normalized magnitude {peak:.3g}; training range min {lo.tolist()}, max {hi.tolist()})"
+                )
+        return "the policy produced NaN/inf actions from in-range observations; its weights may be damaged"
 
     @torch.no_grad()
     def select_action(self, obs: Mapping[str, Any]) -> Any:
@@ -200,27 +215,28 @@ class Policy(nn.Module):
         while len(self._obs_history) < self.n_obs_steps:
             self._obs_history.appendleft(obs)
         if not self._action_queue:
-            history = {key: _stack([o[key] for o in self._obs_history], axis=-len(spec.shape) - 1)
-                       for key, spec in self.shape_meta.obs.items()}
+            history = {
+                key: _stack([o[key] for o in self._obs_history], axis=-len(spec.shape) - 1)
+                for key, spec in self.shape_meta.obs.items()
+            }
             chunk = self.predict_action(history)  # (B, n, Da) or (n, Da)
             steps = chunk.shape[-2]
             for i in range(steps):
                 self._action_queue.append(chunk[..., i, :])
         return self._action_queue.popleft()
 
-    def reset(self, seed: Optional[int] = None) -> None:
-        """Clear the observation history, the action queue and any held noise (call at every episode start).
+    def reset(self, seed: int | None = None) -> None:
+        """Clear the observation history and the action queue (call at every episode start).
 
         With ``seed``, the episode's sampling noise is drawn from a generator seeded with it instead of torch's global
         one, so evaluating a checkpoint on fixed episode seeds gives the same actions every time, whatever the number
         of worker processes or the order of episodes (the evaluation runner passes each episode's seed)."""
         self._obs_history.clear()
         self._action_queue.clear()
-        self._held_noise = None
         self._episode_seed = None if seed is None else int(seed)
         self._episode_generator = None
 
-    def _episode_rng(self, device: torch.device) -> Optional[torch.Generator]:
+    def _episode_rng(self, device: torch.device) -> torch.Generator | None:
         """The episode's generator (made on first use, on the device the noise is drawn on); None without a seed."""
         if self._episode_seed is None:
             return None
@@ -228,14 +244,12 @@ class Policy(nn.Module):
             self._episode_generator = torch.Generator(device=device).manual_seed(self._episode_seed)
         return self._episode_generator
 
-    def _starting_noise(self, cond: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-        """A standard normal draw for the sampler; with ``hold_noise`` the episode's first draw, kept until reset()."""
-        held = self._held_noise
-        if not self.hold_noise or held is None or held.shape[0] != cond.shape[0] or held.device != cond.device:
-            held = self.head.initial_noise(cond, None, generator)
-        if self.hold_noise:
-            self._held_noise = held
-        return held
+    def starting_noise(self, batch: int = 1) -> torch.Tensor:
+        """A draw of the sampler's starting noise ``(batch, H, Da)`` from the episode's generator (see :meth:`reset`),
+        e.g. to hold one draw for a whole episode."""
+        device = self._device()
+        shape = (batch, self.horizon, self.shape_meta.action_dim)
+        return torch.randn(shape, generator=self._episode_rng(device), device=device)
 
     def _device(self) -> torch.device:
         for p in self.parameters():

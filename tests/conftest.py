@@ -1,4 +1,5 @@
 """Shared test set-up: headless rendering, offline wandb, and small real objects built through public APIs."""
+
 from __future__ import annotations
 
 import os
@@ -12,15 +13,20 @@ import numpy as np
 import pytest
 import torch
 
-from demos.spec import ShapeMeta
+from core.spec import ShapeMeta
 
 
 @pytest.fixture
 def small_shape_meta() -> ShapeMeta:
-    return ShapeMeta.from_dict({
-        "obs": {"point_cloud": {"type": "point_cloud", "shape": [64, 3]}, "agent_pos": {"type": "low_dim", "shape": [4]}},
-        "action": {"shape": [4]},
-    })
+    return ShapeMeta.from_dict(
+        {
+            "obs": {
+                "point_cloud": {"type": "point_cloud", "shape": [64, 3]},
+                "agent_pos": {"type": "low_dim", "shape": [4]},
+            },
+            "action": {"shape": [4]},
+        }
+    )
 
 
 def random_stats(shape_meta: ShapeMeta, seed: int = 0) -> dict:

@@ -1,4 +1,5 @@
 """`mfp bench heads` runs end to end at a tiny size and writes every figure it prints."""
+
 from __future__ import annotations
 
 import json
@@ -8,9 +9,32 @@ from mfp.bench import heads as bench
 
 def test_bench_heads_tiny_run_writes_all_figures(tmp_path, capsys) -> None:
     out = tmp_path / "heads.json"
-    argv = ["--backbone", "mlp", "--hidden-dim", "16", "--n-layers", "1", "--calls", "3", "--warmup", "1",
-            "--train-steps", "2", "--train-batch", "8", "--toy-steps", "3", "--toy-hidden", "16", "--toy-layers", "1",
-            "--toy-samples", "8", "--out", str(out)]
+    argv = [
+        "--backbone",
+        "mlp",
+        "--hidden-dim",
+        "16",
+        "--n-layers",
+        "1",
+        "--calls",
+        "3",
+        "--warmup",
+        "1",
+        "--train-steps",
+        "2",
+        "--train-batch",
+        "8",
+        "--toy-steps",
+        "3",
+        "--toy-hidden",
+        "16",
+        "--toy-layers",
+        "1",
+        "--toy-samples",
+        "8",
+        "--out",
+        str(out),
+    ]
     assert bench.main(argv) == 0
     result = json.loads(out.read_text())
     assert set(result["latency"]) == set(bench.METHODS)

@@ -1,4 +1,5 @@
 """`mfp bench policy`: whole policies built as `mfp train` builds them, timed on synthetic demos of the real spec."""
+
 from __future__ import annotations
 
 import json
@@ -8,14 +9,35 @@ import pytest
 import torch
 
 from mfp.bench import policy as bench
+from training.config import compose_train_config
 from training.tasks import task_shape_meta
 
 
 def test_bench_policy_tiny_run_writes_train_and_latency(tmp_path, capsys) -> None:
     out = tmp_path / "policy.json"
-    argv = ["--cases", "metaworld-cpu", "--methods", "meanflow,ddim", "--steps", "2", "--warmup", "1", "--calls", "3",
-            "--batch", "4", "--episodes", "2", "--episode-len", "12", "--out", str(out),
-            "policy.backbone.hidden_dim=32", "policy.encoder.point_hidden_dims=[16,32]", "task.num_points=64"]
+    argv = [
+        "--cases",
+        "metaworld-cpu",
+        "--methods",
+        "meanflow,ddim",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--calls",
+        "3",
+        "--batch",
+        "4",
+        "--episodes",
+        "2",
+        "--episode-len",
+        "12",
+        "--out",
+        str(out),
+        "policy.backbone.hidden_dim=32",
+        "policy.encoder.point_hidden_dims=[16,32]",
+        "task.num_points=64",
+    ]
     assert bench.main(argv) == 0
     rows = json.loads(out.read_text())["cases"]["metaworld-cpu"]
     assert set(rows) == {"meanflow", "ddim"}
@@ -29,7 +51,7 @@ def test_bench_policy_tiny_run_writes_train_and_latency(tmp_path, capsys) -> Non
 
 @pytest.mark.parametrize("case", list(bench.CASES))
 def test_every_case_composes_and_its_synthetic_demos_match_the_task_spec(case: str) -> None:
-    cfg = bench.compose([*bench.CASES[case], "output_dir=unused"])
+    cfg = compose_train_config([*bench.CASES[case], "output_dir=unused"])
     meta = bench.shape_meta_of(cfg)
     assert meta == task_shape_meta(cfg.task)  # the Meta-World fallback constants agree with the environment
     buffer = bench.synthetic_buffer(meta, episodes=2, length=5, seed=0)
@@ -40,7 +62,7 @@ def test_every_case_composes_and_its_synthetic_demos_match_the_task_spec(case: s
 
 
 def test_metaworld_fallback_spec_equals_the_environment_spec(monkeypatch) -> None:
-    cfg = bench.compose(["task=metaworld", "output_dir=unused"])
+    cfg = compose_train_config(["task=metaworld", "output_dir=unused"])
 
     def no_metaworld(task):
         raise ImportError("metaworld not installed")

@@ -1,23 +1,21 @@
 """`mfp bench success`: difficulty groups, table/aggregation logic, resume-skip of finished runs, CLI refusals, preset
 composition, robomimic tasks next to Meta-World ones (names, plans, their own report section), and (slow) the smoke
 preset end to end on a real task."""
+
 import json
+import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from envs.metaworld_env import UnknownTaskError, task_names
-from envs.metaworld_groups import GROUPS, difficulty, tasks_by_group
-from envs.runner import wilson_interval
-from mfp.bench import success as bench
-from training.provenance import code_version
-from mfp.bench.success_report import (
+from benchmarks import success as bench
+from benchmarks.success_report import (
     DM1_COLUMN,
     MP1_REPORTED,
     average_stat,
@@ -33,6 +31,10 @@ from mfp.bench.success_report import (
     success_table,
     task_stat,
 )
+from envs.metaworld.env import UnknownTaskError, task_names
+from envs.metaworld.groups import GROUPS, difficulty, tasks_by_group
+from envs.runner import wilson_interval
+from training.provenance import code_version
 
 TASK = "button-press-topdown-v3"
 
@@ -40,11 +42,27 @@ TASK = "button-press-topdown-v3"
 def result(task: str, method: str, seed: int, n_success: int, n: int = 50, **kw) -> dict:
     """One run's result as `mfp bench success` records it (Wilson interval from the runner's own function)."""
     lo, hi = wilson_interval(n_success, n)
-    base = {"task": task, "group": bench.task_group(task), "method": method, "seed": seed,
-            "nfe": 10 if method == "ddim" else 1, "status": "ok", "success": 100.0 * n_success / n,
-            "n_episodes": n, "n_success": n_success, "ci95": [100 * lo, 100 * hi], "latency_ms_p50": 1.5,
-            "latency_ms_p99": 4.0, "steps": 1200, "train_seconds": 540.0, "steps_per_s": 2.2,
-            "eval_seconds": 60.0, "wall_seconds": 630.0, "resumed": False, "run_dir": f"x/{task}/{method}/seed{seed}"}
+    base = {
+        "task": task,
+        "group": bench.task_group(task),
+        "method": method,
+        "seed": seed,
+        "nfe": 10 if method == "ddim" else 1,
+        "status": "ok",
+        "success": 100.0 * n_success / n,
+        "n_episodes": n,
+        "n_success": n_success,
+        "ci95": [100 * lo, 100 * hi],
+        "latency_ms_p50": 1.5,
+        "latency_ms_p99": 4.0,
+        "steps": 1200,
+        "train_seconds": 540.0,
+        "steps_per_s": 2.2,
+        "eval_seconds": 60.0,
+        "wall_seconds": 630.0,
+        "resumed": False,
+        "run_dir": f"x/{task}/{method}/seed{seed}",
+    }
     return {**base, **kw}
 
 
@@ -69,11 +87,16 @@ def test_difficulty_groups_cover_every_metaworld_task_once():
 def two_seed_results() -> list[dict]:
     # Given out of difficulty order on purpose; method "b" lacks one run and has a failed one.
     return [
-        result("push-v3", "a", 0, 10), result("push-v3", "a", 1, 20),
-        result(TASK, "a", 0, 40), result(TASK, "a", 1, 45),
-        result("reach-v3", "a", 0, 30), result("reach-v3", "a", 1, 35),
-        result("push-v3", "b", 0, 5), result("push-v3", "b", 1, 15),
-        result(TASK, "b", 0, 50), result(TASK, "b", 1, 48),
+        result("push-v3", "a", 0, 10),
+        result("push-v3", "a", 1, 20),
+        result(TASK, "a", 0, 40),
+        result(TASK, "a", 1, 45),
+        result("reach-v3", "a", 0, 30),
+        result("reach-v3", "a", 1, 35),
+        result("push-v3", "b", 0, 5),
+        result("push-v3", "b", 1, 15),
+        result(TASK, "b", 0, 50),
+        result(TASK, "b", 1, 48),
         result("reach-v3", "b", 0, 25),
         {**result("reach-v3", "b", 1, 0), "status": "failed", "success": None},
     ]
@@ -108,8 +131,14 @@ def test_markdown_table_groups_rows_by_difficulty_with_mp1_anchors():
     header = next(line for line in lines if line.startswith("| task"))
     assert header == "| task | a (1 NFE) | b (1 NFE) | MP1 reported (v2) |"
     rows = [line.split(" | ")[0].lstrip("| ") for line in lines if line.startswith("| ") and "---" not in line][1:]
-    assert rows == [TASK, "reach-v3", "**Easy average** (2 tasks)", "push-v3", "**Hard average** (1 task)",
-                    "**All tasks** (3)"]
+    assert rows == [
+        TASK,
+        "reach-v3",
+        "**Easy average** (2 tasks)",
+        "push-v3",
+        "**Hard average** (1 task)",
+        "**All tasks** (3)",
+    ]
     easy_row = next(line for line in lines if line.startswith("| **Easy average**"))
     assert "**75.0 ± 7.1**" in easy_row and easy_row.endswith(f"| {MP1_REPORTED['easy']:.1f} |")
     assert f"| {MP1_REPORTED['hard']:.1f} |" in next(line for line in lines if "Hard average" in line)
@@ -138,13 +167,19 @@ def test_paired_comparison_uses_only_runs_both_methods_finished():
 
 def test_report_says_which_commits_trained_the_runs():
     clean = {"package": "0.1.0", "git_commit": "0123456789abcdef", "git_dirty": False}
-    runs = [result(TASK, "a", 0, 40, code=clean), result(TASK, "a", 1, 40, code=clean),
-            result(TASK, "b", 0, 40, code={**clean, "git_commit": "fedcba9876543210", "git_dirty": True}),
-            result(TASK, "b", 1, 40), result(TASK, "c", 0, 40, code={**clean, "git_commit": None}),
-            result(TASK, "c", 1, 0, status="failed")]
+    runs = [
+        result(TASK, "a", 0, 40, code=clean),
+        result(TASK, "a", 1, 40, code=clean),
+        result(TASK, "b", 0, 40, code={**clean, "git_commit": "fedcba9876543210", "git_dirty": True}),
+        result(TASK, "b", 1, 40),
+        result(TASK, "c", 0, 40, code={**clean, "git_commit": None}),
+        result(TASK, "c", 1, 0, status="failed"),
+    ]
     line = code_line(runs)
-    assert line == ("Code that trained the runs: 0123456789 (2 runs), fedcba9876 + uncommitted changes (1 run), "
-                    "no git checkout (1 run), not recorded (1 run).")
+    assert line == (
+        "Code that trained the runs: 0123456789 (2 runs), fedcba9876 + uncommitted changes (1 run), "
+        "no git checkout (1 run), not recorded (1 run)."
+    )
     assert line in report_markdown(runs, "t")
 
 
@@ -159,9 +194,15 @@ def test_bootstrap_interval_of_a_mean_lies_within_the_values(values):
 
 
 def combine(tmp_path: Path, *sources: str) -> subprocess.CompletedProcess:
-    script = Path(__file__).resolve().parents[1] / "scripts" / "combine_results.py"
-    return subprocess.run([sys.executable, str(script), str(tmp_path / "out"), *sources], capture_output=True,
-                          text=True, cwd=tmp_path)
+    root = Path(__file__).resolve().parents[1]  # the checkout: the harness is not installed
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run(
+        [sys.executable, "-m", "benchmarks.combine_results", str(tmp_path / "out"), *sources],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
 
 
 def test_combine_results_renames_variants_into_one_paired_table(tmp_path):
@@ -201,8 +242,9 @@ def test_report_and_plot_files(tmp_path):
 def _write_eval(path: Path, successes: Sequence[bool], seed0: int = 100000) -> None:
     path.mkdir(parents=True)
     episodes = [{"seed": seed0 + i, "success": s} for i, s in enumerate(successes)]
-    (path / "eval_info.json").write_text(json.dumps(
-        {"per_episode": episodes, "aggregated": {"pc_success": 100.0 * sum(successes) / len(successes)}}))
+    (path / "eval_info.json").write_text(
+        json.dumps({"per_episode": episodes, "aggregated": {"pc_success": 100.0 * sum(successes) / len(successes)}})
+    )
 
 
 def test_best_of_periodic_pools_the_final_eval_on_the_periodic_seeds(tmp_path):
@@ -242,13 +284,23 @@ def finish_run(run) -> None:
     run.out_dir.mkdir(parents=True, exist_ok=True)
     (run.out_dir / "config.json").write_text(json.dumps(bench.config_dict(run.config)))
     lo, hi = wilson_interval(1, 2)
-    agg = {"n_episodes": 2, "n_success": 1, "pc_success": 50.0, "ci95_low": lo, "ci95_high": hi,
-           "latency_ms_p50": 1.2, "latency_ms_p99": 3.4, "eval_s": 4.0}
+    agg = {
+        "n_episodes": 2,
+        "n_success": 1,
+        "pc_success": 50.0,
+        "ci95_low": lo,
+        "ci95_high": hi,
+        "latency_ms_p50": 1.2,
+        "latency_ms_p99": 3.4,
+        "eval_s": 4.0,
+    }
     (run.out_dir / "eval").mkdir(exist_ok=True)
-    (run.out_dir / "eval" / "eval_info.json").write_text(json.dumps(
-        {"aggregated": agg, "config": {"seeds": [100000, 100001]}}))
-    (run.out_dir / "summary.json").write_text(json.dumps(
-        {"steps": run.config.num_steps, "train_seconds": 2.0, "steps_per_s": 2.0, "eval": agg}))
+    (run.out_dir / "eval" / "eval_info.json").write_text(
+        json.dumps({"aggregated": agg, "config": {"seeds": [100000, 100001]}})
+    )
+    (run.out_dir / "summary.json").write_text(
+        json.dumps({"steps": run.config.num_steps, "train_seconds": 2.0, "steps_per_s": 2.0, "eval": agg})
+    )
 
 
 def test_finished_runs_are_skipped_and_killed_runs_resume(tmp_path):
@@ -293,7 +345,9 @@ def test_benchmark_with_every_run_finished_trains_nothing_and_writes_outputs(tmp
     assert not list(tmp_path.rglob(bench.LOG_FILE))  # no `mfp train` was started
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [(r["method"], r["status"], r["success"]) for r in saved["runs"]] == [
-        ("meanflow", "ok", 50.0), ("regression", "ok", 50.0)]
+        ("meanflow", "ok", 50.0),
+        ("regression", "ok", 50.0),
+    ]
     assert (tmp_path / "results.md").read_text().startswith("# mfp bench success --preset smoke")
     assert (tmp_path / "success.png").is_file()
 
@@ -308,15 +362,18 @@ def test_methods_must_share_one_backbone(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ CLI and presets
-@pytest.mark.parametrize("argv, message", [
-    (["--methods", "meanflw"], "known: ddim, ddpm, flow, meanflow, meanflow_dispersive, regression"),
-    (["--tasks", "stik-pull"], "did you mean: stick-pull-v3"),
-    (["--tasks", "robomimic/lfit"], "known: robomimic/lift, robomimic/can, robomimic/square"),
-    (["--preset", "nope"], "known: cpu, cpu_goal, full, robomimic, robomimic_cpu, smoke"),
-    (["seed=1"], "use --seeds"),
-    (["task=robomimic/can"], "use --tasks"),
-    (["--preset", "smoke", "batch_size"], "not key=value"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--methods", "meanflw"], "known: ddim, ddpm, flow, meanflow, meanflow_dispersive, regression"),
+        (["--tasks", "stik-pull"], "did you mean: stick-pull-v3"),
+        (["--tasks", "robomimic/lfit"], "known: robomimic/lift, robomimic/can, robomimic/square"),
+        (["--preset", "nope"], "known: cpu, cpu_goal, full, robomimic, robomimic_cpu, smoke"),
+        (["seed=1"], "use --seeds"),
+        (["task=robomimic/can"], "use --tasks"),
+        (["--preset", "smoke", "batch_size"], "not key=value"),
+    ],
+)
 def test_cli_refuses_bad_input_with_clear_errors(argv, message, capsys):
     assert bench.main([*argv, "--dry-run"]) == 2
     assert message in capsys.readouterr().err
@@ -339,8 +396,16 @@ def test_presets_compose_and_say_what_they_run(tmp_path, capsys, monkeypatch):
     assert (full.seeds, full.episodes) == ([0, 1, 2], 100)
     assert {"profile=gpu", "device=cuda"} <= set(full.overrides)
     # Composition of the full preset (one task per method here; all 50 tasks compose the same way).
-    runs = bench.plan_runs(["stick-pull-v3"], full.methods, full.seeds, full.episodes, full.num_steps,
-                           full.overrides, [], tmp_path / "full")
+    runs = bench.plan_runs(
+        ["stick-pull-v3"],
+        full.methods,
+        full.seeds,
+        full.episodes,
+        full.num_steps,
+        full.overrides,
+        [],
+        tmp_path / "full",
+    )
     assert len(runs) == 12 and {r.config.device for r in runs} == {"cuda"}
     assert {r.config.policy.backbone.down_dims[-1] for r in runs} == {2048}
 
@@ -376,8 +441,10 @@ def test_dry_run_warns_when_overrides_change_the_model_the_estimate_was_measured
     assert bench.main([*argv, "policy.backbone.type=unet", "batch_size=32", "torch_threads=1"]) == 0
     caution = capsys.readouterr().out.split("caution: ")[1]
     assert caution.startswith("policy.backbone.type, batch_size change the model")
-    assert bench.cost_overrides(["+task.num_points=1024", "profile=gpu", "eval.workers=2"]) == \
-        ["task.num_points", "profile"]
+    assert bench.cost_overrides(["+task.num_points=1024", "profile=gpu", "eval.workers=2"]) == [
+        "task.num_points",
+        "profile",
+    ]
 
 
 @pytest.mark.parametrize("name", bench.known_presets())
@@ -386,17 +453,23 @@ def test_every_preset_composes_with_one_backbone(name, tmp_path):
     preset = bench.load_preset(name)
     tasks = bench.resolve_tasks(preset.tasks)
     firsts = list({bench.is_robomimic(t): t for t in reversed(tasks)}.values())
-    runs = bench.plan_runs(firsts, preset.methods, preset.seeds[:1], preset.episodes, preset.num_steps,
-                           preset.overrides, [], tmp_path)
+    runs = bench.plan_runs(
+        firsts, preset.methods, preset.seeds[:1], preset.episodes, preset.num_steps, preset.overrides, [], tmp_path
+    )
     assert len(runs) == len(firsts) * len(preset.methods)
-    assert {r.config.task.suite for r in runs} == {"robomimic" if bench.is_robomimic(t) else "metaworld"
-                                                   for t in firsts}
+    assert {r.config.task.suite for r in runs} == {
+        "robomimic" if bench.is_robomimic(t) else "metaworld" for t in firsts
+    }
 
 
 def test_goal_preset_is_the_cpu_preset_plus_the_goal_position(tmp_path):
     cpu, goal = bench.load_preset("cpu"), bench.load_preset("cpu_goal")
-    assert (goal.tasks, goal.methods, goal.num_steps, goal.episodes) == (cpu.tasks, cpu.methods, cpu.num_steps,
-                                                                         cpu.episodes)
+    assert (goal.tasks, goal.methods, goal.num_steps, goal.episodes) == (
+        cpu.tasks,
+        cpu.methods,
+        cpu.num_steps,
+        cpu.episodes,
+    )
     runs = bench.plan_runs(["push-v3"], ["meanflow"], [0], goal.episodes, goal.num_steps, goal.overrides, [], tmp_path)
     task = runs[0].config.task
     assert task.obs_keys == ["point_cloud", "agent_pos", "goal_pos"]
@@ -413,8 +486,10 @@ def test_robomimic_task_names_resolve_to_their_config_names_and_group():
     assert bench.resolve_tasks([TASK, "robomimic/can"]) == [TASK, "robomimic/can"]
     assert {bench.task_group(t) for t in ROBOMIMIC} == {"robomimic"} and bench.task_group(TASK) == "easy"
     assert [bench.task_choice(t) for t in (TASK, "robomimic/can")] == [None, "robomimic/can"]
-    with pytest.raises(bench.BenchError, match="unknown robomimic task 'robomimic/lfit'; known: robomimic/lift, "
-                                               "robomimic/can, robomimic/square"):
+    with pytest.raises(
+        bench.BenchError,
+        match="unknown robomimic task 'robomimic/lfit'; known: robomimic/lift, robomimic/can, robomimic/square",
+    ):
         bench.resolve_tasks(["robomimic/lfit"])
     with pytest.raises(bench.BenchError, match="did you mean: stick-pull-v3.*robomimic tasks: robomimic/lift"):
         bench.resolve_tasks(["stik-pull"])
@@ -423,14 +498,20 @@ def test_robomimic_task_names_resolve_to_their_config_names_and_group():
 def test_robomimic_cpu_preset_plans_image_runs_selected_by_task_config(tmp_path, capsys):
     preset = bench.load_preset("robomimic_cpu")
     assert (preset.tasks, preset.methods, preset.seeds, preset.episodes, preset.num_steps) == (
-        ["robomimic/lift"], ["meanflow", "regression"], [0], 50, 4000)
+        ["robomimic/lift"],
+        ["meanflow", "regression"],
+        [0],
+        50,
+        4000,
+    )
     assert "profile=cpu_image" in preset.overrides and preset.estimate.seconds_per_step > 0
     assert bench.main(["--preset", "robomimic_cpu", "--out", str(tmp_path), "--dry-run"]) == 0
     plan = capsys.readouterr().out
     assert "2 runs: 2 to train" in plan and "encoder images shallow" in plan
     assert "robomimic/lift               robomimic  meanflow" in plan
-    runs = bench.plan_runs(preset.tasks, preset.methods, preset.seeds, preset.episodes, preset.num_steps,
-                           preset.overrides, [], tmp_path)
+    runs = bench.plan_runs(
+        preset.tasks, preset.methods, preset.seeds, preset.episodes, preset.num_steps, preset.overrides, [], tmp_path
+    )
     for run in runs:
         assert "task=robomimic/lift" in run.overrides and not any(o.startswith("task.env=") for o in run.overrides)
         assert run.group == "robomimic" and run.config.num_steps == 4000 and run.config.eval.episodes == 50
@@ -444,10 +525,12 @@ def test_robomimic_gpu_preset_keeps_the_resnet18_anchor(tmp_path):
     assert bench.resolve_tasks(preset.tasks) == ROBOMIMIC
     assert preset.methods == ["meanflow", "meanflow_dispersive", "ddim", "regression"]
     assert (preset.seeds, preset.episodes, preset.num_steps, preset.estimate) == ([0, 1, 2], 100, None, None)
-    runs = bench.plan_runs(["robomimic/square"], preset.methods, [0], preset.episodes, preset.num_steps,
-                           preset.overrides, [], tmp_path)
+    runs = bench.plan_runs(
+        ["robomimic/square"], preset.methods, [0], preset.episodes, preset.num_steps, preset.overrides, [], tmp_path
+    )
     assert {(r.config.device, r.config.policy.encoder.image_trunk, r.config.task.env) for r in runs} == {
-        ("cuda", "resnet18", "square")}
+        ("cuda", "resnet18", "square")
+    }
     assert {r.config.num_steps for r in runs} == {20000}  # the gpu profile's
 
 
@@ -463,8 +546,12 @@ def test_mixed_task_list_plans_each_kind_its_own_way(tmp_path, monkeypatch):
     tasks = bench.resolve_tasks(["push-v3", "lift"])
     runs = bench.plan_runs(tasks, ["meanflow", "regression"], [0, 1], 2, 4, ["profile=cpu_image"], [], tmp_path)
     # One composition per (task config choice, method), not per run.
-    assert set(keys[0]) == {(None, "meanflow"), (None, "regression"), ("robomimic/lift", "meanflow"),
-                            ("robomimic/lift", "regression")}
+    assert set(keys[0]) == {
+        (None, "meanflow"),
+        (None, "regression"),
+        ("robomimic/lift", "meanflow"),
+        ("robomimic/lift", "regression"),
+    }
     by_task = {t: [r for r in runs if r.task == t] for t in tasks}
     for run in by_task["push-v3"]:
         assert run.group == "hard" and "task.env=push-v3" in run.overrides
@@ -479,10 +566,14 @@ def test_mixed_task_list_plans_each_kind_its_own_way(tmp_path, monkeypatch):
 
 def mixed_results() -> list[dict]:
     return two_seed_results() + [
-        result("robomimic/lift", "a", 0, 45), result("robomimic/lift", "a", 1, 40),
-        result("robomimic/can", "a", 0, 20), result("robomimic/can", "a", 1, 30),
-        result("robomimic/lift", "b", 0, 10), result("robomimic/lift", "b", 1, 5),
-        result("robomimic/can", "b", 0, 0), result("robomimic/can", "b", 1, 0),
+        result("robomimic/lift", "a", 0, 45),
+        result("robomimic/lift", "a", 1, 40),
+        result("robomimic/can", "a", 0, 20),
+        result("robomimic/can", "a", 1, 30),
+        result("robomimic/lift", "b", 0, 10),
+        result("robomimic/lift", "b", 1, 5),
+        result("robomimic/can", "b", 0, 0),
+        result("robomimic/can", "b", 1, 0),
     ]
 
 
@@ -504,10 +595,19 @@ def test_report_puts_robomimic_in_its_own_section_with_dm1_anchors(tmp_path):
     assert header == f"| task | a (1 NFE) | b (1 NFE) | MP1 reported (v2) / {DM1_COLUMN} |"
     body = [line for line in lines if line.startswith("| ") and "---" not in line][1:]
     rows = [line.split(" | ")[0].lstrip("| ") for line in body]
-    assert rows == [TASK, "reach-v3", "**Easy average** (2 tasks)", "push-v3", "**Hard average** (1 task)",
-                    "**All Meta-World tasks** (3)", "*robomimic (image)*", "robomimic/lift", "robomimic/can",
-                    "**robomimic (image) average** (2 tasks)"]
-    row = dict(zip(rows, body))
+    assert rows == [
+        TASK,
+        "reach-v3",
+        "**Easy average** (2 tasks)",
+        "push-v3",
+        "**Hard average** (1 task)",
+        "**All Meta-World tasks** (3)",
+        "*robomimic (image)*",
+        "robomimic/lift",
+        "robomimic/can",
+        "**robomimic (image) average** (2 tasks)",
+    ]
+    row = dict(zip(rows, body, strict=True))
     assert row["**All Meta-World tasks** (3)"].endswith(f"| {MP1_REPORTED['all']:.1f} |")
     assert row["*robomimic (image)*"].endswith(f"| *{DM1_COLUMN}* |")
     assert row["robomimic/lift"].endswith("| ~98 |") and row["robomimic/can"].endswith("| ~80 |")
@@ -544,8 +644,16 @@ def test_gpu_runs_are_spread_over_the_visible_gpus(tmp_path, capsys, monkeypatch
     assert bench.visible_gpus() == ["2", "3"]
 
     monkeypatch.setattr(bench, "visible_gpus", lambda: ["5", "6"])
-    argv = ["--preset", "smoke", "--out", str(tmp_path / "bench"), "--workers", "2",
-            f"task.dataset={tmp_path / 'demos.zarr'}", "device=cuda"]
+    argv = [
+        "--preset",
+        "smoke",
+        "--out",
+        str(tmp_path / "bench"),
+        "--workers",
+        "2",
+        f"task.dataset={tmp_path / 'demos.zarr'}",
+        "device=cuda",
+    ]
     assert bench.main(argv) == 1
     logs = [p.read_text() for p in sorted((tmp_path / "bench").rglob(bench.LOG_FILE))]
     assert len(logs) == 2 and sorted(log.count(", GPU 5 ") for log in logs) == [0, 1]
@@ -564,7 +672,9 @@ def test_smoke_preset_end_to_end_then_resume_skips(tmp_path, capsys):
     first = capsys.readouterr().out
     saved = json.loads((out / "results.json").read_text())["runs"]
     assert [(r["method"], r["status"], r["n_episodes"], r["steps"]) for r in saved] == [
-        ("meanflow", "ok", 2, 4), ("regression", "ok", 2, 4)]
+        ("meanflow", "ok", 2, 4),
+        ("regression", "ok", 2, 4),
+    ]
     for r in saved:
         assert r["group"] == "easy" and r["latency_ms_p50"] > 0 and r["eval_seeds"] == "100000..100001"
         assert 0.0 <= r["ci95"][0] <= r["success"] <= r["ci95"][1] <= 100.0

@@ -1,11 +1,11 @@
 """Every hydra preset composes onto the typed schema, and typos fail instead of being dropped."""
+
 from importlib import resources
 
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-import training.train  # noqa: F401  (registers the train_schema node)
 from training.config import TrainConfig
 
 
@@ -53,27 +53,35 @@ def test_goal_preset_adds_the_goal_position_to_the_dp3_observation():
 
 def test_presets_exist():
     assert {"meanflow", "meanflow_dispersive", "ddim", "ddpm", "flow", "regression"} <= set(presets("policy"))
-    assert {"metaworld", "metaworld_goal", "robomimic/lift", "robomimic/can", "robomimic/square"} <= set(presets("task"))
+    assert {"metaworld", "metaworld_goal", "robomimic/lift", "robomimic/can", "robomimic/square"} <= set(
+        presets("task")
+    )
 
 
-@pytest.mark.parametrize("override, message", [
-    ("policy.hed=flow", "hed"),
-    ("policy.head=meanflw", "meanflw"),
-    ("batch_size=-1", "batch_size"),
-    ("grad_clip=0", "grad_clip"),
-    ("grad_clip=-1", "grad_clip"),
-    ("grad_clip=nan", "grad_clip"),
-    ("task.suite=libero", "libero"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("policy.hed=flow", "hed"),
+        ("policy.head=meanflw", "meanflw"),
+        ("batch_size=-1", "batch_size"),
+        ("grad_clip=0", "grad_clip"),
+        ("grad_clip=-1", "grad_clip"),
+        ("grad_clip=nan", "grad_clip"),
+        ("task.suite=libero", "libero"),
+    ],
+)
 def test_typos_and_bad_values_fail(override, message):
     with pytest.raises(Exception, match=message):
         make([override])
 
 
-@pytest.mark.parametrize("launcher, target", [
-    ("joblib_local", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
-    ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
-])
+@pytest.mark.parametrize(
+    "launcher, target",
+    [
+        ("joblib_local", "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"),
+        ("slurm", "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"),
+    ],
+)
 def test_sweep_launchers_compose_and_their_plugins_import(launcher, target):
     """The documented sweep launchers resolve to an installed plugin class (SLURM itself is not reachable here)."""
     import importlib

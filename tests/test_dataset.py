@@ -1,4 +1,5 @@
 """Sequence sampler: windows, DP padding at episode edges, splits, statistics, layout checks."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.spec import ShapeMeta, SpecError
 from demos.dataset import SequenceDataset
 from demos.replay_buffer import ReplayBuffer
-from demos.spec import ShapeMeta, SpecError
 
 N_POINTS = 6
 
@@ -30,7 +31,10 @@ def step_coded_buffer(lengths: list[int], with_image: bool = False) -> ReplayBuf
 
 
 def meta(with_image: bool = False) -> ShapeMeta:
-    obs = {"point_cloud": {"type": "point_cloud", "shape": [N_POINTS, 3]}, "agent_pos": {"type": "low_dim", "shape": [4]}}
+    obs = {
+        "point_cloud": {"type": "point_cloud", "shape": [N_POINTS, 3]},
+        "agent_pos": {"type": "low_dim", "shape": [4]},
+    }
     if with_image:
         obs["image"] = {"type": "rgb", "shape": [3, 4, 4]}
     return ShapeMeta.from_dict({"obs": obs, "action": {"shape": [4]}})
@@ -51,8 +55,12 @@ def test_padding_repeats_first_and_last_frames():
 
 
 @settings(max_examples=40, deadline=None)
-@given(lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4), horizon=st.integers(1, 6),
-       n_obs=st.integers(1, 3), n_act=st.integers(1, 4))
+@given(
+    lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4),
+    horizon=st.integers(1, 6),
+    n_obs=st.integers(1, 3),
+    n_act=st.integers(1, 4),
+)
 def test_windows_stay_inside_their_episode(lengths, horizon, n_obs, n_act):
     if n_obs - 1 + n_act > horizon:
         return
@@ -116,8 +124,9 @@ def test_stats_cover_training_episodes_per_coordinate():
     ds = SequenceDataset(rb, meta(), horizon=4, n_obs_steps=2, val_ratio=0.25, seed=0)
     stats = ds.stats()
     assert set(stats) == {"point_cloud", "agent_pos", "action"}
-    steps = np.concatenate([np.arange(rb.episode_ends[e] - rb.episode_lengths[e], rb.episode_ends[e])
-                            for e in ds.episodes])
+    steps = np.concatenate(
+        [np.arange(rb.episode_ends[e] - rb.episode_lengths[e], rb.episode_ends[e]) for e in ds.episodes]
+    )
     pts = rb["point_cloud"][steps].reshape(-1, 3)
     assert stats["point_cloud"]["min"].shape == (3,)
     np.testing.assert_allclose(stats["point_cloud"]["min"], pts.min(0))
@@ -128,15 +137,17 @@ def test_stats_cover_training_episodes_per_coordinate():
 
 def test_layout_mismatches_name_the_key():
     rb = step_coded_buffer([5])
-    wrong_points = ShapeMeta.from_dict({"obs": {"point_cloud": {"type": "point_cloud", "shape": [512, 3]}},
-                                        "action": {"shape": [4]}})
+    wrong_points = ShapeMeta.from_dict(
+        {"obs": {"point_cloud": {"type": "point_cloud", "shape": [512, 3]}}, "action": {"shape": [4]}}
+    )
     with pytest.raises(SpecError, match=r"'point_cloud' has per-step shape \(6, 3\).*expects \(512, 3\)"):
         SequenceDataset(rb, wrong_points, horizon=4)
     missing = ShapeMeta.from_dict({"obs": {"image": {"type": "rgb", "shape": [3, 4, 4]}}, "action": {"shape": [4]}})
     with pytest.raises(SpecError, match=r"lacks key\(s\) \['image'\]"):
         SequenceDataset(rb, missing, horizon=4)
-    wrong_action = ShapeMeta.from_dict({"obs": {"agent_pos": {"type": "low_dim", "shape": [4]}},
-                                        "action": {"shape": [7]}})
+    wrong_action = ShapeMeta.from_dict(
+        {"obs": {"agent_pos": {"type": "low_dim", "shape": [4]}}, "action": {"shape": [7]}}
+    )
     with pytest.raises(SpecError, match="'action'"):
         SequenceDataset(rb, wrong_action, horizon=4)
     with pytest.raises(ValueError, match="horizon"):

@@ -1,4 +1,5 @@
 """Robot bridge over real ZeroMQ sockets on 127.0.0.1: bad requests get error replies and the server keeps serving."""
+
 from __future__ import annotations
 
 import threading
@@ -52,13 +53,13 @@ def _ok(client) -> None:
 def test_bad_requests_get_error_replies_and_the_server_keeps_serving(served):
     server, client, handler = served
     bad = [
-        (b"\x80\x04\x95\x00garbage", "protocol"),                                              # a pickle header
-        (msgpack.packb({"v": PROTOCOL_VERSION, "type": "teleport"}), "protocol"),               # unknown type
+        (b"\x80\x04\x95\x00garbage", "protocol"),  # a pickle header
+        (msgpack.packb({"v": PROTOCOL_VERSION, "type": "teleport"}), "protocol"),  # unknown type
         (msgpack.packb({"v": PROTOCOL_VERSION, "type": "action", "timestamp": 0.0}), "protocol"),  # missing field
-        (encode("ack", now=0.0), "unsupported"),                                                # a reply as request
-        (b"\x00" * (100 * 1024), "protocol"),                                                   # oversized
-        (encode("action", timestamp=0.0, action=np.array([np.nan, 0.0])), "rejected"),          # refused by handler
-        (encode("hold", reason="test"), "internal"),                                            # handler crashed
+        (encode("ack", now=0.0), "unsupported"),  # a reply as request
+        (b"\x00" * (100 * 1024), "protocol"),  # oversized
+        (encode("action", timestamp=0.0, action=np.array([np.nan, 0.0])), "rejected"),  # refused by handler
+        (encode("hold", reason="test"), "internal"),  # handler crashed
     ]
     for data, code in bad:
         with pytest.raises(RemoteError) as info:

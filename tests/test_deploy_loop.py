@@ -1,4 +1,5 @@
 """Control loop end to end: a real simulated-arm process, real sockets, a tiny policy, and injected faults."""
+
 from __future__ import annotations
 
 import json
@@ -15,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+from demos.replay_buffer import ReplayBuffer
 from deploy.loop import HOLD_BAD_OBS, ActionSchedule, ControlLoop
 from deploy.recorder import EpisodeRecorder
 from deploy.robot import BridgeRobot, Robot
 from deploy.safety import SafetyLayer, SafetyLimits
-from demos.replay_buffer import ReplayBuffer
 
 REPO = Path(__file__).resolve().parents[1]
 HZ = 50.0
@@ -38,11 +39,21 @@ class SimArmProcess:
     """`mfp sim-arm` in its own process on a free loopback port."""
 
     def __init__(self, log: Path, startup_timeout_s: float = 90.0) -> None:
-        cmd = [sys.executable, "-m", "mfp.cli", "sim-arm", "port=0", "task=reach-v3", f"num_points={NUM_POINTS}",
-               f"hz={HZ}", f"command_log={log}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mfp.cli",
+            "sim-arm",
+            "port=0",
+            "task=reach-v3",
+            f"num_points={NUM_POINTS}",
+            f"hz={HZ}",
+            f"command_log={log}",
+        ]
         self.log = log
-        self.proc = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True)
+        self.proc = subprocess.Popen(
+            cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         self.lines: list[str] = []
         ready: queue.Queue = queue.Queue()
 
@@ -81,9 +92,8 @@ class SimArmProcess:
 
 def _tiny_policy(robot: Robot):
     """build_policy with a small config and a normalizer fitted on real observations of the arm."""
-    from demos.spec import ShapeMeta
-    from encoders.config import EncoderConfig
-    from policies.config import BackboneConfig, PolicyConfig
+    from core.spec import ShapeMeta
+    from policies.config import BackboneConfig, EncoderConfig, PolicyConfig
     from policies.factory import build_policy
 
     frames = []
@@ -92,19 +102,28 @@ def _tiny_policy(robot: Robot):
         time.sleep(0.02)
     pc = np.concatenate([f["point_cloud"] for f in frames])
     pos = np.stack([f["agent_pos"] for f in frames])
-    stats = {"point_cloud": {"min": pc.min(0), "max": pc.max(0)},
-             "agent_pos": {"min": pos.min(0) - 0.1, "max": pos.max(0) + 0.1},
-             "action": {"min": -np.ones(4, np.float32), "max": np.ones(4, np.float32)}}
+    stats = {
+        "point_cloud": {"min": pc.min(0), "max": pc.max(0)},
+        "agent_pos": {"min": pos.min(0) - 0.1, "max": pos.max(0) + 0.1},
+        "action": {"min": -np.ones(4, np.float32), "max": np.ones(4, np.float32)},
+    }
     cfg = PolicyConfig(
-        head="meanflow", horizon=4, n_obs_steps=2, n_action_steps=3,
+        head="meanflow",
+        horizon=4,
+        n_obs_steps=2,
+        n_action_steps=3,
         backbone=BackboneConfig(type="mlp", hidden_dim=64, n_layers=2, time_embed_dim=32),
         encoder=EncoderConfig(point_hidden_dims=[32, 64], point_out_dim=32, state_hidden_dim=32, state_out_dim=16),
     )
-    shape_meta = ShapeMeta.from_dict({
-        "obs": {"point_cloud": {"type": "point_cloud", "shape": [NUM_POINTS, 3]},
-                "agent_pos": {"type": "low_dim", "shape": [4]}},
-        "action": {"shape": [4]},
-    })
+    shape_meta = ShapeMeta.from_dict(
+        {
+            "obs": {
+                "point_cloud": {"type": "point_cloud", "shape": [NUM_POINTS, 3]},
+                "agent_pos": {"type": "low_dim", "shape": [4]},
+            },
+            "action": {"shape": [4]},
+        }
+    )
     return build_policy(cfg, shape_meta, stats).eval(), cfg
 
 
@@ -249,8 +268,16 @@ def test_nan_observation_holds_with_a_logged_reason_and_recovers(arm, robot, tin
 
 # ---------------------------------------------------------------------------------------------- `mfp deploy`
 def _deploy(checkpoint: Path, address: str, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mfp.cli", "deploy", f"checkpoint={checkpoint}", f"robot={address}", f"hz={HZ}",
-           *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mfp.cli",
+        "deploy",
+        f"checkpoint={checkpoint}",
+        f"robot={address}",
+        f"hz={HZ}",
+        *extra,
+    ]
     return subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -264,8 +291,9 @@ def checkpoint(tiny, tmp_path_factory):
 
 def test_mfp_deploy_runs_end_to_end_and_records_the_episode(arm, checkpoint, tmp_path):
     t_start = time.monotonic()
-    proc = _deploy(checkpoint, arm.address, "duration_s=2.5", f"record={tmp_path / 'run.zarr'}",
-                   f"stats={tmp_path / 'stats.json'}")
+    proc = _deploy(
+        checkpoint, arm.address, "duration_s=2.5", f"record={tmp_path / 'run.zarr'}", f"stats={tmp_path / 'stats.json'}"
+    )
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, out + err
     stats = json.loads((tmp_path / "stats.json").read_text())
@@ -287,8 +315,14 @@ def test_arm_killed_stops_deploy_with_a_clear_message(checkpoint, tmp_path):
     try:
         # timeout_s well above a starved process's reply time (0.3 s once stopped a loop on a loaded box before the
         # kill), far below the 10 s the stop must take.
-        proc = _deploy(checkpoint, own_arm.address, "duration_s=60", "timeout_s=2.0", "inference=thread",
-                       f"stats={tmp_path / 's.json'}")
+        proc = _deploy(
+            checkpoint,
+            own_arm.address,
+            "duration_s=60",
+            "timeout_s=2.0",
+            "inference=thread",
+            f"stats={tmp_path / 's.json'}",
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and proc.poll() is None:
             if sum(r["type"] == "action" for r in own_arm.records()) >= 25:

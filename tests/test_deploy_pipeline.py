@@ -1,5 +1,6 @@
 """The whole deployment path on this machine: demos → tiny trained policy → export (parity on recorded observations)
 → `mfp deploy` of the exported graph against the simulated-arm process."""
+
 from __future__ import annotations
 
 import json
@@ -9,20 +10,18 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from test_deploy_loop import HZ, NUM_POINTS, REPO, SimArmProcess, _env
 
 pytestmark = pytest.mark.slow
 
 
 def test_trained_policy_exports_and_drives_the_sim_arm(tmp_path):
-    from demos.collect import collect
     from demos.dataset import SequenceDataset
     from demos.replay_buffer import ReplayBuffer
     from deploy.export import export_policy
-    from encoders.config import EncoderConfig
+    from envs.metaworld.collect import collect
     from policies.checkpoint import save_policy
-    from policies.config import BackboneConfig, PolicyConfig
+    from policies.config import BackboneConfig, EncoderConfig, PolicyConfig
     from policies.factory import build_policy
 
     torch.set_num_threads(1)
@@ -31,10 +30,14 @@ def test_trained_policy_exports_and_drives_the_sim_arm(tmp_path):
     collect("reach-v3", 2, demos, num_points=NUM_POINTS, image_cameras=(), max_steps=100, progress=False)
     keys = ["point_cloud", "agent_pos"]
     shape_meta = ReplayBuffer.open(demos).shape_meta(keys)
-    cfg = PolicyConfig(head="meanflow", horizon=4, n_obs_steps=2, n_action_steps=3,
-                       backbone=BackboneConfig(type="mlp", hidden_dim=128, n_layers=2, time_embed_dim=32),
-                       encoder=EncoderConfig(point_hidden_dims=[32, 64], point_out_dim=32, state_hidden_dim=32,
-                                             state_out_dim=16))
+    cfg = PolicyConfig(
+        head="meanflow",
+        horizon=4,
+        n_obs_steps=2,
+        n_action_steps=3,
+        backbone=BackboneConfig(type="mlp", hidden_dim=128, n_layers=2, time_embed_dim=32),
+        encoder=EncoderConfig(point_hidden_dims=[32, 64], point_out_dim=32, state_hidden_dim=32, state_out_dim=16),
+    )
     data = SequenceDataset(demos, shape_meta, horizon=4, n_obs_steps=2, n_action_steps=3)
     policy = build_policy(cfg, shape_meta, data.stats())
     probe = data.get_batch(np.arange(0, len(data), 3))
@@ -62,8 +65,18 @@ def test_trained_policy_exports_and_drives_the_sim_arm(tmp_path):
 
     arm = SimArmProcess(tmp_path / "commands.jsonl")
     try:
-        cmd = [sys.executable, "-m", "mfp.cli", "deploy", f"checkpoint={tmp_path / 'export'}", f"robot={arm.address}",
-               f"hz={HZ}", "duration_s=3", f"stats={tmp_path / 'stats.json'}", f"record={tmp_path / 'run.zarr'}"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "mfp.cli",
+            "deploy",
+            f"checkpoint={tmp_path / 'export'}",
+            f"robot={arm.address}",
+            f"hz={HZ}",
+            "duration_s=3",
+            f"stats={tmp_path / 'stats.json'}",
+            f"record={tmp_path / 'run.zarr'}",
+        ]
         proc = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=180)
     finally:
         arm.stop()

@@ -1,4 +1,5 @@
-"""Bridge message schema: round trips, strict rejection, and a decoder that never fails with anything but ProtocolError."""
+"""Bridge message schema: round trips, strict rejection, a decoder that never fails with anything but ProtocolError."""
+
 from __future__ import annotations
 
 import msgpack
@@ -23,7 +24,12 @@ def _same_array(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 @settings(max_examples=60, deadline=None)
-@given(ts=FINITE, now=FINITE, obs=st.dictionaries(KEYS, ARRAYS, max_size=4), info=st.dictionaries(KEYS, SCALARS, max_size=4))
+@given(
+    ts=FINITE,
+    now=FINITE,
+    obs=st.dictionaries(KEYS, ARRAYS, max_size=4),
+    info=st.dictionaries(KEYS, SCALARS, max_size=4),
+)
 def test_obs_round_trip(ts, now, obs, info):
     msg = decode(encode("obs", timestamp=ts, now=now, obs=obs, info=info))
     assert msg.type == "obs" and msg["timestamp"] == ts and msg["now"] == now and msg["info"] == info
@@ -33,8 +39,10 @@ def test_obs_round_trip(ts, now, obs, info):
 
 
 @settings(max_examples=60, deadline=None)
-@given(ts=FINITE, action=hnp.arrays(st.sampled_from([np.float32, np.float64]), st.integers(1, 16),
-                                    elements=st.floats(width=32)))
+@given(
+    ts=FINITE,
+    action=hnp.arrays(st.sampled_from([np.float32, np.float64]), st.integers(1, 16), elements=st.floats(width=32)),
+)
 def test_action_round_trip_keeps_values_bit_exact(ts, action):
     msg = decode(encode("action", timestamp=ts, action=action))
     assert msg["action"].dtype == action.dtype and np.array_equal(msg["action"], action, equal_nan=True)
@@ -50,12 +58,22 @@ def test_random_bytes_raise_only_protocol_error(data):
 
 
 WIRE = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=10),
-              st.binary(max_size=16)),
-    lambda children: st.one_of(st.lists(children, max_size=4),
-                               st.dictionaries(st.sampled_from(["v", "type", "timestamp", "now", "obs", "action",
-                                                                "dtype", "shape", "data", "info", "x"]),
-                                               children, max_size=5)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**64 - 1),
+        st.floats(),
+        st.text(max_size=10),
+        st.binary(max_size=16),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4),
+        st.dictionaries(
+            st.sampled_from(["v", "type", "timestamp", "now", "obs", "action", "dtype", "shape", "data", "info", "x"]),
+            children,
+            max_size=5,
+        ),
+    ),
     max_leaves=20,
 )
 
@@ -78,21 +96,27 @@ def _raw(**fields) -> bytes:
 ARRAY_OK = {"dtype": "float32", "shape": [2], "data": np.zeros(2, np.float32).tobytes()}
 
 
-@pytest.mark.parametrize("data, needle", [
-    (_raw(type="teleport"), "unknown message type"),
-    (_raw(type="action", timestamp=1.0), "missing field(s) ['action']"),
-    (_raw(type="action", timestamp=1.0, action=ARRAY_OK, extra=1), "unknown field(s) ['extra']"),
-    (_raw(type="action", timestamp=float("nan"), action=ARRAY_OK), "must be finite"),
-    (_raw(type="action", timestamp=1.0, action={**ARRAY_OK, "dtype": "object"}), "allowed"),
-    (_raw(type="action", timestamp=1.0, action={**ARRAY_OK, "shape": [3]}), "needs 12"),
-    (_raw(type="action", timestamp=1.0, action={**ARRAY_OK, "dtype": "int32"}), "float32/float64"),
-    (_raw(type="action", timestamp=1.0, action={"dtype": "float32", "shape": [1, 2], "data": ARRAY_OK["data"]}), "1-D"),
-    (_raw(type="obs", timestamp=1.0, now=1.0, obs={"bad key!": ARRAY_OK}, info={}), "invalid key"),
-    (_raw(type="obs", timestamp=1.0, now=1.0, obs={}, info={"a": [1]}), "int, float, bool or string"),
-    (msgpack.packb({"v": 99, "type": "bye"}), "protocol version"),
-    (msgpack.packb([1, 2, 3]), "must be a msgpack map"),
-    (b"\x80\x04\x95pickle", "not a valid msgpack"),
-])
+@pytest.mark.parametrize(
+    "data, needle",
+    [
+        (_raw(type="teleport"), "unknown message type"),
+        (_raw(type="action", timestamp=1.0), "missing field(s) ['action']"),
+        (_raw(type="action", timestamp=1.0, action=ARRAY_OK, extra=1), "unknown field(s) ['extra']"),
+        (_raw(type="action", timestamp=float("nan"), action=ARRAY_OK), "must be finite"),
+        (_raw(type="action", timestamp=1.0, action={**ARRAY_OK, "dtype": "object"}), "allowed"),
+        (_raw(type="action", timestamp=1.0, action={**ARRAY_OK, "shape": [3]}), "needs 12"),
+        (_raw(type="action", timestamp=1.0, action={**ARRAY_OK, "dtype": "int32"}), "float32/float64"),
+        (
+            _raw(type="action", timestamp=1.0, action={"dtype": "float32", "shape": [1, 2], "data": ARRAY_OK["data"]}),
+            "1-D",
+        ),
+        (_raw(type="obs", timestamp=1.0, now=1.0, obs={"bad key!": ARRAY_OK}, info={}), "invalid key"),
+        (_raw(type="obs", timestamp=1.0, now=1.0, obs={}, info={"a": [1]}), "int, float, bool or string"),
+        (msgpack.packb({"v": 99, "type": "bye"}), "protocol version"),
+        (msgpack.packb([1, 2, 3]), "must be a msgpack map"),
+        (b"\x80\x04\x95pickle", "not a valid msgpack"),
+    ],
+)
 def test_schema_violations_name_the_problem(data, needle):
     with pytest.raises(ProtocolError, match=None) as info:
         decode(data)

@@ -1,4 +1,5 @@
 """RGB-D → point cloud on synthetic frames of known geometry; agrees with the simulator's back-projection."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,9 +16,20 @@ LOOK_DOWN = [[1, 0, 0, 0.1], [0, -1, 0, 0.5], [0, 0, -1, 1.0], [0, 0, 0, 1]]  # 
 
 def _config(**over) -> dict:
     cfg = {
-        "camera": {"width": W, "height": H, "fx": FX, "fy": FY, "cx": CX, "cy": CY, "depth_scale": 1000.0,
-                   "depth_trunc": 3.0, "cam_to_world": LOOK_DOWN},
-        "crop_box": [[-5, -5, -5], [5, 5, 5]], "num_points": 256, "voxel_size": 0.0,
+        "camera": {
+            "width": W,
+            "height": H,
+            "fx": FX,
+            "fy": FY,
+            "cx": CX,
+            "cy": CY,
+            "depth_scale": 1000.0,
+            "depth_trunc": 3.0,
+            "cam_to_world": LOOK_DOWN,
+        },
+        "crop_box": [[-5, -5, -5], [5, 5, 5]],
+        "num_points": 256,
+        "voxel_size": 0.0,
     }
     cfg.update(over)
     return cfg
@@ -44,7 +56,9 @@ def test_crop_voxel_and_fps_keep_the_object_and_drop_the_table():
     np.testing.assert_allclose(cloud[:, 2], 0.3, atol=1e-5)  # only the box top survives the crop
     # FPS spreads the samples over the whole box top (its extent is kept).
     x_box = (np.array([20, 39]) - CX) / FX * 0.7 + 0.1
-    assert cloud[:, 0].min() == pytest.approx(x_box[0], abs=0.02) and cloud[:, 0].max() == pytest.approx(x_box[1], abs=0.02)
+    assert cloud[:, 0].min() == pytest.approx(x_box[0], abs=0.02) and cloud[:, 0].max() == pytest.approx(
+        x_box[1], abs=0.02
+    )
     # Far pixels beyond depth_trunc and zero (invalid) pixels are dropped.
     depth[:, :] = 0
     depth[0:5, 0:5] = 700

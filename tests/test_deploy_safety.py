@@ -1,4 +1,5 @@
 """Safety layer: whatever the input, no command leaving it breaks a bound, the box, or a velocity/accel/jerk limit."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,15 +15,23 @@ ROBOT_DIR = Path(__file__).resolve().parents[1] / "configs" / "robot"
 
 
 def _limits(command: str, V: float, A: float, J: float, half_box: float, scale: float = 0.01) -> SafetyLimits:
-    return SafetyLimits.from_dict({
-        "name": "test_arm", "command": command, "action_dim": 3,
-        "lower": [-1.0, -1.0, -1.0] if command == "delta" else [-half_box, -half_box, -1.0],
-        "upper": [1.0, 1.0, 1.0] if command == "delta" else [half_box, half_box, 1.0],
-        "delta_scale": scale, "position_dims": [0, 1],
-        "workspace": {"lower": [-half_box, -half_box], "upper": [half_box, half_box]},
-        "max_velocity": [V, V], "max_acceleration": [A, A], "max_jerk": [J, J],
-        "position_key": "agent_pos", "position_index": [0, 1],
-    })
+    return SafetyLimits.from_dict(
+        {
+            "name": "test_arm",
+            "command": command,
+            "action_dim": 3,
+            "lower": [-1.0, -1.0, -1.0] if command == "delta" else [-half_box, -half_box, -1.0],
+            "upper": [1.0, 1.0, 1.0] if command == "delta" else [half_box, half_box, 1.0],
+            "delta_scale": scale,
+            "position_dims": [0, 1],
+            "workspace": {"lower": [-half_box, -half_box], "upper": [half_box, half_box]},
+            "max_velocity": [V, V],
+            "max_acceleration": [A, A],
+            "max_jerk": [J, J],
+            "position_key": "agent_pos",
+            "position_index": [0, 1],
+        }
+    )
 
 
 def _check_trajectory(layer: SafetyLayer, q0: np.ndarray, outputs: list[np.ndarray]) -> None:
@@ -50,15 +59,19 @@ def _check_trajectory(layer: SafetyLayer, q0: np.ndarray, outputs: list[np.ndarr
 
 COMMANDS = st.lists(
     st.lists(st.one_of(st.floats(-1e6, 1e6), st.sampled_from([0.0, 1.0, -1.0, 1e9, -1e9])), min_size=3, max_size=3),
-    min_size=1, max_size=60,
+    min_size=1,
+    max_size=60,
 )
 
 
 @settings(max_examples=150, deadline=None)
 @given(
     command=st.sampled_from(["delta", "absolute"]),
-    V=st.floats(0.05, 3.0), A=st.floats(0.5, 50.0), J=st.floats(5.0, 1e4),
-    hz=st.sampled_from([10.0, 50.0, 100.0, 1000.0]), half_box=st.floats(0.05, 2.0),
+    V=st.floats(0.05, 3.0),
+    A=st.floats(0.5, 50.0),
+    J=st.floats(5.0, 1e4),
+    hz=st.sampled_from([10.0, 50.0, 100.0, 1000.0]),
+    half_box=st.floats(0.05, 2.0),
     start=st.lists(st.floats(-1.0, 1.0), min_size=2, max_size=2),
     commands=COMMANDS,
 )

@@ -1,4 +1,5 @@
 """Dispersive losses, the feature tap and the collapse diagnostics."""
+
 from __future__ import annotations
 
 import math
@@ -9,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from encoders.config import DISPERSIVE_VARIANTS
 from encoders.diagnostics import collapse_metrics, effective_rank, mean_pairwise_cosine, mean_pairwise_distance
 from encoders.dispersive import (
     OBS_EMBEDDING,
@@ -22,6 +22,7 @@ from encoders.dispersive import (
     regularized_loss,
 )
 from encoders.pointnet import PointNetEncoder
+from policies.config import DISPERSIVE_VARIANTS
 
 torch.set_num_threads(1)
 

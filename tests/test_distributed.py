@@ -1,5 +1,6 @@
 """Data-parallel training: 2 CPU processes on gloo must keep bit-identical parameters (gradients all-reduced),
 and would drift apart without the all-reduce (each rank sees different data)."""
+
 import os
 import socket
 
@@ -7,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from conftest import random_stats
-from demos.spec import ShapeMeta
+
+from core.spec import ShapeMeta
 from policies.config import BackboneConfig, EncoderConfig, PolicyConfig
 from training.config import EvalConfig, TrainConfig, WandbConfig
 from training.tasks import TaskData
@@ -25,23 +26,49 @@ class SyntheticSequences:
         return random_stats(self.shape_meta)
 
     def sample_batch(self, rng: np.random.Generator, batch_size: int):
-        obs = {k: rng.random((batch_size, self.n_obs_steps, *s.shape), dtype=np.float32) for k, s in self.shape_meta.obs.items()}
-        return {"obs": obs, "action": rng.random((batch_size, self.horizon, self.shape_meta.action_dim), dtype=np.float32)}
+        obs = {
+            k: rng.random((batch_size, self.n_obs_steps, *s.shape), dtype=np.float32)
+            for k, s in self.shape_meta.obs.items()
+        }
+        return {
+            "obs": obs,
+            "action": rng.random((batch_size, self.horizon, self.shape_meta.action_dim), dtype=np.float32),
+        }
 
 
 def make_cfg(out: str, head: str = "meanflow") -> TrainConfig:
     policy = PolicyConfig(
-        head=head, horizon=4, n_obs_steps=2, n_action_steps=3,
+        head=head,
+        horizon=4,
+        n_obs_steps=2,
+        n_action_steps=3,
         backbone=BackboneConfig(type="mlp", hidden_dim=32, n_layers=2, time_embed_dim=16),
         encoder=EncoderConfig(point_hidden_dims=[16, 32], point_out_dim=16, state_hidden_dim=16, state_out_dim=16),
     )
-    return TrainConfig(policy=policy, eval=EvalConfig(episodes=0), wandb=WandbConfig(mode="disabled"), batch_size=8,
-                       num_steps=4, warmup_steps=1, output_dir=out, checkpoint_every=100, progress=False,
-                       torch_threads=1, lr=1e-2)
+    return TrainConfig(
+        policy=policy,
+        eval=EvalConfig(episodes=0),
+        wandb=WandbConfig(mode="disabled"),
+        batch_size=8,
+        num_steps=4,
+        warmup_steps=1,
+        output_dir=out,
+        checkpoint_every=100,
+        progress=False,
+        torch_threads=1,
+        lr=1e-2,
+    )
 
 
-SHAPE_META = ShapeMeta.from_dict({"obs": {"point_cloud": {"type": "point_cloud", "shape": [32, 3]},
-                                          "agent_pos": {"type": "low_dim", "shape": [4]}}, "action": {"shape": [4]}})
+SHAPE_META = ShapeMeta.from_dict(
+    {
+        "obs": {
+            "point_cloud": {"type": "point_cloud", "shape": [32, 3]},
+            "agent_pos": {"type": "low_dim", "shape": [4]},
+        },
+        "action": {"shape": [4]},
+    }
+)
 
 
 def _synthetic_data() -> TaskData:
@@ -129,6 +156,7 @@ def test_each_torchrun_rank_trains_on_its_own_gpu(monkeypatch):
     assert single == torch.device("cuda", 0)
     # What torch.cuda.set_device (called by the trainer) checks first: a bare "cuda" is refused there.
     from torch.cuda._utils import _get_device_index
+
     assert _get_device_index(single) == 0
     with pytest.raises(ValueError, match="specified index"):
         _get_device_index(torch.device("cuda"))

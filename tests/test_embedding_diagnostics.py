@@ -1,35 +1,36 @@
-"""scripts/embedding_diagnostics.py on a saved policy and a real zarr dataset made here, and its errors."""
+"""benchmarks/embedding_diagnostics.py on a saved policy and a real zarr dataset made here, and its errors."""
+
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import random_stats
+from test_policy import tiny_config
+
+from benchmarks import embedding_diagnostics
 from demos.replay_buffer import ReplayBuffer
 from policies.checkpoint import save_policy
 from policies.factory import build_policy
-from test_policy import tiny_config
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "embedding_diagnostics.py"
-spec = importlib.util.spec_from_file_location("embedding_diagnostics", SCRIPT)
-embedding_diagnostics = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(embedding_diagnostics)
 
 
 def make_run(tmp_path: Path, shape_meta) -> Path:
     """A run folder as `mfp train` leaves it: config.json naming its dataset, and the policy checkpoint."""
     rng = np.random.default_rng(0)
     dataset = tmp_path / "demos.zarr"
-    rb = ReplayBuffer.create(dataset, {"point_cloud": ((64, 3), np.float32), "agent_pos": ((4,), np.float32),
-                                       "action": ((4,), np.float32)})
+    rb = ReplayBuffer.create(
+        dataset, {"point_cloud": ((64, 3), np.float32), "agent_pos": ((4,), np.float32), "action": ((4,), np.float32)}
+    )
     for _ in range(2):
-        rb.add_episode({"point_cloud": rng.normal(size=(12, 64, 3)).astype(np.float32),
-                        "agent_pos": rng.normal(size=(12, 4)).astype(np.float32),
-                        "action": rng.normal(size=(12, 4)).astype(np.float32)})
+        rb.add_episode(
+            {
+                "point_cloud": rng.normal(size=(12, 64, 3)).astype(np.float32),
+                "agent_pos": rng.normal(size=(12, 4)).astype(np.float32),
+                "action": rng.normal(size=(12, 4)).astype(np.float32),
+            }
+        )
     cfg = tiny_config("meanflow")
     run = tmp_path / "run"
     save_policy(build_policy(cfg, shape_meta, random_stats(shape_meta)), cfg, run / "policy")

@@ -1,4 +1,5 @@
 """Encoders: shapes/dtypes, the exact sparse max-pool backward, point-order invariance, crop augmentation, export."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,19 +9,20 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from demos.spec import AGENT_POS, IMAGE, POINT_CLOUD, ShapeMeta, SpecError
-from encoders.config import EncoderConfig
-from encoders.fusion import ObservationEncoder
+from core.spec import AGENT_POS, IMAGE, POINT_CLOUD, ShapeMeta, SpecError
 from encoders.image import ImageEncoder, load_imagenet_weights
 from encoders.pointnet import PointNetEncoder
 from encoders.state import StateEncoder
+from policies.config import EncoderConfig
+from policies.obs_encoder import ObservationEncoder
 
 torch.set_num_threads(1)
 
 
 def _meta(**obs: tuple[str, tuple[int, ...]]) -> ShapeMeta:
-    return ShapeMeta.from_dict({"obs": {k: {"type": t, "shape": list(s)} for k, (t, s) in obs.items()},
-                                "action": {"shape": [4]}})
+    return ShapeMeta.from_dict(
+        {"obs": {k: {"type": t, "shape": list(s)} for k, (t, s) in obs.items()}, "action": {"shape": [4]}}
+    )
 
 
 def _structured_cloud(n: int, p: int, channels: int = 3, seed: int = 0) -> torch.Tensor:
@@ -52,7 +54,7 @@ def test_pointnet_is_the_dp3_math() -> None:
     norms = [m for m in enc.mlp if isinstance(m, torch.nn.LayerNorm)]
     x = _structured_cloud(4, 200)
     h = x
-    for lin, norm in zip(lins, norms):
+    for lin, norm in zip(lins, norms, strict=True):
         h = torch.relu(norm(lin(h)))
     ref = enc.proj(h.max(dim=1).values)
     torch.testing.assert_close(enc(x), ref, atol=1e-6, rtol=0)
@@ -71,7 +73,7 @@ def test_sparse_backward_matches_dense(cloud: str) -> None:
     torch.testing.assert_close(ys, yd, atol=1e-6, rtol=0)
     ((ys - target) ** 2).sum().backward()
     ((yd - target) ** 2).sum().backward()
-    for (name, ps), pd in zip(sparse.named_parameters(), dense.parameters()):
+    for (name, ps), pd in zip(sparse.named_parameters(), dense.parameters(), strict=True):
         torch.testing.assert_close(ps.grad, pd.grad, atol=1e-5, rtol=1e-4, msg=f"gradient of {name}")
     torch.testing.assert_close(xs.grad, xd.grad, atol=1e-6, rtol=1e-4)
     assert (xs.grad.abs().sum(-1) == 0).float().mean() > 0.3  # most points are not critical
@@ -169,8 +171,14 @@ def test_pretrained_without_torchvision_says_what_to_do() -> None:
 
 
 def test_observation_encoder_mix_of_keys() -> None:
-    meta = _meta(**{POINT_CLOUD: ("point_cloud", (64, 6)), IMAGE: ("rgb", (3, 40, 40)),
-                    "wrist_image": ("rgb", (3, 40, 40)), AGENT_POS: ("low_dim", (9,))})
+    meta = _meta(
+        **{
+            POINT_CLOUD: ("point_cloud", (64, 6)),
+            IMAGE: ("rgb", (3, 40, 40)),
+            "wrist_image": ("rgb", (3, 40, 40)),
+            AGENT_POS: ("low_dim", (9,)),
+        }
+    )
     kwargs = dict(image_crop_shape=[36, 36], image_num_keypoints=8, image_out_dim=16)
     enc = ObservationEncoder(meta, 2, **kwargs)
     shared = ObservationEncoder(meta, 2, image_share_weights=True, **kwargs)
@@ -178,8 +186,12 @@ def test_observation_encoder_mix_of_keys() -> None:
     n_image_params = sum(p.numel() for p in ImageEncoder((3, 40, 40), (36, 36), 8, 16).parameters())
     n_enc, n_shared = (sum(p.numel() for p in m.parameters()) for m in (enc, shared))
     assert n_enc - n_shared == n_image_params
-    obs = {POINT_CLOUD: torch.randn(3, 2, 64, 6), IMAGE: torch.randint(0, 256, (3, 2, 3, 40, 40), dtype=torch.uint8),
-           "wrist_image": torch.rand(3, 2, 3, 40, 40), AGENT_POS: torch.randn(3, 2, 9)}
+    obs = {
+        POINT_CLOUD: torch.randn(3, 2, 64, 6),
+        IMAGE: torch.randint(0, 256, (3, 2, 3, 40, 40), dtype=torch.uint8),
+        "wrist_image": torch.rand(3, 2, 3, 40, 40),
+        AGENT_POS: torch.randn(3, 2, 9),
+    }
     enc.eval()
     out = enc(obs)
     assert out.shape == (3, enc.output_dim) and out.dtype == torch.float32
@@ -222,7 +234,7 @@ def _onnx_run(module: torch.nn.Module, args: tuple, path) -> list[np.ndarray]:
     assert program is not None
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     flat = [a for arg in args for a in (arg.values() if isinstance(arg, dict) else [arg])]
-    feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), flat)}
+    feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), flat, strict=True)}
     return session.run(None, feeds)
 
 
@@ -233,8 +245,10 @@ def _export_cases():
         "pointnet": lambda: (PointNetEncoder(3, [64, 128, 256], 64, "max"), (torch.rand(2, 512, 3) * 2 - 1,)),
         "pointnet_maxmean": lambda: (PointNetEncoder(6, [64, 128, 256], 64, "maxmean"), (torch.rand(2, 512, 6),)),
         "image": lambda: (ImageEncoder((3, 84, 84), (76, 76), 32, 64), (torch.rand(2, 3, 84, 84),)),
-        "image_shallow": lambda: (ImageEncoder((3, 84, 84), (76, 76), 32, 64, trunk="shallow"),
-                                  (torch.rand(2, 3, 84, 84),)),
+        "image_shallow": lambda: (
+            ImageEncoder((3, 84, 84), (76, 76), 32, 64, trunk="shallow"),
+            (torch.rand(2, 3, 84, 84),),
+        ),
         "state": lambda: (StateEncoder(9, 64, 64), (torch.randn(2, 9),)),
         "fusion": lambda: (ObservationEncoder(meta, 2), (obs,)),
     }
@@ -280,11 +294,25 @@ def test_image_weights_save_after_contiguous(image_encoder: ImageEncoder, tmp_pa
 def test_bench_encoders_runs_and_writes_json(tmp_path) -> None:
     import json
 
-    from mfp.bench.encoders import main
+    from benchmarks.encoders import main
 
     out = tmp_path / "encoders.json"
-    args = ["--out", str(out), "--calls", "3", "--warmup", "1", "--train-reps", "1", "--batch", "4",
-            "--points", "64", "--image-size", "40"]
+    args = [
+        "--out",
+        str(out),
+        "--calls",
+        "3",
+        "--warmup",
+        "1",
+        "--train-reps",
+        "1",
+        "--batch",
+        "4",
+        "--points",
+        "64",
+        "--image-size",
+        "40",
+    ]
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert set(result["latency"]) == {"pointnet", "pointnet_maxmean", "image_40", "condition_pc+state_2steps"}

@@ -1,4 +1,5 @@
 """Meta-World env, point-cloud geometry and scripted experts, on the real simulator and renderer."""
+
 from __future__ import annotations
 
 import mujoco
@@ -7,10 +8,10 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from demos.spec import AGENT_POS, FULL_STATE, GOAL_POS, IMAGE, POINT_CLOUD
+from core.spec import AGENT_POS, FULL_STATE, GOAL_POS, IMAGE, POINT_CLOUD
 from envs import pointcloud as pc
-from envs.experts import ScriptedExpert
-from envs.metaworld_env import MetaWorldEnv, UnknownTaskError, check_task, metaworld_shape_meta, task_names
+from envs.metaworld.env import MetaWorldEnv, UnknownTaskError, check_task, metaworld_shape_meta, task_names
+from envs.metaworld.expert import ScriptedExpert
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,9 @@ def test_fifty_v3_tasks_each_with_an_expert():
     assert set(names) <= set(ENV_POLICY_MAP)
 
 
-@pytest.mark.parametrize("typo, expected", [("pick-place-v2", "pick-place-v3"), ("reach", "reach-v3"),
-                                            ("drawer-opn-v3", "drawer-open-v3")])
+@pytest.mark.parametrize(
+    "typo, expected", [("pick-place-v2", "pick-place-v3"), ("reach", "reach-v3"), ("drawer-opn-v3", "drawer-open-v3")]
+)
 def test_unknown_task_lists_close_matches(typo, expected):
     with pytest.raises(UnknownTaskError, match=expected):
         check_task(typo)
@@ -72,8 +74,9 @@ def test_seed_fixes_the_variation_and_the_episode(env):
         np.testing.assert_array_equal(a0[key], b0[key])
         np.testing.assert_array_equal(a5[key], b5[key])
     # Another seed moves the object and/or the goal.
-    assert not np.allclose(a0[FULL_STATE][4:7], c0[FULL_STATE][4:7]) or \
-        not np.allclose(a0[FULL_STATE][-3:], c0[FULL_STATE][-3:])
+    assert not np.allclose(a0[FULL_STATE][4:7], c0[FULL_STATE][4:7]) or not np.allclose(
+        a0[FULL_STATE][-3:], c0[FULL_STATE][-3:]
+    )
 
 
 def test_the_first_observation_does_not_depend_on_earlier_episodes():

@@ -1,15 +1,21 @@
 """Policy API and portable checkpoints, parametrized over every registered head and both backbones."""
+
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import random_batch, random_stats
-from demos.spec import SpecError
+from safetensors.torch import load_file, save_file
+
+from core.spec import SpecError
 from policies.checkpoint import CheckpointError, load_policy, save_policy
-from policies.config import HEADS, BackboneConfig, EncoderConfig, PolicyConfig
+from policies.config import BackboneConfig, EncoderConfig, PolicyConfig
 from policies.factory import build_policy
+from policies.heads import head_names
+
+HEADS = head_names()
 
 
 def tiny_config(head: str, backbone: str = "mlp") -> PolicyConfig:
@@ -18,7 +24,9 @@ def tiny_config(head: str, backbone: str = "mlp") -> PolicyConfig:
         horizon=4,
         n_obs_steps=2,
         n_action_steps=3,
-        backbone=BackboneConfig(type=backbone, down_dims=[16, 32], hidden_dim=32, n_layers=2, time_embed_dim=16, n_groups=4),
+        backbone=BackboneConfig(
+            type=backbone, down_dims=[16, 32], hidden_dim=32, n_layers=2, time_embed_dim=16, n_groups=4
+        ),
         encoder=EncoderConfig(point_hidden_dims=[16, 32], point_out_dim=16, state_hidden_dim=16, state_out_dim=16),
     )
 
@@ -138,7 +146,7 @@ def test_corrupt_and_mismatched_checkpoints_raise_clear_errors(small_shape_meta,
 
 @pytest.mark.parametrize("jvp_mode", ["primal", "separate"])
 def test_dispersive_on_embedding_and_backbone_block_reaches_encoder(small_shape_meta, jvp_mode):
-    from encoders.config import DispersiveConfig
+    from policies.config import DispersiveConfig
 
     cfg = tiny_config("meanflow", backbone="unet")
     cfg.meanflow.jvp_mode = jvp_mode
@@ -167,7 +175,7 @@ def test_dispersive_on_embedding_and_backbone_block_reaches_encoder(small_shape_
 
 
 def test_dispersive_weight_zero_is_exactly_the_plain_loss(small_shape_meta):
-    from encoders.config import DispersiveConfig
+    from policies.config import DispersiveConfig
 
     cfg = tiny_config("meanflow")
     cfg.dispersive = DispersiveConfig(weight=0.0, layers=["obs_embedding"])
@@ -235,53 +243,6 @@ def test_samples_per_obs_is_validated_and_ignored_by_regression(small_shape_meta
     assert torch.equal(repeated.compute_loss(batch)[0], plain.compute_loss(batch)[0])
 
 
-def test_aux_regression_adds_its_weighted_loss_reaches_the_encoder_and_leaves_inference_alone(small_shape_meta, tmp_path):
-    from dataclasses import replace
-
-    for bad in (-1.0, float("nan"), float("inf")):
-        with pytest.raises(ValueError, match="aux_regression_weight"):
-            PolicyConfig(aux_regression_weight=bad)
-    cfg = replace(tiny_config("meanflow"), aux_regression_weight=0.5)
-    torch.manual_seed(0)
-    policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta))
-    torch.manual_seed(0)
-    plain = build_policy(tiny_config("meanflow"), small_shape_meta, random_stats(small_shape_meta))
-    assert plain.aux_regression is None
-    batch = random_batch(small_shape_meta, 8, 2, 4)
-
-    torch.manual_seed(1)
-    loss, metrics = policy.compute_loss(batch)
-    torch.manual_seed(1)
-    plain_loss, _ = plain.compute_loss(batch)
-    # Independent reference: squared error of the MLP's chunk against the normalized actions, summed per sample.
-    cond = policy.obs_encoder(policy._normalize_obs(batch["obs"]))
-    target = policy.normalizer.normalize("action", batch["action"])
-    pred = policy.aux_regression.net(cond).view_as(target)
-    reference = ((pred - target) ** 2).flatten(1).sum(1).mean().detach()
-    assert metrics["aux_regression"] == pytest.approx(float(reference), rel=1e-5)
-    assert float(loss) == pytest.approx(float(plain_loss) + 0.5 * float(reference), rel=1e-5)
-
-    policy.zero_grad()
-    policy.aux_regression.loss(cond, target).backward()
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.aux_regression.parameters())
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in policy.obs_encoder.parameters())
-    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in policy.head.parameters())
-
-    # Inference never runs it: the same noise gives the same actions whatever its weights, before and after a reload.
-    policy.eval()
-    obs = {k: v[:2] for k, v in batch["obs"].items()}
-    noise = torch.randn(2, cfg.horizon, small_shape_meta.action_dim)
-    a = policy.predict_action(obs, noise=noise)
-    with torch.no_grad():
-        for p in policy.aux_regression.parameters():
-            p.add_(1.0)
-    assert torch.equal(policy.predict_action(obs, noise=noise), a)
-    save_policy(policy, cfg, tmp_path / "ckpt")
-    loaded = load_policy(tmp_path / "ckpt")
-    assert loaded.aux_regression_weight == 0.5
-    assert torch.equal(loaded.predict_action(obs, noise=noise), a)
-
-
 def test_embed_is_the_condition_the_head_samples_from(small_shape_meta, monkeypatch):
     cfg = tiny_config("meanflow")
     policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta)).eval()
@@ -295,3 +256,52 @@ def test_embed_is_the_condition_the_head_samples_from(small_shape_meta, monkeypa
     assert torch.equal(z, seen[0])
     with pytest.raises(SpecError, match="point_cloud"):
         policy.embed({"agent_pos": obs["agent_pos"]})
+
+
+def test_a_checkpoint_saved_with_removed_settings_still_loads_and_acts_the_same(small_shape_meta, tmp_path):
+    """Settings dropped from this version (tried, not kept) were saved by earlier ones: their checkpoints load, with
+    the training-only weights dropped; an x-predicting head, which changed inference, is refused by name."""
+    cfg = tiny_config("meanflow")
+    policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta)).eval()
+    save_policy(policy, cfg, tmp_path / "new")
+    config = json.loads((tmp_path / "new" / "config.json").read_text())
+    config["policy"]["meanflow"].update(
+        cfg_omega=1.0,
+        cond_drop_prob=0.1,
+        fm_warmup_frac=0.5,
+        prediction="u",
+        x_t_floor=0.05,
+        jvp_tangent="conditional",
+        cond_grad="all",
+    )
+    config["policy"]["aux_regression_weight"] = 0.5
+    shutil.copytree(tmp_path / "new", tmp_path / "old")
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    weights = load_file(str(tmp_path / "old" / "model.safetensors"))
+    weights["head.null_cond"] = torch.zeros(policy.head.cond_dim)
+    weights["aux_regression.net.0.weight"] = torch.zeros(4, 4)
+    save_file(weights, str(tmp_path / "old" / "model.safetensors"))
+
+    old = load_policy(tmp_path / "old")
+    obs = random_batch(small_shape_meta, 2, cfg.n_obs_steps, cfg.horizon)["obs"]
+    noise = torch.randn(2, cfg.horizon, small_shape_meta.action_dim)
+    torch.testing.assert_close(old.predict_action(obs, noise=noise), policy.predict_action(obs, noise=noise))
+
+    config["policy"]["meanflow"]["prediction"] = "x"
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="predicts x"):
+        load_policy(tmp_path / "old")
+
+
+def test_predict_action_names_the_input_that_broke_it(small_shape_meta):
+    """Finite but huge observations (1e38) used to come back as NaN actions without a word; non-numeric values as
+    a torch TypeError."""
+    cfg = tiny_config("meanflow")
+    policy = build_policy(cfg, small_shape_meta, random_stats(small_shape_meta)).eval()
+    obs = {k: v[0].numpy() for k, v in random_batch(small_shape_meta, 1, cfg.n_obs_steps, cfg.horizon)["obs"].items()}
+    assert np.isfinite(policy.predict_action(obs)).all()
+    key = next(k for k, s in small_shape_meta.obs.items() if s.type == "low_dim")
+    with pytest.raises(SpecError, match=f"observation '{key}' lies far outside the range it was trained on"):
+        policy.predict_action({**obs, key: np.full_like(obs[key], 1e38)})
+    with pytest.raises(SpecError, match=f"observation '{key}' is not a numeric array"):
+        policy.predict_action({**obs, key: [["a", "b"]]})

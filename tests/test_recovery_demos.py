@@ -1,5 +1,6 @@
 """DART-style recovery demos: the env executes the expert's command plus correlated noise, the file records the
 command. Checked on the noise process itself, on a real robosuite Lift episode and on a real Meta-World dataset."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,12 +8,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from demos.execution_noise import ExecutionNoise
+from envs.execution_noise import ExecutionNoise
 
 
 @settings(max_examples=40, deadline=None)
-@given(std=st.floats(0.0, 2.0), corr=st.floats(0.0, 0.99), seed=st.integers(0, 2**31 - 1),
-       action=st.lists(st.floats(-1.0, 1.0), min_size=7, max_size=7))
+@given(
+    std=st.floats(0.0, 2.0),
+    corr=st.floats(0.0, 0.99),
+    seed=st.integers(0, 2**31 - 1),
+    action=st.lists(st.floats(-1.0, 1.0), min_size=7, max_size=7),
+)
 def test_noise_moves_only_translation_and_stays_in_the_action_box(std, corr, seed, action):
     a = np.asarray(action)
     noise = ExecutionNoise(std, corr, seed=seed)
@@ -33,18 +38,19 @@ def test_noise_is_seeded_correlated_and_has_the_asked_std():
     assert lag1 == pytest.approx(0.9, abs=0.03)
     with pytest.raises(ValueError, match="corr"):
         ExecutionNoise(0.1, 1.0)
-    with pytest.raises(ValueError, match="execution_noise must be >= 0"):
+    with pytest.raises(ValueError, match="execution_noise must be a finite number >= 0"):
         ExecutionNoise(float("nan"))
 
 
 @pytest.mark.parametrize("bad", [-0.1, float("nan")])
 def test_negative_or_nan_execution_noise_is_refused_before_any_env_is_built(bad, tmp_path):
-    from demos.collect import collect, main
-    from demos.collect_robomimic import collect_robomimic
+    from envs.metaworld.collect import collect
+    from envs.robosuite.collect import collect_robomimic
+    from mfp.commands.collect import main
 
-    with pytest.raises(ValueError, match="execution_noise must be >= 0"):
+    with pytest.raises(ValueError, match="execution_noise must be a finite number >= 0"):
         collect_robomimic("lift", 1, str(tmp_path / "x.hdf5"), execution_noise=bad, verbose=False)
-    with pytest.raises(ValueError, match="execution_noise must be >= 0"):
+    with pytest.raises(ValueError, match="execution_noise must be a finite number >= 0"):
         collect("reach-v3", 1, tmp_path / "x.zarr", execution_noise=bad, progress=False)
     with pytest.raises((ValueError, SystemExit)):
         main(["task=reach-v3", f"execution_noise={bad}", f"out={tmp_path / 'y.zarr'}"])
@@ -55,9 +61,9 @@ def test_recovery_demo_records_the_command_and_the_env_executed_command_plus_noi
     """Open-loop playback of the recorded labels leaves the recorded path; labels plus the same noise stream
     reproduce it exactly, so the file holds the expert's corrections of perturbed states."""
     pytest.importorskip("robosuite")
-    from demos.collect_robomimic import record_episode
-    from envs.robosuite_env import RobosuiteEnv
-    from envs.robosuite_experts import make_expert
+    from envs.robosuite.collect import record_episode
+    from envs.robosuite.env import RobosuiteEnv
+    from envs.robosuite.experts import make_expert
 
     env = RobosuiteEnv("lift", image_size=32, cameras=("agentview",))
     try:
@@ -82,9 +88,9 @@ def test_metaworld_recovery_dataset_holds_the_commands_and_refuses_mixing_with_c
     """`mfp collect task=<Meta-World task> execution_noise=S`: the zarr records the expert's commands and its
     setting; replaying the labels plus the episode's noise stream reproduces the recorded states, the labels alone
     do not; appending clean demos to it is refused."""
-    from demos.collect import collect
     from demos.replay_buffer import ReplayBuffer, ReplayBufferError
-    from envs.metaworld_env import MetaWorldEnv
+    from envs.metaworld.collect import collect
+    from envs.metaworld.env import MetaWorldEnv
 
     path = tmp_path / "reach-dart.zarr"
     args = dict(num_points=64, image_cameras=(), depth_size=64, max_steps=100, progress=False)
@@ -95,9 +101,16 @@ def test_metaworld_recovery_dataset_holds_the_commands_and_refuses_mixing_with_c
     episode = rb.get_episode(0)
     actions, recorded = episode["action"], episode["agent_pos"]
 
-    env = MetaWorldEnv("reach-v3", point_cloud_cameras=["corner2"], num_points=64, image_cameras=[], depth_size=64,
-                       max_episode_steps=100)
+    env = MetaWorldEnv(
+        "reach-v3",
+        point_cloud_cameras=["corner2"],
+        num_points=64,
+        image_cameras=[],
+        depth_size=64,
+        max_episode_steps=100,
+    )
     try:
+
         def replay(perturb) -> np.ndarray:
             obs, _ = env.reset(seed=seed)
             path_ = [obs["agent_pos"]]

@@ -1,4 +1,5 @@
 """Zarr demonstration datasets: layout, read-back, crash safety (simulated and a real SIGKILL), collection."""
+
 from __future__ import annotations
 
 import json
@@ -15,10 +16,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from demos.collect import collect
+from core.spec import ShapeMeta, SpecError
 from demos.dataset import SequenceDataset
 from demos.replay_buffer import ReplayBuffer, ReplayBufferError
-from demos.spec import ShapeMeta, SpecError
+from envs.metaworld.collect import collect
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = {"point_cloud": ((8, 3), np.float32), "agent_pos": ((4,), np.float32), "action": ((4,), np.float32)}
@@ -36,8 +37,9 @@ def make_episode(length: int, tag: float) -> dict[str, np.ndarray]:
 
 def test_create_append_reopen_load(tmp_path):
     path = tmp_path / "d.zarr"
-    rb = ReplayBuffer.create(path, KEYS, attrs={"task": "reach-v3", "obs_types": {"point_cloud": "point_cloud",
-                                                                                  "agent_pos": "low_dim"}})
+    rb = ReplayBuffer.create(
+        path, KEYS, attrs={"task": "reach-v3", "obs_types": {"point_cloud": "point_cloud", "agent_pos": "low_dim"}}
+    )
     episodes = [make_episode(n, tag) for n, tag in ((5, 1.0), (3, 2.0), (7, 3.0))]
     for i, ep in enumerate(episodes):
         rb.add_episode(ep, seed=10 + i)
@@ -129,8 +131,11 @@ def test_partial_episode_is_invisible_then_truncated(tmp_path, stage):
 
 
 @settings(max_examples=15, deadline=None)
-@given(lengths=st.lists(st.integers(1, 6), min_size=1, max_size=5), partial=st.integers(1, 6),
-       stage=st.sampled_from(["some_data", "all_data", "seed", "ends_resized"]))
+@given(
+    lengths=st.lists(st.integers(1, 6), min_size=1, max_size=5),
+    partial=st.integers(1, 6),
+    stage=st.sampled_from(["some_data", "all_data", "seed", "ends_resized"]),
+)
 def test_any_kill_point_keeps_exactly_the_complete_episodes(lengths, partial, stage):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "d.zarr"
@@ -146,8 +151,9 @@ def test_any_kill_point_keeps_exactly_the_complete_episodes(lengths, partial, st
 
 
 # ---------------------------------------------------------------------------------------------- real collection
-COLLECT_ARGS = dict(num_points=128, image_cameras=("corner2",), image_size=32, depth_size=64, max_steps=100,
-                    progress=False)
+COLLECT_ARGS = dict(
+    num_points=128, image_cameras=("corner2",), image_size=32, depth_size=64, max_steps=100, progress=False
+)
 
 
 def test_two_episode_collection_reads_back(tmp_path):
@@ -178,15 +184,16 @@ def test_two_episode_collection_reads_back(tmp_path):
     # A rerun with other settings refuses to mix them into the dataset.
     with pytest.raises(ReplayBufferError, match="num_points"):
         collect("reach-v3", 3, path, **{**COLLECT_ARGS, "num_points": 64})
-    wrong = ShapeMeta.from_dict({"obs": {"point_cloud": {"type": "point_cloud", "shape": [512, 3]}},
-                                 "action": {"shape": [4]}})
+    wrong = ShapeMeta.from_dict(
+        {"obs": {"point_cloud": {"type": "point_cloud", "shape": [512, 3]}}, "action": {"shape": [4]}}
+    )
     with pytest.raises(SpecError, match=r"'point_cloud' has per-step shape \(128, 3\)"):
         SequenceDataset(path, wrong, horizon=4)
 
 
 _KILL_SCRIPT = """
 import sys
-from demos.collect import collect
+from envs.metaworld.collect import collect
 collect("reach-v3", 4, sys.argv[1], num_points=64, image_cameras=(), depth_size=64, max_steps=100, progress=False)
 """
 
@@ -194,8 +201,13 @@ collect("reach-v3", 4, sys.argv[1], num_points=64, image_cameras=(), depth_size=
 def test_killed_collection_leaves_complete_episodes_and_rerun_finishes(tmp_path):
     path = tmp_path / "reach.zarr"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(path)], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILL_SCRIPT, str(path)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.time() + 120
         while time.time() < deadline and proc.poll() is None:
@@ -215,8 +227,9 @@ def test_killed_collection_leaves_complete_episodes_and_rerun_finishes(tmp_path)
     kept = ReplayBuffer.load(path)
     assert kept.n_steps == int(kept.episode_ends[-1]) and len(kept["action"]) == kept.n_steps
     first_episode = kept.get_episode(0)
-    summary = collect("reach-v3", 4, path, num_points=64, image_cameras=(), depth_size=64, max_steps=100,
-                      progress=False)
+    summary = collect(
+        "reach-v3", 4, path, num_points=64, image_cameras=(), depth_size=64, max_steps=100, progress=False
+    )
     assert summary["new_episodes"] == 4 - n_killed
     done = ReplayBuffer.load(path)
     assert done.n_episodes == 4
@@ -224,5 +237,9 @@ def test_killed_collection_leaves_complete_episodes_and_rerun_finishes(tmp_path)
     for key, value in first_episode.items():
         np.testing.assert_array_equal(done.get_episode(0)[key], value)
     # Rerunning the finished collection adds nothing.
-    assert collect("reach-v3", 4, path, num_points=64, image_cameras=(), depth_size=64, max_steps=100,
-                   progress=False)["new_episodes"] == 0
+    assert (
+        collect("reach-v3", 4, path, num_points=64, image_cameras=(), depth_size=64, max_steps=100, progress=False)[
+            "new_episodes"
+        ]
+        == 0
+    )

@@ -1,4 +1,5 @@
 """robomimic HDF5 reader/writer: round trips, clear errors on broken files, the training view, real collection."""
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,12 @@ from demos.robomimic_hdf5 import (  # noqa: E402
     write_robomimic,
 )
 
-ENV_ARGS = {"env_name": "Lift", "env_version": "1.5.1", "type": 1,
-            "env_kwargs": {"robots": "Panda", "camera_names": ["agentview"], "camera_heights": 8}}
+ENV_ARGS = {
+    "env_name": "Lift",
+    "env_version": "1.5.1",
+    "type": 1,
+    "env_kwargs": {"robots": "Panda", "camera_names": ["agentview"], "camera_heights": 8},
+}
 
 
 def make_demo(rng: np.random.Generator, n: int, image: int = 8, obj_dim: int = 10, seed: int = 0) -> Demo:
@@ -68,8 +73,13 @@ def demo_file(tmp_path):
     rng = np.random.default_rng(0)
     demos = [make_demo(rng, n, seed=i) for i, n in enumerate([5, 3, 7])]
     path = tmp_path / "demo.hdf5"
-    names = write_robomimic(path, demos, ENV_ARGS, masks={"train": ["demo_0", "demo_2"], "valid": ["demo_1"]},
-                            file_attrs={"creator": "test"})
+    names = write_robomimic(
+        path,
+        demos,
+        ENV_ARGS,
+        masks={"train": ["demo_0", "demo_2"], "valid": ["demo_1"]},
+        file_attrs={"creator": "test"},
+    )
     return path, demos, names
 
 
@@ -81,7 +91,7 @@ def test_round_trip_arrays_and_attributes(demo_file):
     assert f.total == 15
     assert f.masks == {"train": ["demo_0", "demo_2"], "valid": ["demo_1"]}
     assert f.file_attrs == {"creator": "test"}
-    for name, demo in zip(names, demos):
+    for name, demo in zip(names, demos, strict=True):
         assert_demo_equal(demo, f.demos[name])
 
 
@@ -100,8 +110,12 @@ def test_layout_is_robomimics(demo_file):
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lengths=st.lists(st.integers(1, 12), min_size=1, max_size=4), obj_dim=st.integers(1, 20),
-       image=st.integers(1, 10), seed=st.integers(0, 2**16))
+@given(
+    lengths=st.lists(st.integers(1, 12), min_size=1, max_size=4),
+    obj_dim=st.integers(1, 20),
+    image=st.integers(1, 10),
+    seed=st.integers(0, 2**16),
+)
 def test_round_trip_property(tmp_path_factory, lengths, obj_dim, image, seed):
     rng = np.random.default_rng(seed)
     demos = [make_demo(rng, n, image=image, obj_dim=obj_dim, seed=i) for i, n in enumerate(lengths)]
@@ -109,7 +123,7 @@ def test_round_trip_property(tmp_path_factory, lengths, obj_dim, image, seed):
     names = write_robomimic(path, demos, ENV_ARGS)
     f = read_robomimic(path)
     assert f.total == sum(lengths)
-    for name, demo in zip(names, demos):
+    for name, demo in zip(names, demos, strict=True):
         assert_demo_equal(demo, f.demos[name])
 
 
@@ -183,7 +197,7 @@ def test_replay_buffer_view_and_zarr_conversion(tmp_path, demo_file):
     assert is_robomimic_file(path) and not is_robomimic_file(tmp_path)
     rb = load_replay_buffer(path, obs_keys=["agentview_image", "object"], filter_key="train")
     assert rb.n_episodes == 2 and list(rb.episode_ends) == [5, 12] and list(rb.episode_seeds) == [0, 2]
-    assert rb.attrs["task"] == "lift" and rb.attrs["obs_types"] == {"agentview_image": "rgb", "object": "low_dim"}
+    assert rb.attrs["task"] == "Lift" and rb.attrs["obs_types"] == {"agentview_image": "rgb", "object": "low_dim"}
     ep = rb.get_episode(1)
     np.testing.assert_array_equal(ep["agentview_image"], demos[2].obs["agentview_image"].transpose(0, 3, 1, 2))
     assert ep["agentview_image"].shape == (7, 3, 8, 8) and ep["agentview_image"].dtype == np.uint8
@@ -194,7 +208,7 @@ def test_replay_buffer_view_and_zarr_conversion(tmp_path, demo_file):
     }
     n = convert_to_zarr(path, tmp_path / "d.zarr", obs_keys=["agentview_image", "object"])
     z = ReplayBuffer.load(tmp_path / "d.zarr")
-    assert n == 3 and list(z.episode_ends) == [5, 8, 15] and z.attrs["task"] == "lift"
+    assert n == 3 and list(z.episode_ends) == [5, 8, 15] and z.attrs["task"] == "Lift"
     np.testing.assert_array_equal(z.get_episode(2)["agentview_image"], ep["agentview_image"])
 
 
@@ -218,7 +232,7 @@ def test_merge_keeps_every_demo_and_its_provenance(demo_file, tmp_path):
     assert summary["total_demos"] == 5 and summary["samples"] == 15 + 10
     f = read_robomimic(out)
     assert list(f.demos) == [f"demo_{i}" for i in range(5)] and f.total == 25 and f.env_args == ENV_ARGS
-    for merged, original, source in zip(f.demos.values(), [*demos, *extra], [path] * 3 + [other] * 2):
+    for merged, original, source in zip(f.demos.values(), [*demos, *extra], [path] * 3 + [other] * 2, strict=True):
         np.testing.assert_array_equal(merged.actions, original.actions)
         np.testing.assert_array_equal(merged.obs["agentview_image"], original.obs["agentview_image"])
         np.testing.assert_array_equal(merged.next_obs["object"], original.next_obs["object"])
@@ -245,7 +259,7 @@ def test_merge_refuses_other_tasks_other_observations_and_overwriting_an_input(d
     with pytest.raises(RobomimicFormatError, match="observations"):
         merge_robomimic([path, wide], tmp_path / "out.hdf5")
     assert not (tmp_path / "out.hdf5").exists()  # checked before anything was written
-    with pytest.raises(ValueError, match="also an input"):
+    with pytest.raises(ValueError, match="input"):
         merge_robomimic([path, can], path, overwrite=True)
     assert read_robomimic(path).total == 15
 
@@ -272,7 +286,7 @@ def test_merge_of_a_truncated_demo_names_it_and_leaves_no_output(demo_file, tmp_
 def collected_lift(tmp_path_factory):
     """Two real scripted Lift demos (one 32x32 camera), collected once for this module."""
     pytest.importorskip("robosuite")
-    from demos.collect_robomimic import collect_robomimic
+    from envs.robosuite.collect import collect_robomimic
 
     out = tmp_path_factory.mktemp("collect") / "lift.hdf5"
     summary = collect_robomimic("robomimic/lift", 2, str(out), image_size=32, cameras=("agentview",), verbose=False)
@@ -292,7 +306,7 @@ def test_mfp_collect_writes_robomimic_hdf5_for_robosuite_tasks(tmp_path, monkeyp
 
 def test_collect_lift_then_replay_states_and_actions(collected_lift):
     """Real collection; then robomimic's two uses of a file: observations from ``states`` and action playback."""
-    from envs.robosuite_env import RobosuiteEnv
+    from envs.robosuite.env import RobosuiteEnv
 
     out, summary = collected_lift
     assert summary["demos"] == 2 and summary["seeds"] == [0, 1]
@@ -306,14 +320,13 @@ def test_collect_lift_then_replay_states_and_actions(collected_lift):
     env = RobosuiteEnv.from_env_args(f.env_args)
     try:
         assert env.cameras == ("agentview",) and env.image_size == 32
-        # Same model (model_seed in env_args): the flat states alone restore the episode, and the recorded
-        # actions replay it exactly. (With the model xml, MJCF's 6-digit floats make playback drift by mm.)
-        obs = env.reset_to({"states": demo.states[0]})
-        np.testing.assert_allclose(obs["object"], demo.obs["object"][0], atol=1e-5)
+        # robomimic's way: the demo's model_file and first state, then the recorded actions replay it exactly.
+        obs = env.reset_to({"states": demo.states[0], "model": demo.attrs["model_file"]})
+        np.testing.assert_array_equal(obs["object"], demo.obs["object"][0])
         for action in demo.actions:
             obs, _, terminated, _, _ = env.step(action)
         assert terminated, "open-loop playback of the recorded actions must reproduce the success"
-        np.testing.assert_allclose(obs["robot0_eef_pos"], demo.next_obs["robot0_eef_pos"][-1], atol=1e-9)
+        np.testing.assert_array_equal(obs["robot0_eef_pos"], demo.next_obs["robot0_eef_pos"][-1])
         np.testing.assert_array_equal(obs["agentview_image"].transpose(1, 2, 0), demo.next_obs["agentview_image"][-1])
     finally:
         env.close()
@@ -342,8 +355,15 @@ def test_runner_evaluates_robosuite_tasks(collected_lift, tmp_path):
 
     out, summary = collected_lift
     seed = summary["seeds"][1]
-    info = evaluate(ReplayAgent(out), "robomimic/lift", seeds=[seed], n_workers=1, out_dir=tmp_path,
-                    env_kwargs={"cameras": ("agentview",), "image_size": 32}, label="replay")
+    info = evaluate(
+        ReplayAgent(out),
+        "robomimic/lift",
+        seeds=[seed],
+        n_workers=1,
+        out_dir=tmp_path,
+        env_kwargs={"cameras": ("agentview",), "image_size": 32},
+        label="replay",
+    )
     assert info["task"] == "lift" and info["config"]["max_steps"] == 400
     assert info["aggregated"]["n_success"] == 1 and info["aggregated"]["n_agent_failures"] == 0
     assert info["per_episode"][0]["steps"] == len(read_robomimic(out).demos["demo_1"])
@@ -355,7 +375,7 @@ def test_sequence_dataset_trains_from_the_hdf5_file(collected_lift):
     import torch
 
     from demos.dataset import SequenceDataset
-    from envs.robosuite_env import robosuite_shape_meta
+    from envs.robosuite.env import robosuite_shape_meta
 
     out, summary = collected_lift
     meta = robosuite_shape_meta("lift", image_size=32, cameras=("agentview",))
@@ -363,7 +383,7 @@ def test_sequence_dataset_trains_from_the_hdf5_file(collected_lift):
     batch = ds.sample_batch(np.random.default_rng(0), 4)
     assert tuple(batch["obs"]["agentview_image"].shape) == (4, 2, 3, 32, 32)
     assert tuple(batch["obs"]["object"].shape) == (4, 2, 10) and tuple(batch["action"].shape) == (4, 8, 7)
-    assert ds.attrs["task"] == "lift"
+    assert ds.attrs["task"] == "Lift"  # robomimic's env_name, as the file records it
     first = read_robomimic(out).demos["demo_0"]
     sample = ds[0]  # the first window starts one padded frame before demo_0's first step
     image = sample["obs"]["agentview_image"]

@@ -1,4 +1,5 @@
 """Evaluation runner: scripted expert in worker processes, broken agents, history stacking, eval CLI."""
+
 from __future__ import annotations
 
 import json
@@ -10,10 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from demos.spec import ShapeMeta
-from envs.experts import ScriptedExpert
-from envs.runner import env_kwargs_from_shape_meta, evaluate, evaluate_checkpoint, load_agent, wilson_interval
-from envs.seeds import DEMO_SEED_BASE, EVAL_SEED_BASE, demo_seeds, eval_seeds, is_demo_seed
+from core.seeds import DEMO_SEED_BASE, EVAL_SEED_BASE, demo_seeds, eval_seeds, is_demo_seed
+from envs.metaworld.expert import ScriptedExpert
+from envs.runner import evaluate, wilson_interval
 
 STATE_ONLY = {"point_cloud_cameras": (), "image_cameras": ()}
 
@@ -65,8 +65,17 @@ def test_seed_ranges_are_disjoint():
 
 def test_expert_in_worker_processes_writes_eval_info_and_video(tmp_path):
     seeds = eval_seeds(3)
-    info = evaluate(ScriptedExpert("reach-v3"), "reach-v3", seeds, n_workers=2, out_dir=tmp_path, n_videos=1,
-                    max_steps=150, env_kwargs=STATE_ONLY, label="expert")
+    info = evaluate(
+        ScriptedExpert("reach-v3"),
+        "reach-v3",
+        seeds,
+        n_workers=2,
+        out_dir=tmp_path,
+        n_videos=1,
+        max_steps=150,
+        env_kwargs=STATE_ONLY,
+        label="expert",
+    )
     agg = info["aggregated"]
     assert agg["n_success"] == 3 and agg["pc_success"] == 100.0
     assert [e["seed"] for e in info["per_episode"]] == seeds
@@ -81,8 +90,10 @@ def test_expert_in_worker_processes_writes_eval_info_and_video(tmp_path):
     assert len(frames) == info["per_episode"][0]["steps"] + 1 and frames[0].shape == (256, 256, 3)
 
 
-@pytest.mark.parametrize("agent, reason", [(NaNAgent(), "NaN"), (WrongShapeAgent(), r"shape \(2, 3\)"),
-                                           (RaisingAgent(), "RuntimeError: boom")])
+@pytest.mark.parametrize(
+    "agent, reason",
+    [(NaNAgent(), "NaN"), (WrongShapeAgent(), r"shape \(2, 3\)"), (RaisingAgent(), "RuntimeError: boom")],
+)
 def test_broken_agents_fail_their_episodes_and_the_run_continues(agent, reason):
     info = evaluate(agent, "reach-v3", eval_seeds(2), n_workers=0, max_steps=20, env_kwargs=STATE_ONLY)
     assert info["aggregated"]["n_episodes"] == 2 and info["aggregated"]["n_success"] == 0
@@ -124,123 +135,31 @@ def test_wilson_interval_known_values():
     assert wilson_interval(48, 50) == pytest.approx((0.8654, 0.9890), abs=1e-4)
 
 
-def test_env_kwargs_follow_the_policy_observations():
-    sm = ShapeMeta.from_dict({"obs": {"point_cloud": {"type": "point_cloud", "shape": [256, 6]},
-                                      "image": {"type": "rgb", "shape": [3, 96, 96]},
-                                      "image_corner3": {"type": "rgb", "shape": [3, 96, 96]},
-                                      "agent_pos": {"type": "low_dim", "shape": [4]}},
-                              "action": {"shape": [4]}})
-    kw = env_kwargs_from_shape_meta(sm)
-    assert kw == {"point_cloud_cameras": ("corner2",), "num_points": 256, "use_point_color": True,
-                  "image_cameras": ("corner2", "corner3"), "image_size": 96}
-    state_only = ShapeMeta.from_dict({"obs": {"agent_pos": {"type": "low_dim", "shape": [4]}}, "action": {"shape": [4]}})
-    assert env_kwargs_from_shape_meta(state_only) == STATE_ONLY
-
-
-def test_saved_policy_is_evaluated_from_its_checkpoint(tmp_path):
-    """A real (untrained) policy saved by policies.checkpoint: task, observations and step limit come from it."""
-    cfg = _untrained_checkpoint(tmp_path / "policy")
-    info = evaluate_checkpoint(tmp_path / "policy", episodes=2, n_workers=0, out_dir=tmp_path / "eval")
-    assert info["task"] == "reach-v3" and info["aggregated"]["n_agent_failures"] == 0
-    assert [e["steps"] for e in info["per_episode"]] == [6, 6]  # the checkpoint's step limit
-    assert info["config"]["env_kwargs"]["num_points"] == 64
-    assert (tmp_path / "eval" / "eval_info.json").is_file()
-
-    # Re-planning more often: the executed part of each chunk is cut at evaluation time, never past the horizon.
-    policy = load_agent(str(tmp_path / "policy"), n_action_steps=1)
-    obs = {"point_cloud": np.zeros((2, 64, 3), np.float32), "agent_pos": np.zeros((2, 4), np.float32)}
-    assert policy.predict_action(obs).shape == (1, 4)
-    most = cfg.horizon - cfg.n_obs_steps + 1
-    with pytest.raises(ValueError, match=f"at most {most}"):
-        evaluate_checkpoint(tmp_path / "policy", episodes=1, n_workers=0, n_action_steps=most + 1)
-
-    # noise_scale=0: one deterministic chunk per observation; the default keeps sampling.
-    still = load_agent(str(tmp_path / "policy"), noise_scale=0.0)
-    assert np.array_equal(still.predict_action(obs), still.predict_action(obs))
-    sampling = load_agent(str(tmp_path / "policy"))
-    assert not np.array_equal(sampling.predict_action(obs), sampling.predict_action(obs))
-    # hold_noise: one starting noise per episode, so the same observation gives the same chunk until reset().
-    held = load_agent(str(tmp_path / "policy"), hold_noise=True)
-    first = held.predict_action(obs)
-    assert np.array_equal(first, held.predict_action(obs))
-    held.reset()
-    assert not np.array_equal(first, held.predict_action(obs))
-    for bad in (-1.0, float("nan")):
-        with pytest.raises(ValueError, match="noise_scale must be >= 0"):
-            evaluate_checkpoint(tmp_path / "policy", episodes=1, n_workers=0, noise_scale=bad, out_dir=tmp_path / "bad")
-    with pytest.raises(ValueError, match="average_draws must be >= 1"):
-        evaluate_checkpoint(tmp_path / "policy", episodes=1, n_workers=0, average_draws=0, out_dir=tmp_path / "bad")
-    assert not (tmp_path / "bad").exists()  # refused before anything was written
-
-
-def test_average_draws_runs_the_mean_of_that_many_single_draws(tmp_path):
-    """average_draws=K: the executed chunk is the mean of the K chunks its K starting noises give one by one."""
-    import torch
-
-    cfg = _untrained_checkpoint(tmp_path / "policy")
-    obs = {"point_cloud": np.random.default_rng(0).normal(size=(2, 64, 3)).astype(np.float32),
-           "agent_pos": np.zeros((2, 4), np.float32)}
-    single = load_agent(str(tmp_path / "policy"))
-    averaged = load_agent(str(tmp_path / "policy"), average_draws=3)
-    noise = torch.randn(3, cfg.horizon, 4, generator=torch.Generator().manual_seed(1))
-    one_by_one = [single.predict_action(obs, noise=noise[i : i + 1]) for i in range(3)]
-    np.testing.assert_allclose(averaged.predict_action(obs, noise=noise), np.mean(one_by_one, axis=0), atol=1e-5)
-    assert averaged.predict_action(obs).shape == single.predict_action(obs).shape
-    with pytest.raises(ValueError, match="noise must have shape"):
-        averaged.predict_action(obs, noise=noise[:1])  # one noise per draw
-
-
-def _untrained_checkpoint(path, task: str = "reach-v3", steps: int = 6):
-    """A real policy with random weights saved by policies.checkpoint (its task and step limit in the metadata)."""
-    from envs.metaworld_env import metaworld_shape_meta
-    from policies.checkpoint import save_policy
-    from policies.config import BackboneConfig, PolicyConfig
-    from policies.factory import build_policy
-
-    full = metaworld_shape_meta(task, num_points=64)
-    sm = ShapeMeta(obs={k: full.obs[k] for k in ("point_cloud", "agent_pos")}, action_dim=4)
-    cfg = PolicyConfig(backbone=BackboneConfig(type="mlp", hidden_dim=32, n_layers=2))
-    stats = {"point_cloud": {"min": -np.ones(3), "max": np.ones(3)}, "agent_pos": {"min": -np.ones(4), "max": np.ones(4)},
-             "action": {"min": -np.ones(4), "max": np.ones(4)}}
-    save_policy(build_policy(cfg, sm, stats), cfg, path, metadata={"task": {"env": task, "max_episode_steps": steps}})
-    return cfg
-
-
-def test_evaluating_a_checkpoint_twice_gives_the_same_episodes_whatever_the_workers(tmp_path):
-    """The sampler's noise is seeded by each episode's seed: fixed eval seeds fix the whole evaluation."""
-    _untrained_checkpoint(tmp_path / "policy", task="push-v3", steps=40)
-    runs = [evaluate_checkpoint(tmp_path / "policy", episodes=4, n_workers=w)["per_episode"] for w in (0, 0, 2)]
-    rewards = [[e["sum_reward"] for e in run] for run in runs]
-    assert rewards[0] == rewards[1]
-    assert rewards[0] == rewards[2]  # other processes, each with its own earlier episodes
-    assert len(set(rewards[0])) == 4  # the episodes themselves differ
-
-    policy = load_agent(str(tmp_path / "policy"))
-    obs = {"point_cloud": np.zeros((2, 64, 3), np.float32), "agent_pos": np.zeros((2, 4), np.float32)}
-    policy.reset(seed=7)
-    first = [policy.predict_action(obs) for _ in range(2)]
-    assert not np.array_equal(*first)  # a fresh draw per chunk, from the episode's stream
-    policy.reset(seed=7)
-    assert all(np.array_equal(a, policy.predict_action(obs)) for a in first)
-    policy.reset(seed=8)
-    assert not np.array_equal(first[0], policy.predict_action(obs))
-    policy.reset()  # no seed: torch's global generator, as before
-    assert not np.array_equal(policy.predict_action(obs), policy.predict_action(obs))
-
-
 def test_eval_cli_runs_the_expert(tmp_path, capsys):
-    from envs.evaluate import main
+    from mfp.cli import main as mfp
 
-    assert main(["task=reach-v3", "policy=expert", "n_episodes=2", "n_workers=1", f"out={tmp_path}",
-                 "n_videos=0", "progress=false"]) == 0
+    assert (
+        mfp(
+            [
+                "eval",
+                "task=reach-v3",
+                "policy=expert",
+                "n_episodes=2",
+                "n_workers=1",
+                f"out={tmp_path}",
+                "n_videos=0",
+                "progress=false",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "success 2/2 = 100.0 %" in out and "95 % CI" in out
     assert json.loads((tmp_path / "eval_info.json").read_text())["config"]["seeds"] == eval_seeds(2)
-    assert main(["task=reach-v2", "policy=expert", "n_episodes=1"]) == 2
+    assert mfp(["eval", "task=reach-v2", "policy=expert", "n_episodes=1"]) == 2
     assert "reach-v3" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as exit_info:  # unknown option: usage on stderr, exit code 2
-        main(["taks=reach-v3"])
-    assert exit_info.value.code == 2 and "taks" in capsys.readouterr().err
+    assert mfp(["eval", "taks=reach-v3"]) == 2  # unknown option: one line naming it, exit code 2
+    assert "taks" in capsys.readouterr().err
 
 
 def _failing_factory():

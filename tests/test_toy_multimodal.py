@@ -1,4 +1,5 @@
 """The conditional multimodal toy problem: its quality measures, and one-step MeanFlow against the alternatives."""
+
 from __future__ import annotations
 
 import pytest

@@ -5,6 +5,7 @@ We do not wrap the policy in ``DistributedDataParallel``: the training entry poi
 rank starts from rank 0's parameters and averages gradients with one flat all-reduce after ``backward()`` — correct
 for every head, and tested by checking that parameters stay bit-identical across ranks.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+
+from core.errors import ConfigError
 
 
 def world_size() -> int:
@@ -31,22 +34,29 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def parse_device(device: str, key: str = "device") -> torch.device:
+    """``device`` as a torch device, or a :class:`ConfigError` naming ``key``. Whether this machine has it is
+    :func:`resolve_device`'s question: a config may be composed here for a run on another machine."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, ValueError) as e:
+        raise ConfigError(f"{key}={device!r} is not a device torch knows (use cpu, cuda or cuda:N): {e}") from None
+
+
 def resolve_device(device: str, key: str = "device") -> torch.device:
     """The torch device for ``device``, checked before any work starts. A bare ``cuda`` gets an index: this rank's
     own GPU under torchrun (``LOCAL_RANK``; left as is, every rank of a node would land on GPU 0 and NCCL refuses
     that), GPU 0 otherwise (``torch.cuda.set_device`` needs one)."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError) as e:
-        raise ValueError(f"{key}={device!r} is not a device torch knows (use cpu, cuda or cuda:N): {e}") from None
+    dev = parse_device(device, key)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"{key}={device} but this torch ({torch.__version__}) sees no CUDA GPU; use {key}=cpu")
+            raise ConfigError(f"{key}={device} but this torch ({torch.__version__}) sees no CUDA GPU; use {key}=cpu")
         if dev.index is None:
             dev = torch.device("cuda", local_rank())
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"{key}={device} resolves to GPU {dev.index}, but only {torch.cuda.device_count()} "
-                             "GPU(s) are visible")
+            raise ConfigError(
+                f"{key}={device} resolves to GPU {dev.index}, but only {torch.cuda.device_count()} GPU(s) are visible"
+            )
     return dev
 
 
@@ -94,7 +104,7 @@ def all_reduce_gradients(model: nn.Module) -> None:
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= dist.get_world_size()
     offset = 0
-    for p, g in zip(params, grads):
+    for p, g in zip(params, grads, strict=True):
         n = g.numel()
         p.grad = flat[offset : offset + n].view_as(p).clone()
         offset += n

@@ -4,27 +4,33 @@ Holds model, EMA, optimizer and scheduler state, the step, and every RNG state (
 Written to a temporary file and renamed into place, so a run killed at any moment leaves either the previous
 complete file or the new complete file, never a torn one. Loaded with ``weights_only=True`` (no arbitrary pickle).
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from policies.atomic_write import open_atomic
+from core.atomic_write import open_atomic
+from core.errors import MfpError
 
 STATE_FILE = "train_state.pt"
 
 
-class TrainStateError(RuntimeError):
+class TrainStateError(MfpError, RuntimeError):
     pass
 
 
-def rng_state(np_rng: np.random.Generator, device: torch.device = torch.device("cpu")) -> dict[str, Any]:
+_CPU = torch.device("cpu")
+
+
+def rng_state(np_rng: np.random.Generator, device: torch.device = _CPU) -> dict[str, Any]:
     """One process's RNG states: python, the batch sampler's numpy generator, torch CPU, and ``device``'s CUDA
     generator (where training draws its noise on a GPU)."""
     state = {
@@ -37,8 +43,7 @@ def rng_state(np_rng: np.random.Generator, device: torch.device = torch.device("
     return state
 
 
-def restore_rng_state(state: dict[str, Any], np_rng: np.random.Generator,
-                      device: torch.device = torch.device("cpu")) -> None:
+def restore_rng_state(state: dict[str, Any], np_rng: np.random.Generator, device: torch.device = _CPU) -> None:
     random.setstate(_list_to_tuple(state["python"]))
     np_rng.bit_generator.state = state["numpy"]
     torch.set_rng_state(state["torch"])
@@ -72,7 +77,9 @@ def save_train_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
 def load_train_state(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise TrainStateError(f"no training state at '{path}'; start without resume=true or point output_dir at the run")
+        raise TrainStateError(
+            f"no training state at '{path}'; start without resume=true or point output_dir at the run"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated/corrupt files

@@ -1,60 +1,9 @@
-"""`mfp train`: hydra entry point. Composes configs/train.yaml onto :class:`TrainConfig`, trains, evaluates.
+"""Moved: the `mfp train` command lives in ``mfp/commands/train.py``; this module only says so."""
 
-Multi-GPU: `torchrun --nproc_per_node=N -m training.train ...` (the trainer averages gradients explicitly).
-Sweeps: `mfp train -m seed=0,1,2 hydra/launcher=joblib_local` (or `slurm`).
-"""
-from __future__ import annotations
-
-import json
 import sys
 
-import hydra
-from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
-
-from policies.atomic_write import write_text
-from training.config import TrainConfig
-
-ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-
-
-def config_from_hydra(cfg: DictConfig) -> TrainConfig:
-    """Resolve interpolations and convert to the typed dataclass (runs every __post_init__ validation)."""
-    return OmegaConf.to_object(cfg)
-
-
-@hydra.main(version_base=None, config_path="../configs", config_name="train")
-def _hydra_main(cfg: DictConfig) -> float:
-    from training import distributed
-    from training.trainer import Trainer
-
-    train_cfg = config_from_hydra(cfg)
-    trainer = Trainer(train_cfg)
-    try:
-        summary = trainer.fit()
-        if distributed.is_main():
-            print(f"[train] {summary['steps']} steps in {summary['train_seconds']:.0f} s "
-                  f"({summary['steps_per_s']:.2f} steps/s); EMA policy at {summary['policy_dir']}")
-            info = trainer.evaluate(train_cfg.eval.episodes, "eval")
-            if info is not None:
-                agg = info["aggregated"]
-                summary["eval"] = agg
-                print(f"[eval] success {agg['pc_success']:.1f} % over {agg['n_episodes']} episodes "
-                      f"(95 % CI {agg['ci95_low'] * 100:.1f}-{agg['ci95_high'] * 100:.1f} %); policy latency per "
-                      f"call p50 {agg['latency_ms_p50']:.2f} ms, p99 {agg['latency_ms_p99']:.2f} ms "
-                      f"(batch 1, observation history in, action chunk out, inside the eval workers)")
-            write_text(trainer.out / "summary.json", json.dumps(summary, indent=2, default=str))
-        return float(summary.get("eval", {}).get("pc_success", 0.0))
-    finally:
-        trainer.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    if argv is not None:
-        sys.argv = ["mfp train", *argv]
-    _hydra_main()
-    return 0
-
-
 if __name__ == "__main__":
-    main()
+    sys.exit(
+        "training.train has moved: run `mfp train ...`; under torchrun use "
+        "`torchrun --nproc_per_node=N -m mfp train ...`"
+    )

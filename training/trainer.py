@@ -8,26 +8,31 @@ Outputs under ``output_dir``::
     eval/eval_info.json   final evaluation of ``policy/`` on fixed seeds (+ videos)
     metrics.jsonl         one JSON line per log interval (cut back to the resumed step on resume)
 """
+
 from __future__ import annotations
 
 import json
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
 from ema_pytorch import EMA
 
-from policies.atomic_write import write_text
+from core.atomic_write import write_text
+from core.errors import MfpError
 from policies.checkpoint import save_policy
 from policies.factory import build_policy
 from training import distributed
 from training.config import TrainConfig
+from training.evaluation import evaluate_checkpoint
 from training.provenance import code_version
+from training.run_log import METRICS_FILE, RunLogger, rewind_metrics
 from training.state import (
     STATE_FILE,
     TrainStateError,
@@ -40,10 +45,18 @@ from training.state import (
 from training.tasks import TaskData, load_task_data
 
 POLICY_DIR = "policy"
-METRICS_FILE = "metrics.jsonl"
 
 
-class TrainingError(RuntimeError):
+def is_run_dir(path: Path) -> bool:
+    """True for a directory a training run made (hydra's .hydra/, the run's config.json or training state), or one
+    holding only the log of whatever launched the run (a benchmark's): a run writes there without overwriting."""
+    if not path.is_dir():
+        return False
+    made = any((path / name).exists() for name in (".hydra", "config.json", STATE_FILE))
+    return made or all(p.is_file() and p.suffix == ".log" for p in path.iterdir())
+
+
+class TrainingError(MfpError, RuntimeError):
     pass
 
 
@@ -75,13 +88,14 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 class Trainer:
     """Owns the run: ``Trainer(cfg).fit()`` trains to ``cfg.num_steps`` and returns a summary dict."""
 
-    def __init__(self, cfg: TrainConfig, data: Optional[TaskData] = None) -> None:
+    def __init__(self, cfg: TrainConfig, data: TaskData | None = None) -> None:
         self.cfg = cfg
         self.code = code_version()  # now: the tree can change while a long run trains with the code it imported
         self.out = Path(cfg.output_dir)
         self.device = distributed.resolve_device(cfg.device)
-        self.eval_device = (distributed.resolve_device(cfg.eval.device, "eval.device") if cfg.eval.device
-                            else self.device)
+        self.eval_device = (
+            distributed.resolve_device(cfg.eval.device, "eval.device") if cfg.eval.device else self.device
+        )
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)  # NCCL and bare "cuda" tensors use the current device
         distributed.init(cfg.device)
@@ -108,15 +122,17 @@ class Trainer:
         )
         self.ema.ema_model.eval()
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=tuple(cfg.betas))
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(cfg.betas[0], cfg.betas[1])
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, cosine_with_warmup(cfg.warmup_steps, cfg.num_steps)
         )
         self.step = 0
-        self._logger = None
+        self._logger: RunLogger | None = None  # opened by fit()
 
     # ------------------------------------------------------------------ state
-    def state_dict(self, rngs: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+    def state_dict(self, rngs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
         """Everything a resume needs; ``rngs`` is every rank's RNG states (default: this process's alone)."""
         return {
             "step": self.step,
@@ -147,8 +163,10 @@ class Trainer:
             # Another number of processes than the run was saved with: its sampling cannot continue exactly, so each
             # rank draws fresh streams (distinct per rank and per resume step) instead of all copying rank 0's.
             self.np_rng = seed_everything(self.cfg.seed + distributed.rank() + 7919 * int(state["step"]))
-            print(f"[train] resuming a run saved by {len(rngs)} process(es) on {distributed.world_size()}: batch and "
-                  "noise sampling restart from fresh seeds (the run is not bit-identical to an uninterrupted one)")
+            print(
+                f"[train] resuming a run saved by {len(rngs)} process(es) on {distributed.world_size()}: batch and "
+                "noise sampling restart from fresh seeds (the run is not bit-identical to an uninterrupted one)"
+            )
         self.step = int(state["step"])
 
     def save_checkpoint(self) -> None:
@@ -186,7 +204,6 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def train_step(self, batch: dict[str, Any], diagnostics: bool = False) -> dict[str, float]:
         self.policy.train()
-        self.policy.head.training_progress = self.step / self.cfg.num_steps
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.mixed_precision):
             loss, metrics = self.policy.compute_loss(to_device(batch, self.device), diagnostics=diagnostics)
         if not torch.isfinite(loss):
@@ -200,16 +217,16 @@ class Trainer:
         self.ema.update()
         self.step += 1
         metrics["grad_norm"] = float(grad_norm)
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["lr"] = float(self.scheduler.get_last_lr()[0])
         return metrics
 
-    def fit(self, on_step: Optional[Callable[[int, dict[str, float]], None]] = None) -> dict[str, Any]:
+    def fit(self, on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:
         """Train until ``cfg.num_steps``; checkpoint every ``checkpoint_every`` steps and at the end."""
         cfg = self.cfg
         self._prepare_output()
         if cfg.resume and distributed.is_main():
             rewind_metrics(self.out / METRICS_FILE, self.step)
-        self._logger = _Logger(self.out, cfg, enabled=distributed.is_main())
+        self._logger = RunLogger(self.out, cfg, enabled=distributed.is_main())
         progress = _progress(cfg.num_steps, self.step, enabled=cfg.progress and distributed.is_main())
         t0, steps0 = time.perf_counter(), self.step
         try:
@@ -224,7 +241,7 @@ class Trainer:
                     progress.set_postfix(loss=f"{metrics['loss']:.4f}")
                 if self.step % cfg.log_every == 0 or diag:
                     metrics["steps_per_s"] = (self.step - steps0) / (time.perf_counter() - t0)
-                    self._logger.log(self.step, metrics)
+                    self._log(self.step, metrics)
                 if self.step % cfg.checkpoint_every == 0 and self.step < cfg.num_steps:
                     self.save_checkpoint()
                 if cfg.eval.every_steps > 0 and self.step % cfg.eval.every_steps == 0 and self.step < cfg.num_steps:
@@ -242,10 +259,10 @@ class Trainer:
             "policy_dir": str(self.out / POLICY_DIR),
             "code": self.code,
         }
-        self._logger.log(self.step, {"train/steps_per_s": summary["steps_per_s"]})
+        self._log(self.step, {"train/steps_per_s": summary["steps_per_s"]})
         return summary
 
-    def evaluate(self, episodes: int, name: str = "eval", videos: Optional[int] = None) -> Optional[dict[str, Any]]:
+    def evaluate(self, episodes: int, name: str = "eval", videos: int | None = None) -> dict[str, Any] | None:
         """Evaluate the saved EMA policy on fixed eval seeds; returns the runner's summary (main rank only).
 
         Leaves the global RNGs as it found them, so a run with periodic evaluations trains the same weights as one
@@ -253,22 +270,26 @@ class Trainer:
         """
         if not distributed.is_main() or episodes <= 0:
             return None
-        from training.tasks import evaluate_policy_dir
-
         with untouched_global_rng(self.device):
-            info = evaluate_policy_dir(
+            info = evaluate_checkpoint(
                 self.out / POLICY_DIR,
-                self.cfg.task,
                 episodes=episodes,
-                workers=self.cfg.eval.workers,
+                n_workers=self.cfg.eval.workers,
                 out_dir=self.out / name,
-                videos=self.cfg.eval.videos if videos is None else videos,
+                n_videos=self.cfg.eval.videos if videos is None else videos,
+                max_steps=self.cfg.task.max_episode_steps,
+                task=self.cfg.task.env,
                 device=str(self.eval_device),
             )
-        self._logger.log(self.step, {f"{name}/success_rate": info["aggregated"]["pc_success"] / 100.0})
+        self._log(self.step, {f"{name}/success_rate": info["aggregated"]["pc_success"] / 100.0})
         for i, video in enumerate(info.get("video_paths", [])):
-            self._logger.log_video(f"{name}/video_{i}", Path(video), self.step)
+            if self._logger is not None:
+                self._logger.log_video(f"{name}/video_{i}", Path(video), self.step)
         return info
+
+    def _log(self, step: int, metrics: dict[str, Any]) -> None:
+        if self._logger is not None:
+            self._logger.log(step, metrics)
 
     def close(self) -> None:
         if self._logger is not None:
@@ -276,80 +297,9 @@ class Trainer:
         distributed.shutdown()
 
 
-def _progress(total: int, initial: int, enabled: bool):
+def _progress(total: int, initial: int, enabled: bool) -> Any:
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
-
-
-class _Logger:
-    """metrics.jsonl always; wandb (offline by default) when its mode is not 'disabled'."""
-
-    def __init__(self, out: Path, cfg: TrainConfig, enabled: bool) -> None:
-        self.enabled = enabled
-        self.file = open(out / METRICS_FILE, "a") if enabled else None
-        self.run = None
-        if enabled and cfg.wandb.mode != "disabled":
-            import wandb
-
-            self.run = wandb.init(
-                project=cfg.wandb.project,
-                entity=cfg.wandb.entity,
-                mode=cfg.wandb.mode,
-                dir=str(out),
-                config=asdict(cfg),
-                name=out.name,
-                resume="allow",
-                id=_run_id(out),
-            )
-
-    def log(self, step: int, metrics: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        self.file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self.file.flush()
-        if self.run is not None:
-            self.run.log(metrics, step=step)
-
-    def log_video(self, key: str, path: Path, step: int) -> None:
-        if self.run is not None:
-            import wandb
-
-            self.run.log({key: wandb.Video(str(path), format="mp4")}, step=step)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.run is not None:
-            self.run.finish()
-
-
-def rewind_metrics(path: Path, step: int) -> int:
-    """Cut the metrics log back to the resumed ``step``: a killed run logged past its last checkpoint (those steps
-    are trained again) and may have left a torn last line. Keeps the whole lines with ``step <= step``, rewritten
-    atomically; returns how many lines were dropped."""
-    if not path.is_file():
-        return 0
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-            keep = int(row["step"]) <= step
-        except (ValueError, KeyError, TypeError):
-            keep = False
-        if keep:
-            kept.append(line + "\n")
-        else:
-            dropped += 1
-    if dropped:
-        write_text(path, "".join(kept))
-    return dropped
-
-
-def _run_id(out: Path) -> str:
-    """A stable wandb run id per output_dir, so a resumed run continues the same wandb run."""
-    import hashlib
-
-    return hashlib.sha1(str(out.resolve()).encode()).hexdigest()[:12]

@@ -18,6 +18,7 @@ the CPU training profile), with untrained weights and a normalizer fitted to Met
 depend on the weights.
 Results go to ``out`` (JSON) and a table on stdout.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,14 +29,16 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
+from core.atomic_write import write_text
+from deploy.protocol import Message
 from mfp.cli_args import parse_overrides
-from policies.atomic_write import write_text
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,7 +46,7 @@ REPO = Path(__file__).resolve().parents[2]
 @dataclass
 class DeployBenchConfig:
     parts: list = field(default_factory=lambda: ["export", "loop", "bridge"], metadata={"help": "which parts to run"})
-    checkpoint: Optional[str] = field(default=None, metadata={"help": "policy checkpoint (default: see module doc)"})
+    checkpoint: str | None = field(default=None, metadata={"help": "policy checkpoint (default: see module doc)"})
     backbone: str = field(default="mlp", metadata={"help": "backbone of the default policy: mlp | unet"})
     calls: int = field(default=300, metadata={"help": "timed calls per backend"})
     warmup: int = field(default=30, metadata={"help": "untimed calls first"})
@@ -62,7 +65,7 @@ def _stats_ms(times: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "mean": float(a.mean())}
 
 
-def _time(fn, calls: int, warmup: int) -> dict[str, float]:
+def _time(fn: Callable[[], object], calls: int, warmup: int) -> dict[str, float]:
     for _ in range(warmup):
         fn()
     times = []
@@ -74,22 +77,32 @@ def _time(fn, calls: int, warmup: int) -> dict[str, float]:
 
 
 def _default_checkpoint(num_points: int, backbone: str, directory: Path) -> Path:
-    from demos.spec import ShapeMeta
+    from core.spec import ShapeMeta
     from policies.checkpoint import save_policy
     from policies.config import BackboneConfig, PolicyConfig
     from policies.factory import build_policy
 
-    shape_meta = ShapeMeta.from_dict({
-        "obs": {"point_cloud": {"type": "point_cloud", "shape": [num_points, 3]},
-                "agent_pos": {"type": "low_dim", "shape": [4]}},
-        "action": {"shape": [4]},
-    })
-    stats = {"point_cloud": {"min": np.array([-0.6, 0.2, 0.0]), "max": np.array([0.6, 1.05, 0.7])},
-             "agent_pos": {"min": np.array([-0.5, 0.35, -0.15, 0.0]), "max": np.array([0.5, 1.0, 0.5, 1.0])},
-             "action": {"min": -np.ones(4), "max": np.ones(4)}}
+    shape_meta = ShapeMeta.from_dict(
+        {
+            "obs": {
+                "point_cloud": {"type": "point_cloud", "shape": [num_points, 3]},
+                "agent_pos": {"type": "low_dim", "shape": [4]},
+            },
+            "action": {"shape": [4]},
+        }
+    )
+    stats = {
+        "point_cloud": {"min": np.array([-0.6, 0.2, 0.0]), "max": np.array([0.6, 1.05, 0.7])},
+        "agent_pos": {"min": np.array([-0.5, 0.35, -0.15, 0.0]), "max": np.array([0.5, 1.0, 0.5, 1.0])},
+        "action": {"min": -np.ones(4), "max": np.ones(4)},
+    }
     cfg = PolicyConfig(backbone=BackboneConfig(type=backbone))
-    return save_policy(build_policy(cfg, shape_meta, stats), cfg, directory / "policy",
-                       metadata={"note": "untrained, for latency benchmarks"})
+    return save_policy(
+        build_policy(cfg, shape_meta, stats),
+        cfg,
+        directory / "policy",
+        metadata={"note": "untrained, for latency benchmarks"},
+    )
 
 
 def bench_export(checkpoint: Path, work: Path, calls: int, warmup: int, aoti: bool) -> dict[str, Any]:
@@ -105,14 +118,16 @@ def bench_export(checkpoint: Path, work: Path, calls: int, warmup: int, aoti: bo
     obs = {}
     for key, spec in policy.shape_meta.obs.items():
         s = policy.normalizer.stats(key)
-        obs[key] = rng.uniform(s["min"].numpy(), s["max"].numpy(), size=(policy.n_obs_steps, *spec.shape)).astype(np.float32)
+        obs[key] = rng.uniform(s["min"].numpy(), s["max"].numpy(), size=(policy.n_obs_steps, *spec.shape)).astype(
+            np.float32
+        )
     noise = torch.tensor(meta["noise"]["values"])[None]
     names = [i["name"] for i in meta["inputs"]]
     inputs = (*[torch.from_numpy(obs[k])[None] for k in names[:-1]], noise)
     from deploy.export import ExportablePolicy
 
     module = ExportablePolicy(policy).eval()
-    onnx_runner = ExportedPolicy(work / "export", "onnx", threads=1)
+    onnx_runner = ExportedPolicy(work / "export", threads=1)
     pt2_program = torch.export.load(str(work / "export" / meta["files"]["pt2"])).module()
     rows: dict[str, Any] = {}
     with torch.no_grad():
@@ -127,38 +142,65 @@ def bench_export(checkpoint: Path, work: Path, calls: int, warmup: int, aoti: bo
             build_s = time.time() - t0
             compiled = torch._inductor.aoti_load_package(package)
             err = float((compiled(*inputs) - module(*inputs)).abs().max())
-            rows["torch.export AOTInductor"] = {**_time(lambda: compiled(*inputs), calls, warmup),
-                                                "build_s": build_s, "max_abs_error": err}
+            rows["torch.export AOTInductor"] = {
+                **_time(lambda: compiled(*inputs), calls, warmup),
+                "build_s": build_s,
+                "max_abs_error": err,
+            }
     base = rows["eager predict_action"]["p50"]
     for row in rows.values():
         row["ratio_vs_eager_p50"] = row["p50"] / base
-    return {"rows": rows, "parity": meta["parity"], "n_params": sum(p.numel() for p in policy.parameters()),
-            "span": "normalization + encoders + head sampling + unnormalization, batch 1, 1 thread",
-            "num_inference_steps": meta["num_inference_steps"], "shape_meta": meta["shape_meta"]}
+    return {
+        "rows": rows,
+        "parity": meta["parity"],
+        "n_params": sum(p.numel() for p in policy.parameters()),
+        "span": "normalization + encoders + head sampling + unnormalization, batch 1, 1 thread",
+        "num_inference_steps": meta["num_inference_steps"],
+        "shape_meta": meta["shape_meta"],
+    }
 
 
-def _start_sim_arm(task: str, hz: float, num_points: int, realtime_priority: int) -> tuple[subprocess.Popen, str, list[str]]:
+def _start_sim_arm(
+    task: str, hz: float, num_points: int, realtime_priority: int
+) -> tuple[subprocess.Popen, str, list[str]]:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", MUJOCO_GL=os.environ.get("MUJOCO_GL", "egl"))
-    proc = subprocess.Popen([sys.executable, "-m", "mfp.cli", "sim-arm", "port=0", f"task={task}", f"hz={hz}",
-                             f"num_points={num_points}", "max_episode_steps=500",
-                             f"realtime_priority={realtime_priority}"], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mfp.cli",
+            "sim-arm",
+            "port=0",
+            f"task={task}",
+            f"hz={hz}",
+            f"num_points={num_points}",
+            "max_episode_steps=500",
+            f"realtime_priority={realtime_priority}",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
-    for line in proc.stdout:
+    out = proc.stdout
+    assert out is not None  # stdout=PIPE
+    for line in out:
         lines.append(line)
         if "sim-arm: serving" in line:
-            threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()
+            threading.Thread(target=lambda: lines.extend(out), daemon=True).start()
             return proc, line.split(" on ")[1].split(" at ")[0], lines
     raise RuntimeError("sim-arm did not start:\n" + "".join(lines))
 
 
-def bench_loop(checkpoint: Path, task: str, hz: float, duration_s: float, num_points: int, inference: str,
-               realtime_priority: int) -> dict[str, Any]:
+def bench_loop(
+    checkpoint: Path, task: str, hz: float, duration_s: float, num_points: int, inference: str, realtime_priority: int
+) -> dict[str, Any]:
     from deploy.inference import InferenceProcess
     from deploy.loop import ControlLoop
     from deploy.robot import BridgeRobot
-    from deploy.run import resolve_limits
-    from deploy.safety import SafetyLayer, SafetyLimits
+    from deploy.safety import SafetyLayer, SafetyLimits, resolve_limits
     from policies.checkpoint import load_policy
 
     policy = load_policy(checkpoint).eval()
@@ -169,12 +211,13 @@ def bench_loop(checkpoint: Path, task: str, hz: float, duration_s: float, num_po
     try:
         robot = BridgeRobot(address, timeout_s=1.0)
         safety = SafetyLayer(SafetyLimits.from_yaml(resolve_limits("sim_sawyer")), 1.0 / hz)
-        loop = ControlLoop(robot, agent, safety, hz, obs_keys=list(policy.shape_meta.obs),
-                           realtime_priority=realtime_priority)
+        loop = ControlLoop(
+            robot, agent, safety, hz, obs_keys=list(policy.shape_meta.obs), realtime_priority=realtime_priority
+        )
         stats = loop.run(duration_s)
         robot.close()
     finally:
-        if agent is not policy:
+        if isinstance(agent, InferenceProcess):
             agent.stop()
         proc.terminate()
         proc.wait(30)
@@ -188,10 +231,12 @@ def bench_loop(checkpoint: Path, task: str, hz: float, duration_s: float, num_po
 def bench_bridge(calls: int, warmup: int, num_points: int) -> dict[str, Any]:
     from deploy.bridge import BridgeClient, BridgeServer
 
-    obs = {"point_cloud": np.random.default_rng(0).random((num_points, 3), dtype=np.float32),
-           "agent_pos": np.zeros(4, np.float32)}
+    obs = {
+        "point_cloud": np.random.default_rng(0).random((num_points, 3), dtype=np.float32),
+        "agent_pos": np.zeros(4, np.float32),
+    }
 
-    def handler(msg):
+    def handler(msg: Message) -> tuple[str, dict[str, Any]]:
         if msg.type == "get_obs":
             return "obs", {"timestamp": time.monotonic(), "now": time.monotonic(), "obs": obs, "info": {}}
         return "ack", {"now": time.monotonic()}
@@ -225,12 +270,14 @@ def _print(results: dict[str, Any]) -> None:
         print(f"  parity max abs error: {e['parity']['max_abs_error']}")
     if "loop" in results:
         s = results["loop"]
-        print(f"\nloop at {s['hz']:g} Hz vs sim-arm (inference in a {s['inference_mode']}, realtime priority "
-              f"{s['realtime_priority']}): {s['ticks']} ticks, {s['missed_ticks']} missed; "
-              f"period p50 {s['period_ms']['p50']:.3f} ms; jitter p50/p99/max {s['jitter_ms']['p50']:.3f}/"
-              f"{s['jitter_ms']['p99']:.3f}/{s['jitter_ms']['max']:.3f} ms; inference p50/p99 "
-              f"{s['inference_ms']['p50']:.2f}/{s['inference_ms']['p99']:.2f} ms; watchdog holds {s['watchdog_holds']}; "
-              f"holds {s['holds']}; dropped {s['dropped_actions']}; {s['sim_arm']}")
+        print(
+            f"\nloop at {s['hz']:g} Hz vs sim-arm (inference in a {s['inference_mode']}, realtime priority "
+            f"{s['realtime_priority']}): {s['ticks']} ticks, {s['missed_ticks']} missed; "
+            f"period p50 {s['period_ms']['p50']:.3f} ms; jitter p50/p99/max {s['jitter_ms']['p50']:.3f}/"
+            f"{s['jitter_ms']['p99']:.3f}/{s['jitter_ms']['max']:.3f} ms; inference p50/p99 "
+            f"{s['inference_ms']['p50']:.2f}/{s['inference_ms']['p99']:.2f} ms; watchdog holds {s['watchdog_holds']}; "
+            f"holds {s['holds']}; dropped {s['dropped_actions']}; {s['sim_arm']}"
+        )
     if "bridge" in results:
         print(f"\nbridge round trips ({results['bridge']['transport']})")
         for name, r in results["bridge"]["rows"].items():
@@ -247,8 +294,10 @@ def main(argv: list[str]) -> int:
     import torch
 
     torch.set_num_threads(1)
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                           "torch": torch.__version__}, "config": vars(cfg)}
+    results: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__},
+        "config": vars(cfg),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         checkpoint = Path(cfg.checkpoint) if cfg.checkpoint else _default_checkpoint(cfg.num_points, cfg.backbone, work)
@@ -257,8 +306,9 @@ def main(argv: list[str]) -> int:
         if "bridge" in cfg.parts:
             results["bridge"] = bench_bridge(cfg.calls, cfg.warmup, cfg.num_points)
         if "loop" in cfg.parts:
-            results["loop"] = bench_loop(checkpoint, cfg.task, cfg.hz, cfg.duration_s, cfg.num_points, cfg.inference,
-                                         cfg.realtime_priority)
+            results["loop"] = bench_loop(
+                checkpoint, cfg.task, cfg.hz, cfg.duration_s, cfg.num_points, cfg.inference, cfg.realtime_priority
+            )
     _print(results)
     out = Path(cfg.out)
     write_text(out, json.dumps(results, indent=2, default=str))

@@ -9,6 +9,7 @@ Wall times suffer from other processes on a shared machine; process CPU times (a
     point-cloud observations rendered, worker start-up excluded), and the same without rendering.
 Prints a table against the issue's targets and writes JSON.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,11 @@ import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from policies.atomic_write import write_text
+from core.atomic_write import write_text
 
 TARGETS = {"obs_pipeline_ms": 8.0, "collect_10_demos_s": 60.0}
 
@@ -32,8 +34,8 @@ def _median_ms(samples: list[float]) -> float:
 
 def bench_obs_pipeline(task: str, steps: int, num_points: int) -> dict:
     from envs import pointcloud as pc
-    from envs.experts import ScriptedExpert
-    from envs.metaworld_env import MetaWorldEnv
+    from envs.metaworld.env import MetaWorldEnv
+    from envs.metaworld.expert import ScriptedExpert
 
     env = MetaWorldEnv(task, num_points=num_points, max_episode_steps=500)
     expert = ScriptedExpert(task)
@@ -41,8 +43,9 @@ def bench_obs_pipeline(task: str, steps: int, num_points: int) -> dict:
     near, far = pc.mujoco_clip_planes(env.model)
     size = env.depth_size
     K = pc.mujoco_camera_intrinsics(env.model, cam, size, size)
-    parts: dict[str, list[float]] = {k: [] for k in ("total", "render", "back_project", "crop", "fps", "image84",
-                                                     "sim_step")}
+    parts: dict[str, list[float]] = {
+        k: [] for k in ("total", "render", "back_project", "crop", "fps", "image84", "sim_step")
+    }
     image_cam = env._renderer.camera_id("corner2")
     seed = 0
     state = env.reset(seed=seed)[0]["full_state"]
@@ -56,6 +59,7 @@ def bench_obs_pipeline(task: str, steps: int, num_points: int) -> dict:
 
         t0 = time.perf_counter()
         _, buffer = env._renderer.render(env.data, cam, size, size, rgb=False)
+        assert buffer is not None  # depth=True
         t1 = time.perf_counter()
         depth = pc.depth_buffer_to_metric(buffer, near, far, env._renderer.reversed_z)
         points = pc.depth_to_points(depth, K, pc.mujoco_camera_pose(env.data, cam), max_depth=0.99 * far)
@@ -80,7 +84,7 @@ def bench_obs_pipeline(task: str, steps: int, num_points: int) -> dict:
             seed += 1
             state = env.reset(seed=seed)[0]["full_state"]
     env.close()
-    out = {f"{k}_ms": _median_ms(v) for k, v in parts.items()}
+    out: dict[str, Any] = {f"{k}_ms": _median_ms(v) for k, v in parts.items()}
     out["total_p90_ms"] = float(np.percentile(parts["total"], 90) * 1e3)
     out["total_cpu_ms"] = 1e3 * cpu_total / steps  # process CPU time (all threads): robust to other load
     out.update(task=task, steps=steps, num_points=num_points, depth_size=size)
@@ -88,29 +92,46 @@ def bench_obs_pipeline(task: str, steps: int, num_points: int) -> dict:
 
 
 def bench_collect(task: str, demos: int) -> dict:
-    from demos.collect import collect
+    from envs.metaworld.collect import collect
 
     with tempfile.TemporaryDirectory() as tmp:
         t0, c0 = time.perf_counter(), time.process_time()
-        summary = collect(task, demos, Path(tmp) / "demos.zarr", image_cameras=("corner2",), image_size=84,
-                          progress=False)
+        summary = collect(
+            task, demos, Path(tmp) / "demos.zarr", image_cameras=("corner2",), image_size=84, progress=False
+        )
         seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
-    return {"task": task, "demos": demos, "seconds": seconds, "cpu_seconds": cpu_seconds, "steps": summary["n_steps"],
-            "attempts": summary["attempts"], "ms_per_step": 1e3 * seconds / summary["n_steps"]}
+    return {
+        "task": task,
+        "demos": demos,
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "steps": summary["n_steps"],
+        "attempts": summary["attempts"],
+        "ms_per_step": 1e3 * seconds / summary["n_steps"],
+    }
 
 
 def bench_eval(task: str, episodes: int, workers: int, render: bool) -> dict:
-    from envs.experts import ScriptedExpert
+    from core.seeds import eval_seeds
+    from envs.metaworld.expert import ScriptedExpert
     from envs.runner import evaluate
-    from envs.seeds import eval_seeds
 
     env_kwargs = {"image_cameras": ()} if render else {"point_cloud_cameras": (), "image_cameras": ()}
-    info = evaluate(ScriptedExpert(task), task, eval_seeds(episodes), n_workers=workers, max_steps=200,
-                    env_kwargs=env_kwargs)
+    info = evaluate(
+        ScriptedExpert(task), task, eval_seeds(episodes), n_workers=workers, max_steps=200, env_kwargs=env_kwargs
+    )
     a = info["aggregated"]
-    return {"task": task, "episodes": episodes, "workers": workers, "point_clouds": render,
-            "env_steps": a["env_steps"], "env_steps_per_s": a["env_steps_per_s"], "startup_s": a["startup_s"],
-            "wall_s": a["eval_s"], "success": a["pc_success"]}
+    return {
+        "task": task,
+        "episodes": episodes,
+        "workers": workers,
+        "point_clouds": render,
+        "env_steps": a["env_steps"],
+        "env_steps_per_s": a["env_steps_per_s"],
+        "startup_s": a["startup_s"],
+        "wall_s": a["eval_s"],
+        "success": a["pc_success"],
+    }
 
 
 def main(argv: list[str]) -> int:
@@ -127,9 +148,15 @@ def main(argv: list[str]) -> int:
     skip = set(filter(None, args.skip.split(",")))
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-    result: dict = {"machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                "load_avg_1min": os.getloadavg()[0], "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
-                                "LP_NUM_THREADS": os.environ.get("LP_NUM_THREADS")}}
+    result: dict = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "load_avg_1min": os.getloadavg()[0],
+            "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+            "LP_NUM_THREADS": os.environ.get("LP_NUM_THREADS"),
+        }
+    }
     if "obs" not in skip:
         result["obs_pipeline"] = bench_obs_pipeline(args.task, args.steps, args.num_points)
     if "collect" not in skip:
@@ -142,24 +169,46 @@ def main(argv: list[str]) -> int:
     rows = []
     if "obs_pipeline" in result:
         o = result["obs_pipeline"]
-        rows.append((f"obs pipeline render->{o['num_points']} pts, ms/step (median wall / CPU)",
-                     f"{o['total_ms']:.2f} / {o['total_cpu_ms']:.2f}", f"<= {TARGETS['obs_pipeline_ms']}"))
-        rows.append(("  parts: render / back-project / crop / FPS (ms)",
-                     f"{o['render_ms']:.2f} / {o['back_project_ms']:.2f} / {o['crop_ms']:.2f} / {o['fps_ms']:.2f}", ""))
+        rows.append(
+            (
+                f"obs pipeline render->{o['num_points']} pts, ms/step (median wall / CPU)",
+                f"{o['total_ms']:.2f} / {o['total_cpu_ms']:.2f}",
+                f"<= {TARGETS['obs_pipeline_ms']}",
+            )
+        )
+        rows.append(
+            (
+                "  parts: render / back-project / crop / FPS (ms)",
+                f"{o['render_ms']:.2f} / {o['back_project_ms']:.2f} / {o['crop_ms']:.2f} / {o['fps_ms']:.2f}",
+                "",
+            )
+        )
         rows.append(("  84x84 rgb image / sim step (ms)", f"{o['image84_ms']:.2f} / {o['sim_step_ms']:.2f}", ""))
     if "collect" in result:
         c = result["collect"]
-        rows.append((f"collect {c['demos']} demos, point clouds + 84x84 images, s (wall / CPU)",
-                     f"{c['seconds']:.1f} / {c['cpu_seconds']:.1f}", f"<= {TARGETS['collect_10_demos_s']:.0f}"))
+        rows.append(
+            (
+                f"collect {c['demos']} demos, point clouds + 84x84 images, s (wall / CPU)",
+                f"{c['seconds']:.1f} / {c['cpu_seconds']:.1f}",
+                f"<= {TARGETS['collect_10_demos_s']:.0f}",
+            )
+        )
         rows.append(("  steps / ms per step", f"{c['steps']} / {c['ms_per_step']:.1f}", ""))
     for key, name in (("eval_point_clouds", "with point clouds"), ("eval_state_only", "state only")):
         if key in result:
             e = result[key]
-            rows.append((f"eval throughput, {e['workers']} workers, {name} (env steps/s)",
-                         f"{e['env_steps_per_s']:.0f}", f"start-up {e['startup_s']:.1f} s"))
+            rows.append(
+                (
+                    f"eval throughput, {e['workers']} workers, {name} (env steps/s)",
+                    f"{e['env_steps_per_s']:.0f}",
+                    f"start-up {e['startup_s']:.1f} s",
+                )
+            )
     width = max(len(r[0]) for r in rows)
-    print(f"Meta-World benchmark ({args.task}; load average {result['machine']['load_avg_1min']:.1f} on "
-          f"{os.cpu_count()} CPUs)")
+    print(
+        f"Meta-World benchmark ({args.task}; load average {result['machine']['load_avg_1min']:.1f} on "
+        f"{os.cpu_count()} CPUs)"
+    )
     for name, value, target in rows:
         print(f"  {name:<{width}}  {value:>24}  {target}")
     write_text(args.out, json.dumps(result, indent=2))

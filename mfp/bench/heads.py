@@ -7,9 +7,11 @@ MeanFlow with both JVP patterns);
 (3) quality on the conditional multimodal toy problem (``mfp/bench/toy.py``) at each method's NFE after the same
 number of training steps. Prints a table with the ratios the issue targets and writes JSON.
 """
+
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -19,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core.atomic_write import write_text
 from mfp.bench.timing import interleaved, percentile
 from mfp.bench.toy import ToyProblem, evaluate_sampler, head_sampler, train_head
-from policies.atomic_write import write_text
 from policies.backbones import ConditionalUnet1D, MLPBackbone
 from policies.config import DiffusionConfig, FlowConfig, MeanFlowConfig
 from policies.heads import ActionHead, make_head, n_time_inputs_for
@@ -53,8 +55,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--hidden-dim", type=int, default=512, help="MLP backbone width")
     p.add_argument("--n-layers", type=int, default=4, help="MLP backbone depth")
     p.add_argument("--time-scale", type=float, default=1.0, help="sinusoidal time-embedding scale (all heads)")
-    p.add_argument("--ratio-r-eq-t", type=float, default=MeanFlowConfig.ratio_r_eq_t,
-                   help="MeanFlow fraction of r = t samples (only r != t samples need the JVP)")
+    p.add_argument(
+        "--ratio-r-eq-t",
+        type=float,
+        default=MeanFlowConfig.ratio_r_eq_t,
+        help="MeanFlow fraction of r = t samples (only r != t samples need the JVP)",
+    )
     p.add_argument("--horizon", type=int, default=4, help="action chunk length H (MP1: 4)")
     p.add_argument("--action-dim", type=int, default=4, help="action dim Da (Meta-World: 4)")
     p.add_argument("--cond-dim", type=int, default=256, help="global condition dim (DP3: 2 steps x 128)")
@@ -77,7 +83,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def head_config(name: str, args: argparse.Namespace):
+def head_config(name: str, args: argparse.Namespace) -> MeanFlowConfig | FlowConfig | DiffusionConfig | None:
     if name.startswith("meanflow"):
         mode = name.split("-")[1] if "-" in name else MeanFlowConfig.jvp_mode
         return MeanFlowConfig(ratio_r_eq_t=args.ratio_r_eq_t, jvp_mode=mode)
@@ -105,8 +111,10 @@ def build(name: str, args: argparse.Namespace, action_dim: int, horizon: int, co
 
 
 def bench_latency(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    heads = {name: build(name, args, args.action_dim, args.horizon, args.cond_dim, toy=False).eval() for name in
-             {h for h, _ in METHODS.values()}}
+    heads = {
+        name: build(name, args, args.action_dim, args.horizon, args.cond_dim, toy=False).eval()
+        for name in {h for h, _ in METHODS.values()}
+    }
     cond = torch.randn(1, args.cond_dim)
     gen = torch.Generator().manual_seed(args.seed)
 
@@ -136,20 +144,21 @@ def bench_train_step(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     gen = torch.Generator().manual_seed(args.seed)
     actions = torch.rand(args.train_batch, args.horizon, args.action_dim, generator=gen) * 2 - 1
     cond = torch.randn(args.train_batch, args.cond_dim, generator=gen)
-    fns = {}
+
+    def step(head: ActionHead, opt: torch.optim.Optimizer) -> None:
+        loss, _ = head.compute_loss(actions, cond)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    fns: dict[str, Callable[[], object]] = {}
     for name in TRAIN_HEADS:
         head = build(name, args, args.action_dim, args.horizon, args.cond_dim, toy=False).train()
-        opt = torch.optim.AdamW(head.parameters(), lr=1e-4)
-
-        def step(head: ActionHead = head, opt: torch.optim.Optimizer = opt) -> None:
-            loss, _ = head.compute_loss(actions, cond)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        fns[name] = step
+        fns[name] = functools.partial(step, head, torch.optim.AdamW(head.parameters(), lr=1e-4))
     times = interleaved(fns, args.train_steps, warmup=2)
-    return {name: {"median_ms": 1e3 * statistics.median(t), "p90_ms": 1e3 * percentile(t, 90)} for name, t in times.items()}
+    return {
+        name: {"median_ms": 1e3 * statistics.median(t), "p90_ms": 1e3 * percentile(t, 90)} for name, t in times.items()
+    }
 
 
 def bench_toy(args: argparse.Namespace) -> dict[str, dict[str, float]]:
@@ -164,12 +173,26 @@ def bench_toy(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     train_info["ddim"] = train_info["ddpm"]
     out = {}
     for method, (name, nfe) in METHODS.items():
-        quality = evaluate_sampler(problem, head_sampler(trained[name], nfe), n_conditions=16,
-                                   n_per_condition=args.toy_samples, seed=args.seed + 7)
-        out[method] = {**quality, "nfe": nfe, "train_seconds": train_info[name]["seconds"],
-                       "train_steps": train_info[name]["steps"]}
-    reference = evaluate_sampler(problem, lambda c, g: problem.sample_actions(c[:, 0], g)[0], n_conditions=16,
-                                 n_per_condition=args.toy_samples, seed=args.seed + 7)
+        quality = evaluate_sampler(
+            problem,
+            head_sampler(trained[name], nfe),
+            n_conditions=16,
+            n_per_condition=args.toy_samples,
+            seed=args.seed + 7,
+        )
+        out[method] = {
+            **quality,
+            "nfe": nfe,
+            "train_seconds": train_info[name]["seconds"],
+            "train_steps": train_info[name]["steps"],
+        }
+    reference = evaluate_sampler(
+        problem,
+        lambda c, g: problem.sample_actions(c[:, 0], g)[0],
+        n_conditions=16,
+        n_per_condition=args.toy_samples,
+        seed=args.seed + 7,
+    )
     out["data (reference)"] = {**reference, "nfe": 0}
     return out
 
@@ -200,7 +223,8 @@ def target_met(name: str, value: float) -> bool:
 
 def print_table(result: dict) -> None:
     lat, step, toy = result.get("latency", {}), result.get("train_step", {}), result.get("toy", {})
-    print(f"\nheads benchmark: backbone={result['config']['backbone']} threads=1 batch=1 calls={result['config']['calls']}")
+    config = result["config"]
+    print(f"\nheads benchmark: backbone={config['backbone']} threads=1 batch=1 calls={config['calls']}")
     print(f"{'method':<18}{'NFE':>4}{'p50 ms':>9}{'p99 ms':>9}{'toy ED':>9}{'precision':>10}{'coverage':>9}")
     for method in [*METHODS, "data (reference)"]:
         row_lat, row_toy = lat.get(method, {}), toy.get(method, {})
@@ -211,9 +235,11 @@ def print_table(result: dict) -> None:
         def fmt(d: dict, k: str, width: int, digits: int) -> str:
             return f"{d[k]:>{width}.{digits}f}" if k in d else f"{'-':>{width}}"
 
-        print(f"{method:<18}{nfe:>4}{fmt(row_lat, 'p50_ms', 9, 3)}{fmt(row_lat, 'p99_ms', 9, 3)}"
-              f"{fmt(row_toy, 'energy_distance', 9, 4)}{fmt(row_toy, 'precision', 10, 3)}"
-              f"{fmt(row_toy, 'coverage', 9, 3)}")
+        print(
+            f"{method:<18}{nfe:>4}{fmt(row_lat, 'p50_ms', 9, 3)}{fmt(row_lat, 'p99_ms', 9, 3)}"
+            f"{fmt(row_toy, 'energy_distance', 9, 4)}{fmt(row_toy, 'precision', 10, 3)}"
+            f"{fmt(row_toy, 'coverage', 9, 3)}"
+        )
     if step:
         print(f"\n{'training step (B=' + str(result['config']['train_batch']) + ')':<22}{'median ms':>10}{'p90 ms':>9}")
         for name, row in step.items():
@@ -231,8 +257,12 @@ def print_table(result: dict) -> None:
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
-    result: dict = {"config": {k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
-                               for k, v in vars(args).items()}}
+    result: dict = {
+        "config": {
+            k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
+            for k, v in vars(args).items()
+        }
+    }
     result["config"]["torch"] = torch.__version__
     result["config"]["machine"] = platform.processor() or platform.machine()
     if "latency" in args.parts:
@@ -242,8 +272,11 @@ def main(argv: list[str]) -> int:
     if "toy" in args.parts:
         result["toy"] = bench_toy(args)
     result["ratios"] = ratios(result)
-    result["targets"] = {n: {"target": t, "value": result["ratios"][n], "met": target_met(n, result["ratios"][n])}
-                         for n, t in TARGETS.items() if n in result["ratios"]}
+    result["targets"] = {
+        n: {"target": t, "value": result["ratios"][n], "met": target_met(n, result["ratios"][n])}
+        for n, t in TARGETS.items()
+        if n in result["ratios"]
+    }
     print_table(result)
     write_text(args.out, json.dumps(result, indent=2))
     print(f"\nwrote {args.out}")

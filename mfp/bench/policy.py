@@ -11,6 +11,7 @@ camera frames, smooth actions) held in the real ReplayBuffer / SequenceDataset, 
 (it runs on a GPU box with only torch). Content does not change the compute, except the PointNet's critical-point
 backward, whose share depends on the cloud (Meta-World's real clouds: about 21 % critical points).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,18 +20,19 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
+from core.atomic_write import write_text
+from core.spec import ACTION, ObsSpec, ShapeMeta
 from demos.replay_buffer import ReplayBuffer
-from demos.spec import ACTION, ObsSpec, ShapeMeta
-from mfp.bench.encoders import tabletop_clouds
 from mfp.bench.timing import interleaved, percentile
-from policies.atomic_write import write_text
-from training.config import TrainConfig
+from policies.policy import Policy
+from training.config import TrainConfig, compose_train_config
+from training.trainer import Trainer
 
 # case -> hydra overrides (task + profile). The GPU image case is the DP robomimic window on the GPU profile.
 CASES: dict[str, list[str]] = {
@@ -42,10 +44,19 @@ CASES: dict[str, list[str]] = {
 # head preset -> NFE used at inference (the presets' own num_inference_steps)
 METHODS = ("meanflow", "ddim", "regression")
 
-# Meta-World's observation spec (envs/metaworld_env.py), for machines without metaworld installed; a test checks
+# Meta-World's observation spec (envs/metaworld/env.py), for machines without metaworld installed; a test checks
 # it against the environment's own spec.
 METAWORLD_AGENT_POS_DIM = 4
 METAWORLD_ACTION_DIM = 4
+
+
+def tabletop_clouds(n: int, points: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, points, 3) in [-1, 1]: half the points on a table plane, half on a randomly placed box."""
+    pts = torch.rand(n, points, 3, generator=generator) * 2 - 1
+    half = points // 2
+    pts[:, :half, 2] = -0.9
+    pts[:, half:] = pts[:, half:] * 0.2 + (torch.rand(n, 1, 3, generator=generator) - 0.5)
+    return pts
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -56,8 +67,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--parts", default="train,latency", help="comma list of: train, latency")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads on the CPU (pin them)")
-    p.add_argument("--amp", choices=("profile", "on", "off"), default="profile",
-                   help="bf16 autocast outside the JVP: as the profile says, or forced")
+    p.add_argument(
+        "--amp",
+        choices=("profile", "on", "off"),
+        default="profile",
+        help="bf16 autocast outside the JVP: as the profile says, or forced",
+    )
     p.add_argument("--batch", type=int, default=0, help="training batch (0: the profile's)")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per (case, head)")
     p.add_argument("--warmup", type=int, default=3, help="untimed training steps / latency calls first")
@@ -80,20 +95,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def compose(overrides: list[str]) -> TrainConfig:
-    """The TrainConfig `mfp train <overrides>` would run with (same configs, same schema, same validation)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    import training.train  # registers the schema  # noqa: F401
-    from training.train import config_from_hydra
-
-    config_dir = Path(__file__).resolve().parents[2] / "configs"
-    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
-        cfg = hydra_compose(config_name="train", overrides=overrides)
-    return config_from_hydra(cfg)
-
-
 def shape_meta_of(cfg: TrainConfig) -> ShapeMeta:
     """The task's real observation spec; Meta-World's from the constants above where metaworld is not installed."""
     from training.tasks import task_shape_meta
@@ -103,8 +104,10 @@ def shape_meta_of(cfg: TrainConfig) -> ShapeMeta:
     except ImportError:
         if cfg.task.suite != "metaworld" or list(cfg.task.obs_keys) != ["point_cloud", "agent_pos"]:
             raise
-        obs = {"point_cloud": ObsSpec("point_cloud", "point_cloud", (cfg.task.num_points, 3)),
-               "agent_pos": ObsSpec("agent_pos", "low_dim", (METAWORLD_AGENT_POS_DIM,))}
+        obs = {
+            "point_cloud": ObsSpec("point_cloud", "point_cloud", (cfg.task.num_points, 3)),
+            "agent_pos": ObsSpec("agent_pos", "low_dim", (METAWORLD_AGENT_POS_DIM,)),
+        }
         return ShapeMeta(obs=obs, action_dim=METAWORLD_ACTION_DIM)
 
 
@@ -131,19 +134,26 @@ def synthetic_buffer(shape_meta: ShapeMeta, episodes: int, length: int, seed: in
     return ReplayBuffer(data, ends, np.arange(episodes), attrs)
 
 
-def build_trainer(case: str, method: str, args: argparse.Namespace, out_dir: Path):
+def build_trainer(case: str, method: str, args: argparse.Namespace, out_dir: Path) -> tuple[Trainer, TrainConfig]:
     """A Trainer for (case, head) on the synthetic demos; nothing is written to ``out_dir`` unless it trains."""
     from demos.dataset import SequenceDataset
     from training.tasks import TaskData
-    from training.trainer import Trainer
 
-    overrides = [*CASES[case], f"policy={method}", f"device={args.device}", f"torch_threads={args.threads}",
-                 f"output_dir={out_dir}", "wandb.mode=disabled", "progress=false", *args.overrides]
+    overrides = [
+        *CASES[case],
+        f"policy={method}",
+        f"device={args.device}",
+        f"torch_threads={args.threads}",
+        f"output_dir={out_dir}",
+        "wandb.mode=disabled",
+        "progress=false",
+        *args.overrides,
+    ]
     if args.batch > 0:
         overrides.append(f"batch_size={args.batch}")
     if args.amp != "profile":
         overrides.append(f"mixed_precision={args.amp == 'on'}")
-    cfg = compose(overrides)
+    cfg = compose_train_config(overrides)
     shape_meta = shape_meta_of(cfg)
     buffer = synthetic_buffer(shape_meta, args.episodes, args.episode_len, args.seed)
     pc = cfg.policy
@@ -156,7 +166,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_train(trainer, cfg: TrainConfig, steps: int, warmup: int, baseline_bytes: int = 0) -> dict[str, float]:
+def bench_train(
+    trainer: Trainer, cfg: TrainConfig, steps: int, warmup: int, baseline_bytes: int = 0
+) -> dict[str, float]:
     """Steps/s of the trainer's own step (sampling and host-to-device copy included); on CUDA also the run's peak
     memory above ``baseline_bytes`` (what was allocated before its trainer was built)."""
     device = trainer.device
@@ -173,15 +185,19 @@ def bench_train(trainer, cfg: TrainConfig, steps: int, warmup: int, baseline_byt
         _sync(device)
         per_step.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - start
-    row = {"steps_per_s": steps / elapsed, "median_ms": 1e3 * statistics.median(per_step),
-           "batch": cfg.batch_size, "mixed_precision": cfg.mixed_precision,
-           "params_M": sum(p.numel() for p in trainer.policy.parameters()) / 1e6}
+    row = {
+        "steps_per_s": steps / elapsed,
+        "median_ms": 1e3 * statistics.median(per_step),
+        "batch": cfg.batch_size,
+        "mixed_precision": cfg.mixed_precision,
+        "params_M": sum(p.numel() for p in trainer.policy.parameters()) / 1e6,
+    }
     if device.type == "cuda":
         row["peak_mem_GiB"] = (torch.cuda.max_memory_allocated(device) - baseline_bytes) / 2**30
     return row
 
 
-def latency_fn(policy, obs: dict[str, torch.Tensor], device: torch.device) -> Callable[[], object]:
+def latency_fn(policy: Policy, obs: dict[str, torch.Tensor], device: torch.device) -> Callable[[], object]:
     def run() -> object:
         action = policy.predict_action(obs)
         _sync(device)
@@ -210,8 +226,12 @@ def run_case(case: str, args: argparse.Namespace) -> dict[str, dict]:
     if fns:
         times = interleaved(fns, args.calls, args.warmup)
         for method, t in times.items():
-            results[method]["latency"] = {"nfe": nfe[method], "p50_ms": 1e3 * percentile(t, 50),
-                                          "p99_ms": 1e3 * percentile(t, 99), "mean_ms": 1e3 * statistics.fmean(t)}
+            results[method]["latency"] = {
+                "nfe": nfe[method],
+                "p50_ms": 1e3 * percentile(t, 50),
+                "p99_ms": 1e3 * percentile(t, 99),
+                "mean_ms": 1e3 * statistics.fmean(t),
+            }
     return results
 
 
@@ -231,8 +251,10 @@ def ratios(result: dict) -> dict[str, float]:
 def print_table(result: dict) -> None:
     c = result["config"]
     print(f"\npolicy benchmark: device={c['device']} ({c['device_name']}) threads={c['threads']} amp={c['amp']}")
-    print(f"{'case':<22}{'head':<12}{'params M':>9}{'batch':>6}{'bf16':>5}{'steps/s':>9}{'ms/step':>9}"
-          f"{'NFE':>4}{'p50 ms':>9}{'p99 ms':>9}")
+    print(
+        f"{'case':<22}{'head':<12}{'params M':>9}{'batch':>6}{'bf16':>5}{'steps/s':>9}{'ms/step':>9}"
+        f"{'NFE':>4}{'p50 ms':>9}{'p99 ms':>9}"
+    )
     for case, rows in result["cases"].items():
         for method, row in rows.items():
             tr, lat = row.get("train", {}), row.get("latency", {})
@@ -241,9 +263,11 @@ def print_table(result: dict) -> None:
                 return f"{d[k]:>{w}.{digits}f}" if k in d else f"{'-':>{w}}"
 
             amp = ("y" if tr["mixed_precision"] else "n") if tr else "-"
-            print(f"{case:<22}{method:<12}{f(tr, 'params_M', 9, 1)}{tr.get('batch', '-'):>6}{amp:>5}"
-                  f"{f(tr, 'steps_per_s', 9, 2)}{f(tr, 'median_ms', 9, 1)}{lat.get('nfe', '-'):>4}"
-                  f"{f(lat, 'p50_ms', 9, 2)}{f(lat, 'p99_ms', 9, 2)}")
+            print(
+                f"{case:<22}{method:<12}{f(tr, 'params_M', 9, 1)}{tr.get('batch', '-'):>6}{amp:>5}"
+                f"{f(tr, 'steps_per_s', 9, 2)}{f(tr, 'median_ms', 9, 1)}{lat.get('nfe', '-'):>4}"
+                f"{f(lat, 'p50_ms', 9, 2)}{f(lat, 'p99_ms', 9, 2)}"
+            )
     if result["ratios"]:
         print("\nratios:")
         for name, value in result["ratios"].items():
@@ -254,12 +278,26 @@ def main(argv: list[str]) -> int:
     args = parse_args(argv)
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
-    result: dict = {"config": {
-        "cases": args.cases, "methods": args.methods, "parts": sorted(args.parts), "device": args.device,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or
-        platform.machine(), "threads": args.threads, "amp": args.amp, "steps": args.steps, "calls": args.calls,
-        "warmup": args.warmup, "overrides": args.overrides, "torch": torch.__version__,
-        "data": f"synthetic, {args.episodes} episodes x {args.episode_len} steps"}, "cases": {}}
+    result: dict = {
+        "config": {
+            "cases": args.cases,
+            "methods": args.methods,
+            "parts": sorted(args.parts),
+            "device": args.device,
+            "device_name": torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else platform.processor() or platform.machine(),
+            "threads": args.threads,
+            "amp": args.amp,
+            "steps": args.steps,
+            "calls": args.calls,
+            "warmup": args.warmup,
+            "overrides": args.overrides,
+            "torch": torch.__version__,
+            "data": f"synthetic, {args.episodes} episodes x {args.episode_len} steps",
+        },
+        "cases": {},
+    }
     for case in args.cases:
         result["cases"][case] = run_case(case, args)
         write_text(args.out, json.dumps(result, indent=2))  # what is measured so far survives a killed run

@@ -1,8 +1,9 @@
 """Timing helpers shared by the benchmarks: methods interleaved call by call, so machine load hits all alike."""
+
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -8,6 +8,7 @@ so the modes move with the condition. Gaussian noise of ``noise_std`` is added. 
 Quality: conditional energy distance (U-statistic, 0 in expectation for identical distributions) averaged over
 conditions, and mode statistics (share of samples per mode, coverage, precision).
 """
+
 from __future__ import annotations
 
 import math
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from policies.heads.base import ActionHead
 
 ACTION_DIM = 2
 COND_DIM = 1
@@ -46,7 +49,9 @@ class ToyProblem:
         ramp = self.radius * torch.arange(1, self.horizon + 1, dtype=c.dtype, device=c.device) / self.horizon
         return ramp[None, None, :, None] * direction[:, :, None, :]  # (B, M, H, 2)
 
-    def sample_actions(self, c: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_actions(
+        self, c: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Chunks ``(B, H, 2)`` and their mode index ``(B,)`` for conditions ``c (B,)``."""
         modes = torch.randint(0, self.n_modes, (c.shape[0],), generator=generator, device=c.device)
         centers = self.mode_centers(c)[torch.arange(c.shape[0], device=c.device), modes]  # (B, H, 2)
@@ -129,7 +134,9 @@ def evaluate_sampler(
     return out
 
 
-def head_sampler(head: torch.nn.Module, num_steps: int | None = None) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
+def head_sampler(
+    head: ActionHead, num_steps: int | None = None
+) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor]:
     """Wrap an action head's ``sample`` as a toy sampler."""
 
     def sample(cond: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -140,7 +147,7 @@ def head_sampler(head: torch.nn.Module, num_steps: int | None = None) -> Callabl
 
 
 def train_head(
-    head: torch.nn.Module,
+    head: ActionHead,
     problem: ToyProblem,
     steps: int,
     batch_size: int = 256,
