@@ -3,6 +3,7 @@ hand paths of its strategies drawn in (one colour each), as a 256-px PNG.
 
     MUJOCO_GL=egl python benchmarks/multimodal_scene_pictures.py --out docs/results/multimodal-scenes
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from demos.spec import FULL_STATE  # noqa: E402
+from core.spec import FULL_STATE  # noqa: E402
 from envs import pointcloud as pc  # noqa: E402
 from envs.multimodal.env import MultimodalEnv  # noqa: E402
 from envs.multimodal.experts import StrategyExpert  # noqa: E402
@@ -59,7 +60,7 @@ def draw(image: np.ndarray, env: MultimodalEnv, camera: str, path: np.ndarray, c
     if env.data.cam_xmat[cam_id][7] < 0:  # the picture was turned by 180 degrees (see MultimodalEnv.camera_rgb)
         uv = size - 1 - uv
     for u, v in np.round(uv[depth > 0]).astype(int):
-        image[max(v - 1, 0):v + 2, max(u - 1, 0):u + 2] = colour
+        image[max(v - 1, 0) : v + 2, max(u - 1, 0) : u + 2] = colour
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,10 +77,10 @@ def main(argv: list[str] | None = None) -> int:
         paths = [hand_path(env, task, name) for name in spec.strategies]
         at_split(env, task)
         image = env.camera_rgb(args.camera, args.size)
-        for path, colour in zip(paths, COLOURS):
+        for path, colour in zip(paths, COLOURS, strict=False):
             draw(image, env, args.camera, path, colour)
         imageio.imwrite(args.out / f"{task}.png", image)
-        print(f"{task}: {', '.join(f'{n} ({c.tolist()})' for n, c in zip(spec.strategies, COLOURS))}")
+        print(f"{task}: {', '.join(f'{n} ({c.tolist()})' for n, c in zip(spec.strategies, COLOURS, strict=False))}")
         env.close()
     return 0
 

@@ -1,11 +1,12 @@
 """Multimodal tasks: every strategy succeeds, their average fails, the mode classifier, reset determinism and the
 observations, on the real simulator (state-only rollouts; one point-cloud render)."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from demos.spec import AGENT_POS, FULL_STATE, POINT_CLOUD
+from core.spec import AGENT_POS, FULL_STATE, POINT_CLOUD
 from envs.multimodal import corner, detour
 from envs.multimodal.env import MultimodalEnv
 from envs.multimodal.experts import AveragedExpert, StrategyExpert, strategy_for_seed
@@ -99,7 +100,7 @@ def test_bad_names_and_actions_raise():
 
 def _path(*points: tuple[float, float, float], steps: int = 10) -> np.ndarray:
     """A hand path (T, 3) through ``points``, ``steps`` samples per segment."""
-    pieces = [np.linspace(a, b, steps, endpoint=False) for a, b in zip(points, points[1:])]
+    pieces = [np.linspace(a, b, steps, endpoint=False) for a, b in zip(points, points[1:], strict=False)]
     return np.concatenate(pieces + [np.asarray(points[-1:], dtype=float)])
 
 

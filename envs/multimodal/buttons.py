@@ -9,6 +9,7 @@ is pressed along +x at the end of the back limit, the ``far`` one along +y at th
 
 A policy that averages the strategies stays clamped in the corner.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -32,8 +33,8 @@ class ButtonsEnv(MultimodalSceneEnv):
     either is."""
 
     scene_file = "buttons.xml"
-    hand_low = tuple(CORNER.limits)
-    hand_high = (0.25, 0.85, 0.20)
+    hand_box_low = tuple(CORNER.limits)
+    hand_box_high = (0.25, 0.85, 0.20)
     placement_low = (-0.10, 0.50, 0.12)
     placement_high = (0.00, 0.60, 0.17)
     need_both = False

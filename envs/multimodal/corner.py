@@ -13,9 +13,8 @@ included. The hand approaches with its gripper closing, and in the corner opens 
 the strategies leave once the opening has read fully open (it saturates at 1) in the last two observations, by
 when the arm is at rest: from exactly the two-step history that a policy stuck in the corner keeps seeing.
 """
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 import numpy as np
 
@@ -45,7 +44,7 @@ class Corner:
         """The hand is at the two limits other than the arrival axis's (it may still be on its way along it)."""
         return bool(np.max(self.depth(hand)[self.other_axes]) < AT)
 
-    def approach(self, state: np.ndarray, prev: np.ndarray) -> Optional[np.ndarray]:
+    def approach(self, state: np.ndarray, prev: np.ndarray) -> np.ndarray | None:
         """The shared opening of every strategy, from the current and the previous full state, or None once it is
         over: with the gripper closing, push into the two other limits, then move along the arrival axis into its
         limit; there, open the gripper while pushing into all three limits until it has read fully open twice."""

@@ -5,6 +5,7 @@ along the back limit (+x) and then up the right side of the pillar; the left pat
 then across behind it. A policy that averages them stays clamped in the corner; one that leaves along the diagonal
 meets the pillar.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -27,8 +28,8 @@ class DetourEnv(MultimodalSceneEnv):
     """Task state (6,): pillar (x, y, z) then target (x, y, z), both fixed. Placement (3,): the hand's start."""
 
     scene_file = "detour.xml"
-    hand_low = tuple(CORNER.limits)
-    hand_high = (0.25, 0.85, 0.20)
+    hand_box_low = tuple(CORNER.limits)
+    hand_box_high = (0.25, 0.85, 0.20)
     placement_low = (-0.12, 0.455, 0.12)
     placement_high = (0.10, 0.47, 0.17)
 

@@ -12,19 +12,21 @@ Observation dict:
 ``info`` of every step carries ``success`` and ``full_state`` (the trajectory the mode classifier reads), plus the
 scene's own diagnostics.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from envs.render import OffscreenRenderer  # sets MUJOCO_GL before mujoco is imported
-
-from demos.spec import AGENT_POS, FULL_STATE, POINT_CLOUD, ObsSpec, ShapeMeta  # noqa: E402
+from core.spec import AGENT_POS, FULL_STATE, POINT_CLOUD, ObsSpec, ShapeMeta  # noqa: E402
 from envs import pointcloud as pc  # noqa: E402
-from envs.metaworld_env import ACTION_DIM, AGENT_POS_DIM, MAX_PATH_LENGTH, image_key  # noqa: E402
+from envs.metaworld.env import ACTION_DIM, AGENT_POS_DIM, MAX_PATH_LENGTH, image_key  # noqa: E402
+from envs.multimodal.scene import MultimodalSceneEnv
 from envs.multimodal.tasks import get_task  # noqa: E402
+from envs.render import OffscreenRenderer  # sets MUJOCO_GL before mujoco is imported
 
 
 class MultimodalEnv(gym.Env):
@@ -36,6 +38,7 @@ class MultimodalEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"]}
+    action_dim = ACTION_DIM
 
     def __init__(
         self,
@@ -44,11 +47,11 @@ class MultimodalEnv(gym.Env):
         num_points: int = 512,
         image_cameras: Sequence[str] = (),
         image_size: int = 84,
-        crop_box: Optional[Sequence[Sequence[float]]] = None,
+        crop_box: Sequence[Sequence[float]] | None = None,
         use_point_color: bool = False,
         seed: int = 0,
         depth_size: int = 128,
-        max_episode_steps: Optional[int] = None,
+        max_episode_steps: int | None = None,
         fast_render: bool = True,
         video_camera: str = "corner2",
         video_size: int = 256,
@@ -77,19 +80,22 @@ class MultimodalEnv(gym.Env):
         self._env = self.spec_task.scene()
         self._env._set_task_called = True
         self.model, self.data = self._env.model, self._env.data
-        self._renderer: Optional[OffscreenRenderer] = None
+        self._renderer: OffscreenRenderer | None = None
         if self.point_cloud_cameras or self.image_cameras:
             self._make_renderer()
 
         self._next_seed = int(seed)
-        self.episode_seed: Optional[int] = None
+        self.episode_seed: int | None = None
         self._steps = 0
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(ACTION_DIM,), dtype=np.float32)
-        self.observation_space = gym.spaces.Dict({
-            key: gym.spaces.Box(0, 255, shape=s.shape, dtype=np.uint8) if s.type == "rgb"
-            else gym.spaces.Box(-np.inf, np.inf, shape=s.shape, dtype=np.float32)
-            for key, s in self.shape_meta(self.obs_keys).obs.items()
-        })
+        self.observation_space = gym.spaces.Dict(
+            {
+                key: gym.spaces.Box(0, 255, shape=s.shape, dtype=np.uint8)
+                if s.type == "rgb"
+                else gym.spaces.Box(-np.inf, np.inf, shape=s.shape, dtype=np.float32)
+                for key, s in self.shape_meta(self.obs_keys).obs.items()
+            }
+        )
 
     # ------------------------------------------------------------------ spec
     @property
@@ -104,13 +110,15 @@ class MultimodalEnv(gym.Env):
         """Length of ``full_state``: agent_pos (4) and the task state."""
         return AGENT_POS_DIM + len(self._env.task_state())
 
-    def shape_meta(self, obs_keys: Optional[Sequence[str]] = None) -> ShapeMeta:
+    def shape_meta(self, obs_keys: Sequence[str] | None = None) -> ShapeMeta:
         """The :class:`ShapeMeta` of ``obs_keys`` (default: every key but the privileged ``full_state``)."""
         if obs_keys is None:
             obs_keys = [k for k in self.obs_keys if k != FULL_STATE]
-        specs = {POINT_CLOUD: ObsSpec(POINT_CLOUD, "point_cloud", (self.num_points, 6 if self.use_point_color else 3)),
-                 AGENT_POS: ObsSpec(AGENT_POS, "low_dim", (AGENT_POS_DIM,)),
-                 FULL_STATE: ObsSpec(FULL_STATE, "low_dim", (self.state_dim,))}
+        specs = {
+            POINT_CLOUD: ObsSpec(POINT_CLOUD, "point_cloud", (self.num_points, 6 if self.use_point_color else 3)),
+            AGENT_POS: ObsSpec(AGENT_POS, "low_dim", (AGENT_POS_DIM,)),
+            FULL_STATE: ObsSpec(FULL_STATE, "low_dim", (self.state_dim,)),
+        }
         for i, cam in enumerate(self.image_cameras):
             specs[image_key(cam, i)] = ObsSpec(image_key(cam, i), "rgb", (3, self.image_size, self.image_size))
         unknown = [k for k in obs_keys if k not in self.obs_keys]
@@ -121,11 +129,13 @@ class MultimodalEnv(gym.Env):
     def camera_params(self) -> dict[str, Any]:
         """Intrinsics/pose of the point-cloud and image cameras (JSON-ready, for dataset attributes)."""
         depth, image = self.depth_size, self.image_size
-        return {"point_cloud": dict(pc.camera_params(self.model, self.point_cloud_cameras, depth, depth)),
-                "image": dict(pc.camera_params(self.model, self.image_cameras, image, image))}
+        return {
+            "point_cloud": dict(pc.camera_params(self.model, self.point_cloud_cameras, depth, depth)),
+            "image": dict(pc.camera_params(self.model, self.image_cameras, image, image)),
+        }
 
     # ------------------------------------------------------------------ gymnasium API
-    def reset(self, seed: Optional[int] = None, options: Optional[dict] = None) -> tuple[dict[str, np.ndarray], dict]:
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict[str, np.ndarray], dict]:
         """Placement drawn from a generator seeded with ``seed`` (default: the constructor's seed, counting up)."""
         seed = self._next_seed if seed is None else int(seed)
         self._next_seed = seed + 1
@@ -140,7 +150,9 @@ class MultimodalEnv(gym.Env):
         obs = self._observation()
         return obs, {"seed": seed, "success": False, FULL_STATE: obs[FULL_STATE].copy()}
 
-    def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
+    def step(self, action: np.ndarray, render: bool = True) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
+        """One env step. ``render=False`` leaves the rendered observations (point cloud, images) out of the returned
+        observation, as :meth:`envs.metaworld.env.MetaWorldEnv.step` does."""
         if self.episode_seed is None:
             raise RuntimeError("call reset() before step()")
         action = np.asarray(action, dtype=np.float32).reshape(-1)
@@ -150,7 +162,7 @@ class MultimodalEnv(gym.Env):
             raise ValueError(f"action contains NaN or inf: {action}")
         _, reward, _, _, info = self._env.step(np.clip(action, -1.0, 1.0))
         self._steps += 1
-        obs = self._observation()
+        obs = self._observation(render)
         info = dict(info)
         info["success"] = bool(info.get("success", False))
         info[FULL_STATE] = obs[FULL_STATE].copy()
@@ -166,11 +178,11 @@ class MultimodalEnv(gym.Env):
         self._env.close()
 
     # ------------------------------------------------------------------ observations
-    def _observation(self) -> dict[str, np.ndarray]:
+    def _observation(self, render: bool = True) -> dict[str, np.ndarray]:
         obs: dict[str, np.ndarray] = {}
-        if self.point_cloud_cameras:
+        if self.point_cloud_cameras and render:
             obs[POINT_CLOUD] = self.point_cloud()
-        for i, cam in enumerate(self.image_cameras):
+        for i, cam in enumerate(self.image_cameras if render else ()):
             obs[image_key(cam, i)] = np.ascontiguousarray(self.camera_rgb(cam, self.image_size).transpose(2, 0, 1))
         state = self.full_state()
         obs[AGENT_POS] = state[:AGENT_POS_DIM].copy()
@@ -189,8 +201,10 @@ class MultimodalEnv(gym.Env):
         clouds = []
         for cam in self.point_cloud_cameras:
             cam_id = renderer.camera_id(cam)
-            rgb, depth = renderer.render(self.data, cam_id, self.depth_size, self.depth_size,
-                                         rgb=self.use_point_color, depth=True)
+            rgb, depth = renderer.render(
+                self.data, cam_id, self.depth_size, self.depth_size, rgb=self.use_point_color, depth=True
+            )
+            assert depth is not None  # asked for above
             clouds.append(pc.mujoco_points(self.model, self.data, cam_id, depth, renderer.reversed_z, rgb=rgb))
         return pc.workspace_point_cloud(clouds, self.crop_box, self.num_points)
 
@@ -200,18 +214,22 @@ class MultimodalEnv(gym.Env):
         renderer = self._make_renderer()
         cam_id = renderer.camera_id(camera)
         rgb, _ = renderer.render(self.data, cam_id, size, size, rgb=True, depth=False)
+        assert rgb is not None  # asked for above
         if self.data.cam_xmat[cam_id][7] < 0:  # world-z component of the camera's up axis
             rgb = np.ascontiguousarray(rgb[::-1, ::-1])
         return rgb
 
     def _make_renderer(self) -> OffscreenRenderer:
         if self._renderer is None:
-            side = max(self.depth_size if self.point_cloud_cameras else 0,
-                       self.image_size if self.image_cameras else 0, self.video_size)
+            side = max(
+                self.depth_size if self.point_cloud_cameras else 0,
+                self.image_size if self.image_cameras else 0,
+                self.video_size,
+            )
             self._renderer = OffscreenRenderer(self.model, side, side, fast=self.fast_render)
         return self._renderer
 
     @property
-    def scene(self):
+    def scene(self) -> MultimodalSceneEnv:
         """The underlying :class:`envs.multimodal.scene.MultimodalSceneEnv` (tests, pictures)."""
         return self._env

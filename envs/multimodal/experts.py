@@ -6,20 +6,22 @@ Strategies are functions of the last two observations, ``(full_state (D,), previ
 (4,)`` (the phase is read from them; a policy sees as much with ``n_obs_steps=2``), so the averaged expert is well
 defined anywhere, including the states that only averaging reaches.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
-from demos.spec import FULL_STATE
+from core.spec import FULL_STATE
 from envs.multimodal.tasks import get_task
 
 ACTION_DIM = 4
 MIX_STREAM = 0x6D6D  # keeps the strategy draw apart from every other use of the episode seed
 
 
-def strategy_for_seed(seed: int, names: Sequence[str], mix: Optional[Sequence[float]] = None) -> str:
+def strategy_for_seed(seed: int, names: Sequence[str], mix: Sequence[float] | None = None) -> str:
     """The strategy a mixed expert follows in the episode of ``seed``; ``mix`` holds the probabilities of
     ``names`` (default: uniform)."""
     p = np.full(len(names), 1.0 / len(names)) if mix is None else np.asarray(mix, dtype=np.float64)
@@ -44,7 +46,7 @@ class StrategyExpert:
 
     n_obs_steps = 2
 
-    def __init__(self, task: str, strategy: Optional[str] = None, mix: Optional[Sequence[float]] = None) -> None:
+    def __init__(self, task: str, strategy: str | None = None, mix: Sequence[float] | None = None) -> None:
         self.spec = get_task(task)
         names = list(self.spec.strategies)
         if strategy is not None and strategy not in names:
@@ -55,7 +57,7 @@ class StrategyExpert:
         self.mix = None if mix is None else tuple(float(p) for p in mix)
         self.strategy = strategy or names[0]
 
-    def reset(self, seed: Optional[int] = None) -> None:
+    def reset(self, seed: int | None = None) -> None:
         """Start an episode; a mixed expert draws its strategy from ``seed``."""
         if self.fixed is None:
             if seed is None:
@@ -77,7 +79,7 @@ class AveragedExpert:
     def __init__(self, task: str) -> None:
         self.spec = get_task(task)
 
-    def reset(self, seed: Optional[int] = None) -> None:
+    def reset(self, seed: int | None = None) -> None:
         """Nothing to reset (stateless)."""
 
     def predict_action(self, obs: Mapping[str, Any]) -> np.ndarray:

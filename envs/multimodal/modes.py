@@ -6,10 +6,11 @@ task's decisive event (the pillar passed, a button pressed, the block lifted), `
 the episode *dithers* when its evidence up to then switches from one strategy to another, or when the hand stalls
 for :data:`STALL_STEPS` steps before the episode succeeds.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -34,9 +35,9 @@ class ModeResult:
 
 def classify(
     full_states: np.ndarray,
-    evidence: Callable[[np.ndarray], Optional[str]],
+    evidence: Callable[[np.ndarray], str | None],
     decided: Callable[[np.ndarray], bool],
-    success: Optional[Sequence[bool]] = None,
+    success: Sequence[bool] | np.ndarray | None = None,
 ) -> ModeResult:
     """Classify a trajectory ``full_states (T, D)`` (agent_pos then task state, one row per step).
 
@@ -50,7 +51,7 @@ def classify(
     done = [decided(s) for s in full_states]
     until = done.index(True) + 1 if any(done) else len(full_states)
     seen = [e for e in map(evidence, full_states[:until]) if e is not None]
-    switched = any(a != b for a, b in zip(seen, seen[1:]))
+    switched = any(a != b for a, b in zip(seen, seen[1:], strict=False))
     mode = seen[-1] if seen and any(done) else NONE
     end = len(full_states)
     if success is not None and np.any(success):

@@ -6,6 +6,7 @@ the front); the block sits below the back limit. The top grasp runs along the ce
 descends onto it; the side grasp descends along the left limit to table height and slides in (+x) with the fingers
 either side of the block. A policy that averages them stays clamped in the corner.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,8 @@ class PickEnv(MultimodalSceneEnv):
     """Task state (3,): the block's position. Placement (3,): the hand's start."""
 
     scene_file = "pick.xml"
-    hand_low = (-0.15, 0.45, 0.05)
-    hand_high = (0.25, 0.85, 0.20)
+    hand_box_low = (-0.15, 0.45, 0.05)
+    hand_box_high = (0.25, 0.85, 0.20)
     placement_low = (-0.10, 0.55, 0.10)
     placement_high = (0.05, 0.62, 0.15)
 

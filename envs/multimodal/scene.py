@@ -6,6 +6,7 @@ A task is a :class:`metaworld.sawyer_xyz_env.SawyerXYZEnv` subclass, so it keeps
 loaded by absolute path from the installed package, and the task's ``<mujocoinclude>`` file in ``assets/`` (its
 own defaults, assets and worldbody); nothing is copied out of metaworld.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,19 +47,20 @@ def scene_xml(task_file: str | Path) -> str:
 class MultimodalSceneEnv(SawyerXYZEnv):
     """Base of the multimodal tasks: model composition, a seeded placement vector and a task-state vector.
 
-    Subclasses set ``scene_file``, the mocap limits ``hand_low``/``hand_high`` and the placement box
+    Subclasses set ``scene_file``, the mocap limits ``hand_box_low``/``hand_box_high`` (metaworld's ``hand_low``/
+    ``hand_high``) and the placement box
     ``placement_low``/``placement_high`` (task-specific dimensions, e.g. the hand's start), and implement
     :meth:`place` (apply a placement, including ``hand_init_pos``), :meth:`task_state` and :meth:`evaluate_state`.
     """
 
     scene_file: ClassVar[str]
-    hand_low: ClassVar[tuple[float, float, float]]
-    hand_high: ClassVar[tuple[float, float, float]]
+    hand_box_low: ClassVar[tuple[float, float, float]]
+    hand_box_high: ClassVar[tuple[float, float, float]]
     placement_low: ClassVar[tuple[float, ...]]
     placement_high: ClassVar[tuple[float, ...]]
 
     def __init__(self) -> None:
-        super().__init__(hand_low=self.hand_low, hand_high=self.hand_high)
+        super().__init__(hand_low=self.hand_box_low, hand_high=self.hand_box_high)
         low, high = np.asarray(self.placement_low), np.asarray(self.placement_high)
         self._random_reset_space = Box(low, high, dtype=np.float64)
         # metaworld seeds goal_space in seed(); the placement box plays that role here
@@ -107,6 +109,6 @@ class MultimodalSceneEnv(SawyerXYZEnv):
         """Put a free-joint body at ``pos`` with orientation ``quat``, at rest."""
         j = self.model.joint(joint)
         qpos, qvel = self.data.qpos.copy(), self.data.qvel.copy()
-        qpos[j.qposadr[0]:j.qposadr[0] + 7] = np.concatenate([np.asarray(pos, float), np.asarray(quat, float)])
-        qvel[j.dofadr[0]:j.dofadr[0] + 6] = 0.0
+        qpos[j.qposadr[0] : j.qposadr[0] + 7] = np.concatenate([np.asarray(pos, float), np.asarray(quat, float)])
+        qvel[j.dofadr[0] : j.dofadr[0] + 6] = 0.0
         self.set_state(qpos, qvel)

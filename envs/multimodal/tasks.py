@@ -1,8 +1,10 @@
 """The registry of multimodal tasks: scene, strategies and mode evidence of each, by name."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Callable, Mapping, Optional
+from typing import Any
 
 import numpy as np
 
@@ -15,47 +17,81 @@ Strategy = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (full_state (D,), p
 
 @dataclass(frozen=True)
 class MultimodalTask:
-    """A task: its scene class, its strategies (name -> expert reading the last two full states), the per-step
-    mode evidence and the
-    decisive event used by :func:`envs.multimodal.modes.classify`, and its episode length."""
+    """A task: its scene class and the length of its task state (``full_state`` is agent_pos (4) then that), its
+    strategies (name -> expert reading the last two full states), the per-step mode evidence and the decisive event
+    used by :func:`envs.multimodal.modes.classify`, and its episode length."""
 
     name: str
     kind: str
     scene: type[MultimodalSceneEnv]
+    task_state_dim: int
     strategies: Mapping[str, Strategy]
-    evidence: Callable[[np.ndarray], Optional[str]]
+    evidence: Callable[[np.ndarray], str | None]
     decided: Callable[[np.ndarray], bool]
     max_episode_steps: int = 200
 
-    def classify(self, full_states: np.ndarray, success: Optional[np.ndarray] = None) -> ModeResult:
+    def classify(self, full_states: np.ndarray, success: Sequence[bool] | np.ndarray | None = None) -> ModeResult:
         """Mode and dithering of a trajectory ``full_states (T, D)``."""
         return classify(full_states, self.evidence, self.decided, success)
+
+    def mode_record(
+        self, full_states: np.ndarray, success: Sequence[bool] | np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """:meth:`classify` as the JSON fields of one evaluation episode: ``mode``, ``switched``, ``stalled``,
+        ``dithered``."""
+        result = self.classify(full_states, success)
+        fields = ("mode", "switched", "stalled", "dithered")
+        return {name: getattr(result, name) for name in fields}
 
 
 TASKS: dict[str, MultimodalTask] = {
     "detour": MultimodalTask(
-        name="detour", kind="path", scene=detour.DetourEnv,
-        strategies={"right": lambda s, p: detour.detour_action(s, p, "right"),
-                    "left": lambda s, p: detour.detour_action(s, p, "left")},
-        evidence=detour.detour_evidence, decided=detour.detour_passed,
+        name="detour",
+        kind="path",
+        scene=detour.DetourEnv,
+        task_state_dim=6,
+        strategies={
+            "right": lambda s, p: detour.detour_action(s, p, "right"),
+            "left": lambda s, p: detour.detour_action(s, p, "left"),
+        },
+        evidence=detour.detour_evidence,
+        decided=detour.detour_passed,
     ),
     "either-button": MultimodalTask(
-        name="either-button", kind="goal", scene=buttons.ButtonsEnv,
-        strategies={"right": lambda s, p: buttons.either_action(s, p, "right"),
-                    "far": lambda s, p: buttons.either_action(s, p, "far")},
-        evidence=buttons.press_evidence, decided=buttons.any_pressed,
+        name="either-button",
+        kind="goal",
+        scene=buttons.ButtonsEnv,
+        task_state_dim=8,
+        strategies={
+            "right": lambda s, p: buttons.either_action(s, p, "right"),
+            "far": lambda s, p: buttons.either_action(s, p, "far"),
+        },
+        evidence=buttons.press_evidence,
+        decided=buttons.any_pressed,
     ),
     "button-order": MultimodalTask(
-        name="button-order", kind="order", scene=buttons.ButtonOrderEnv,
-        strategies={"right-first": lambda s, p: buttons.order_action(s, p, "right"),
-                    "far-first": lambda s, p: buttons.order_action(s, p, "far")},
+        name="button-order",
+        kind="order",
+        scene=buttons.ButtonOrderEnv,
+        task_state_dim=8,
+        strategies={
+            "right-first": lambda s, p: buttons.order_action(s, p, "right"),
+            "far-first": lambda s, p: buttons.order_action(s, p, "far"),
+        },
         evidence=buttons.order_evidence,
         decided=buttons.any_pressed,
     ),
     "pick": MultimodalTask(
-        name="pick", kind="grasp", scene=pick.PickEnv,
-        strategies={"top": lambda s, p: pick.pick_action(s, p, "top"), "side": lambda s, p: pick.pick_action(s, p, "side")},
-        evidence=pick.pick_evidence, decided=pick.picked,
+        name="pick",
+        kind="grasp",
+        scene=pick.PickEnv,
+        task_state_dim=3,
+        strategies={
+            "top": lambda s, p: pick.pick_action(s, p, "top"),
+            "side": lambda s, p: pick.pick_action(s, p, "side"),
+        },
+        evidence=pick.pick_evidence,
+        decided=pick.picked,
     ),
 }
 
