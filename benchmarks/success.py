@@ -5,12 +5,14 @@
     mfp bench success --preset full --workers 8       # GPU machine: all 50 tasks, 3 seeds, 100 episodes
     mfp bench success --preset cpu --tasks push-v3 --methods meanflow,ddim torch_threads=1   # + hydra overrides
     mfp bench success --preset robomimic_cpu          # robosuite Lift from images (tasks: robomimic/lift, ...)
+    mfp bench success --preset multimodal_cpu         # the multimodal suite (tasks: multimodal/detour, ...)
 
 Every run is `mfp train` in its own process (a crash or out-of-memory ends one run, not the benchmark), composed
 from configs/train.yaml with the preset's overrides plus ``task.env`` (a Meta-World task) or the ``task`` config
-group (a robomimic task: ``task=robomimic/lift``), ``policy``, ``seed``, ``num_steps`` and ``eval.episodes``; the
-configs are composed here first through the same hydra path, so a bad override fails before anything trains, and the
-methods of one task and seed are checked to differ only in the head and its regularizer.
+group (a robomimic or multimodal task: ``task=robomimic/lift``, ``task=multimodal/detour``), ``policy``, ``seed``,
+``num_steps`` and ``eval.episodes``; the configs are composed here first through the same hydra path, so a bad
+override fails before anything trains, and the methods of one task and seed are checked to differ only in the head
+and its regularizer.
 Each run trains to the same step count and evaluates its final EMA checkpoint on the same fixed evaluation seeds
 (``core.seeds.eval_seeds``). A run whose ``summary.json`` and ``eval/eval_info.json`` exist is skipped; a run
 killed mid-training resumes from its last training state (``resume=true``). With ``device=cuda`` and several GPUs
@@ -222,7 +224,7 @@ def resolve_tasks(names: Sequence[str]) -> list[str]:
 
 
 def task_group(task: str) -> str:
-    """A resolved task's report group: its Meta-World difficulty, or "robomimic"."""
+    """A resolved task's report group: its Meta-World difficulty, "robomimic" or "multimodal"."""
     from envs.metaworld.groups import difficulty
 
     if is_multimodal(task):
@@ -231,8 +233,8 @@ def task_group(task: str) -> str:
 
 
 def task_choice(task: str) -> str | None:
-    """The ``task`` config group choice a run needs: ``robomimic/lift`` for a robomimic task, None for Meta-World (the
-    default ``task: metaworld``, where ``task.env`` names the task)."""
+    """The ``task`` config group choice a run needs: ``robomimic/lift`` for a robomimic task (``multimodal/detour``
+    likewise), None for Meta-World (the default ``task: metaworld``, where ``task.env`` names the task)."""
     return task if is_robomimic(task) or is_multimodal(task) else None
 
 
