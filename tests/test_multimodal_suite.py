@@ -3,6 +3,7 @@ evaluation runner, the task configs and the benchmark's handling of the suite (s
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -240,3 +241,19 @@ def test_collect_train_and_eval_end_to_end(tmp_path):
     assert "[eval] modes: right" in out
     episodes = json.loads((ev / "eval_info.json").read_text())["per_episode"]
     assert all(e["mode"] in ("right", "left", "none") and isinstance(e["dithered"], bool) for e in episodes)
+
+
+def test_experts_pickle_for_the_runners_worker_processes():
+    """`mfp eval policy=expert` hands the expert to spawned workers: it must pickle and act the same after."""
+    import pickle
+
+    obs = {FULL_STATE: np.zeros((2, 10), dtype=np.float32)}
+    for expert in (
+        StrategyExpert("detour", "left"),
+        AveragedExpert("detour"),
+        get_suite("multimodal").make_expert("multimodal/detour"),
+    ):
+        expert.reset(seed=5)
+        copy = pickle.loads(pickle.dumps(expert))
+        copy.reset(seed=5)
+        np.testing.assert_array_equal(copy.predict_action(obs), expert.predict_action(obs))

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from core.spec import FULL_STATE
-from envs.multimodal.tasks import get_task
+from envs.multimodal.tasks import MultimodalTask, get_task
 
 ACTION_DIM = 4
 MIX_STREAM = 0x6D6D  # keeps the strategy draw apart from every other use of the episode seed
@@ -46,8 +46,13 @@ class StrategyExpert:
 
     n_obs_steps = 2
 
+    @property
+    def spec(self) -> MultimodalTask:
+        """The task, looked up by name (an expert pickles by its task name, for the runner's worker processes)."""
+        return get_task(self.task)
+
     def __init__(self, task: str, strategy: str | None = None, mix: Sequence[float] | None = None) -> None:
-        self.spec = get_task(task)
+        self.task = task
         names = list(self.spec.strategies)
         if strategy is not None and strategy not in names:
             raise ValueError(f"task '{task}' has no strategy '{strategy}'; known: {', '.join(names)}")
@@ -76,8 +81,14 @@ class AveragedExpert:
 
     n_obs_steps = 2
 
+    @property
+    def spec(self) -> MultimodalTask:
+        """The task, looked up by name (an expert pickles by its task name, for the runner's worker processes)."""
+        return get_task(self.task)
+
     def __init__(self, task: str) -> None:
-        self.spec = get_task(task)
+        self.task = task
+        get_task(task)  # an unknown name fails here
 
     def reset(self, seed: int | None = None) -> None:
         """Nothing to reset (stateless)."""
