@@ -5,12 +5,14 @@
     mfp bench success --preset full --workers 8       # GPU machine: all 50 tasks, 3 seeds, 100 episodes
     mfp bench success --preset cpu --tasks push-v3 --methods meanflow,ddim torch_threads=1   # + hydra overrides
     mfp bench success --preset robomimic_cpu          # robosuite Lift from images (tasks: robomimic/lift, ...)
+    mfp bench success --preset multimodal_cpu         # the multimodal suite (tasks: multimodal/detour, ...)
 
 Every run is `mfp train` in its own process (a crash or out-of-memory ends one run, not the benchmark), composed
 from configs/train.yaml with the preset's overrides plus ``task.env`` (a Meta-World task) or the ``task`` config
-group (a robomimic task: ``task=robomimic/lift``), ``policy``, ``seed``, ``num_steps`` and ``eval.episodes``; the
-configs are composed here first through the same hydra path, so a bad override fails before anything trains, and the
-methods of one task and seed are checked to differ only in the head and its regularizer.
+group (a robomimic or multimodal task: ``task=robomimic/lift``, ``task=multimodal/detour``), ``policy``, ``seed``,
+``num_steps`` and ``eval.episodes``; the configs are composed here first through the same hydra path, so a bad
+override fails before anything trains, and the methods of one task and seed are checked to differ only in the head
+and its regularizer.
 Each run trains to the same step count and evaluates its final EMA checkpoint on the same fixed evaluation seeds
 (``core.seeds.eval_seeds``). A run whose ``summary.json`` and ``eval/eval_info.json`` exist is skipped; a run
 killed mid-training resumes from its last training state (``resume=true``). With ``device=cuda`` and several GPUs
@@ -41,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import configs
-from benchmarks.success_report import ROBOMIMIC_GROUP
+from benchmarks.success_report import MULTIMODAL_GROUP, ROBOMIMIC_GROUP
 from core.atomic_write import write_text
 from core.errors import MfpError
 from envs.metaworld.groups import GROUP_LABELS, GROUPS
@@ -80,6 +82,7 @@ HEAD_KEYS = {"head", "meanflow", "flow", "diffusion", "dispersive", "num_inferen
 # Override keys (or their prefixes) that change what a training step or an episode costs: a preset's time estimate
 # was measured on its own model and does not hold for runs with these changed.
 COST_KEYS = ("profile", "policy.", "task.", "batch_size", "mixed_precision")
+MULTIMODAL_PREFIX = f"{MULTIMODAL_GROUP}/"  # named as their configs: multimodal/detour
 ROBOMIMIC_PREFIX = f"{ROBOMIMIC_GROUP}/"  # robomimic tasks are named as their config: robomimic/lift
 LOG_FILE = "bench_train.log"
 RUN_FILE = "bench_run.json"
@@ -158,6 +161,18 @@ def robomimic_tasks() -> list[str]:
     return [f"{ROBOMIMIC_PREFIX}{t}" for t in TASKS]
 
 
+def multimodal_tasks() -> list[str]:
+    """Every task of the multimodal suite (``multimodal/detour``, ...)."""
+    from envs.suites import get_suite
+
+    return get_suite(MULTIMODAL_GROUP).task_names()
+
+
+def is_multimodal(task: str) -> bool:
+    """True for a multimodal task name (``multimodal/<x>``)."""
+    return task.startswith(MULTIMODAL_PREFIX)
+
+
 def is_robomimic(task: str) -> bool:
     """True for a resolved robomimic task name (``robomimic/<x>``)."""
     return task.startswith(ROBOMIMIC_PREFIX)
@@ -188,6 +203,16 @@ def resolve_tasks(names: Sequence[str]) -> list[str]:
             tasks += groups[name]
         elif name == ROBOMIMIC_GROUP:
             tasks += robomimic_tasks()
+        elif name == MULTIMODAL_GROUP:
+            tasks += multimodal_tasks()
+        elif is_multimodal(name):
+            from envs.suites import UnknownTaskError as SuiteTaskError
+            from envs.suites import get_suite
+
+            try:
+                tasks.append(get_suite(MULTIMODAL_GROUP).check_task(name))
+            except SuiteTaskError as e:
+                raise BenchError(str(e)) from e
         elif is_robomimic(name) or is_robosuite_task(name):
             tasks.append(check_robomimic_task(name))
         else:
@@ -199,16 +224,18 @@ def resolve_tasks(names: Sequence[str]) -> list[str]:
 
 
 def task_group(task: str) -> str:
-    """A resolved task's report group: its Meta-World difficulty, or "robomimic"."""
+    """A resolved task's report group: its Meta-World difficulty, "robomimic" or "multimodal"."""
     from envs.metaworld.groups import difficulty
 
+    if is_multimodal(task):
+        return MULTIMODAL_GROUP
     return ROBOMIMIC_GROUP if is_robomimic(task) else difficulty(task)
 
 
 def task_choice(task: str) -> str | None:
-    """The ``task`` config group choice a run needs: ``robomimic/lift`` for a robomimic task, None for Meta-World (the
-    default ``task: metaworld``, where ``task.env`` names the task)."""
-    return task if is_robomimic(task) else None
+    """The ``task`` config group choice a run needs: ``robomimic/lift`` for a robomimic task (``multimodal/detour``
+    likewise), None for Meta-World (the default ``task: metaworld``, where ``task.env`` names the task)."""
+    return task if is_robomimic(task) or is_multimodal(task) else None
 
 
 def check_overrides(overrides: Sequence[str]) -> list[str]:
@@ -267,7 +294,7 @@ def compose_configs(
 
 def run_values(task: str, seed: int, episodes: int, num_steps: int | None, out_dir: Path) -> dict[str, Any]:
     """The plain values the benchmark sets per run (on top of the composition; a robomimic task is its config)."""
-    values: dict[str, Any] = {} if is_robomimic(task) else {"task.env": task}
+    values: dict[str, Any] = {} if task_choice(task) else {"task.env": task}
     values.update({"seed": seed, "eval.episodes": episodes})
     if num_steps is not None:
         values["num_steps"] = num_steps
@@ -524,6 +551,8 @@ def collect_result(run: Run, best_of_periodic: bool = False) -> dict[str, Any]:
         "run_dir": str(run.out_dir),
         "code": summary.get("code"),  # absent in runs made before it was recorded
     }
+    if agg.get("modes"):  # a task whose suite classifies modes
+        result["modes"] = agg["modes"]
     if best_of_periodic:
         result.update(best_of_periodic_evals(run.out_dir))
     return result
@@ -577,7 +606,7 @@ def ensure_task_demos(runs: Sequence[Run]) -> None:
 # ---------------------------------------------------------------------------------------------------- estimates
 def rate_key(group: str, method: str) -> tuple[str, str]:
     """Runs share measured rates per suite and method (an image task's step costs far more than a point cloud's)."""
-    return (ROBOMIMIC_GROUP if group == ROBOMIMIC_GROUP else "metaworld", method)
+    return (group if group in (ROBOMIMIC_GROUP, MULTIMODAL_GROUP) else "metaworld", method)
 
 
 def cost_overrides(overrides: Sequence[str]) -> list[str]:

@@ -33,8 +33,14 @@ PAIRED_BOOTSTRAP = 10_000  # resamples behind the paired comparison's interval
 
 # robomimic/robosuite image tasks: their own section after the Meta-World groups.
 ROBOMIMIC_GROUP = "robomimic"
-SECTIONS = (*GROUPS, ROBOMIMIC_GROUP)
-SECTION_LABELS = {**GROUP_LABELS, ROBOMIMIC_GROUP: "robomimic (image)"}
+# The multimodal suite (demos that mix two strategies): its own section last, with mode frequencies.
+MULTIMODAL_GROUP = "multimodal"
+SECTIONS = (*GROUPS, ROBOMIMIC_GROUP, MULTIMODAL_GROUP)
+SECTION_LABELS = {
+    **GROUP_LABELS,
+    ROBOMIMIC_GROUP: "robomimic (image)",
+    MULTIMODAL_GROUP: "multimodal (two strategies per task)",
+}
 # What DM1 reports for its own image policies at 5 sampling steps, trained on robomimic's human (PH) datasets
 # (approximate figures; ours learn from scripted-expert demos): DM1's numbers, not ours.
 DM1_REPORTED = {"robomimic/lift": 98.0, "robomimic/can": 80.0, "robomimic/square": 40.0}
@@ -84,10 +90,14 @@ def has_robomimic(pairs: Sequence[tuple[str, str]]) -> bool:
     return any(g == ROBOMIMIC_GROUP for g, _ in pairs)
 
 
+def has_multimodal(pairs: Sequence[tuple[str, str]]) -> bool:
+    return any(g == MULTIMODAL_GROUP for g, _ in pairs)
+
+
 def average_label(group: str, pairs: Sequence[tuple[str, str]]) -> str:
     """Row label of a group's average; "all" says it is Meta-World-only when robomimic tasks are present too."""
     if group == "all":
-        return "All Meta-World tasks" if has_robomimic(pairs) else "All tasks"
+        return "All Meta-World tasks" if has_robomimic(pairs) or has_multimodal(pairs) else "All tasks"
     return f"{SECTION_LABELS[group]} average"
 
 
@@ -138,10 +148,12 @@ def group_averages(results: Sequence[dict[str, Any]]) -> dict[str, dict[str, Sta
     pairs = ordered_tasks(results)
     metaworld = [t for g, t in pairs if g in GROUPS]
     order = [g for g in GROUPS if any(pg == g for pg, _ in pairs)]
-    if metaworld or not has_robomimic(pairs):
+    if metaworld or not (has_robomimic(pairs) or has_multimodal(pairs)):
         order.append("all")
     if has_robomimic(pairs):
         order.append(ROBOMIMIC_GROUP)
+    if has_multimodal(pairs):
+        order.append(MULTIMODAL_GROUP)
     out: dict[str, dict[str, Stat | None]] = {}
     for group in order:
         tasks = metaworld if group == "all" else [t for g, t in pairs if g == group]
@@ -157,8 +169,8 @@ def dm1_anchor(tasks: Sequence[str]) -> str:
 
 def anchor_header(pairs: Sequence[tuple[str, str]]) -> str:
     """The anchor column's title: MP1's on Meta-World, DM1's on robomimic, both when the table has both."""
-    metaworld = any(g in GROUPS for g, _ in pairs) or not has_robomimic(pairs)
-    return " / ".join([ANCHOR_COLUMN] * metaworld + [DM1_COLUMN] * has_robomimic(pairs))
+    metaworld = any(g in GROUPS for g, _ in pairs) or not (has_robomimic(pairs) or has_multimodal(pairs))
+    return " / ".join([ANCHOR_COLUMN] * metaworld + [DM1_COLUMN] * has_robomimic(pairs)) or "reported"
 
 
 def reported_anchors(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -228,6 +240,15 @@ def success_table(results: Sequence[dict[str, Any]]) -> str:
         )
     if robomimic:
         lines += robomimic_rows(results, methods, robomimic, averages[ROBOMIMIC_GROUP], section_row=bool(metaworld))
+    multimodal = [t for g, t in pairs if g == MULTIMODAL_GROUP]
+    if multimodal:
+        if metaworld or robomimic:
+            lines.append(_row([f"*{SECTION_LABELS[MULTIMODAL_GROUP]}*", *[""] * (len(methods) + 1)]))
+        for task in multimodal:
+            lines.append(_row([task, *[_cell(task_stat(results, task, m)) for m in methods], ""]))
+        plural = "s" if len(multimodal) > 1 else ""
+        label = f"**{average_label(MULTIMODAL_GROUP, [])}** ({len(multimodal)} task{plural})"
+        lines.append(_row([label, *[_cell(averages[MULTIMODAL_GROUP][m], bold=True) for m in methods], ""]))
     lines.append("")
     if "all" in averages:
         lines.append(
@@ -349,6 +370,7 @@ def paired_table(results: Sequence[dict[str, Any]]) -> str | None:
     suites = [
         ("Meta-World", [t for g, t in pairs if g in GROUPS]),
         (SECTION_LABELS[ROBOMIMIC_GROUP], [t for g, t in pairs if g == ROBOMIMIC_GROUP]),
+        (MULTIMODAL_GROUP, [t for g, t in pairs if g == MULTIMODAL_GROUP]),
     ]
     rows = []
     for other in ordered_methods(results):
@@ -385,6 +407,37 @@ def paired_table(results: Sequence[dict[str, Any]]) -> str | None:
             *rows,
         ]
     )
+
+
+def mode_table(results: Sequence[dict[str, Any]]) -> str | None:
+    """Markdown of the runs' mode metrics (tasks whose suite classifies modes), or None when no run has them: per
+    task and method, the frequency of each strategy (mean over seeds) beside the demos' mix, the largest gap to the
+    mix, and the share of episodes that dithered (switched strategy mid-way or stalled)."""
+    runs = [r for r in ok_results(results) if r.get("modes")]
+    if not runs:
+        return None
+    lines = [
+        "Modes: the strategy each evaluation episode followed, decided from its trajectory (`none`: it reached no "
+        "strategy's decisive event). Frequencies are means over seeds, beside the demonstrations' mix; max gap: the "
+        "largest distance between a strategy's frequency and its demo share; dithered: episodes that switched "
+        "strategy mid-way or stalled, in %.",
+        "",
+        _row(["task", "method", "seeds", "mode frequencies (demo mix)", "max gap", "dithered %"]),
+        _row(["---", "---", "---:", "---", "---:", "---:"]),
+    ]
+    for _, task in ordered_tasks(runs):
+        for method in ordered_methods(runs):
+            cell = [r["modes"] for r in runs if r["task"] == task and r["method"] == method]
+            if not cell:
+                continue
+            mix = cell[0]["demo_mix"]
+            names = list(dict.fromkeys(n for m in cell for n in m["frequencies"]))
+            freq = {n: statistics.fmean(m["frequencies"].get(n, 0.0) for m in cell) for n in names}
+            shares = ", ".join(f"{n} {freq[n]:.2f}" + (f" ({mix[n]:.2f})" if n in mix else "") for n in names)
+            gap = statistics.fmean(m["max_gap"] for m in cell)
+            dithered = statistics.fmean(m["pc_dithered"] for m in cell)
+            lines.append(_row([task, method, str(len(cell)), shares, f"{gap:.2f}", f"{dithered:.1f}"]))
+    return "\n".join(lines)
 
 
 def periodic_table(results: Sequence[dict[str, Any]]) -> str | None:
@@ -438,12 +491,15 @@ def curve_table(results: Sequence[dict[str, Any]]) -> str | None:
 
 
 def report_markdown(results: Sequence[dict[str, Any]], title: str) -> str:
-    """The whole results.md: success table, the paired comparison (two or more methods), cost table, and the
-    secondary metric when present."""
+    """The whole results.md: success table, the paired comparison (two or more methods), the mode metrics (tasks
+    with several strategies), cost table, and the secondary metric when present."""
     parts = [f"# {title}", "", success_table(results)]
     paired = paired_table(results)
     if paired is not None:
         parts += ["", paired]
+    modes = mode_table(results)
+    if modes is not None:
+        parts += ["", modes]
     parts += ["", cost_table(results)]
     periodic = periodic_table(results)
     if periodic is not None:

@@ -10,6 +10,11 @@ Workers are spawned processes (EGL contexts and torch threads do not survive ``f
 and agent. Pass the agent itself when it pickles (a ``Policy`` does), or a zero-argument factory such as
 ``functools.partial(training.evaluation.load_agent, "runs/x/policy")``. An agent that reads the simulator
 (a robosuite scripted expert) may define ``bind_env(env)``; each worker calls it once, after building its env.
+
+Modes: for a task whose suite has several demonstrated strategies and a mode classifier (``Suite.mode_classifier``,
+e.g. the multimodal suite), each episode also records the strategy it followed (``mode``, from its ``full_state``
+trajectory in ``info``) and whether it dithered (switched strategy mid-way, or stalled), and the aggregate gets the
+mode frequencies next to the demonstrations' mix. Other suites record nothing of the kind.
 """
 
 from __future__ import annotations
@@ -30,10 +35,12 @@ from typing import Any
 import numpy as np
 
 from core.atomic_write import write_text
+from core.spec import FULL_STATE
 from envs.suites import suite_for_task
 from envs.worker_threads import worker_thread_limits
 
 EVAL_INFO, VIDEO_DIR = "eval_info.json", "videos"
+NONE_MODE = "none"  # the mode of an episode that followed no strategy to its decisive event
 
 
 def is_eval_dir(path: Path) -> bool:
@@ -65,6 +72,7 @@ def evaluate(
     threads_per_worker: int = 1,
     progress: bool = False,
     label: str = "",
+    demo_mix: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Run one episode per seed; returns the eval info (also written to ``out_dir/eval_info.json``).
 
@@ -79,6 +87,8 @@ def evaluate(
         env_kwargs: extra arguments of the suite's env (the observations the agent needs, see ``Suite.env_kwargs``).
         threads_per_worker: torch/OpenMP threads in each worker.
         label: free text recorded as the agent's name.
+        demo_mix: for a task with several strategies, the mix of its demonstrations (default: equal), reported
+            beside the agent's mode frequencies.
     """
     suite = suite_for_task(task)
     task = suite.check_task(task)
@@ -92,6 +102,10 @@ def evaluate(
     if video_dir is None and out_dir is not None and n_videos > 0:
         video_dir = Path(out_dir) / VIDEO_DIR
     env_kwargs = dict(env_kwargs or {})
+    strategies = suite.strategies(task)
+    mix = None
+    if strategies:
+        mix = suite.check_mode_mix(task, demo_mix if demo_mix is not None else [1 / len(strategies)] * len(strategies))
     jobs = [(i, s, str(video_dir) if video_dir is not None and i < n_videos else None) for i, s in enumerate(seeds)]
     setup = (agent, task, env_kwargs, max_steps, threads_per_worker)
 
@@ -132,6 +146,8 @@ def evaluate(
     elapsed = time.perf_counter() - t0
     results.sort(key=lambda r: r["episode_ix"])
     info = _summarize(results, task, elapsed, label, max_steps, n_workers, env_kwargs)
+    if mix is not None:
+        info["aggregated"]["modes"] = mode_summary(results, dict(zip(strategies, mix, strict=True)))
     if out_dir is not None:
         write_text(Path(out_dir) / EVAL_INFO, json.dumps(info, indent=2))
     return info
@@ -188,6 +204,29 @@ def _summarize(
     }
 
 
+def mode_summary(results: Sequence[Mapping[str, Any]], demo_mix: Mapping[str, float]) -> dict[str, Any]:
+    """Mode frequencies of the episodes ``results`` (each with ``mode`` and ``dithered``, ``switched``,
+    ``stalled``) beside ``demo_mix`` (strategy -> share of the demonstrations); episodes that reached no strategy
+    count under ``none``. ``max_gap``: the largest distance between a strategy's frequency and its demo share."""
+    n = len(results)
+    counts = {name: 0 for name in demo_mix}
+    for r in results:
+        mode = r.get("mode", NONE_MODE)  # an episode whose reset failed has no trajectory
+        counts[mode] = counts.get(mode, 0) + 1
+    frequencies = {name: c / n for name, c in counts.items()}
+    dithered = sum(bool(r.get("dithered")) for r in results)
+    return {
+        "demo_mix": dict(demo_mix),
+        "frequencies": frequencies,
+        "counts": counts,
+        "max_gap": max(abs(frequencies[name] - share) for name, share in demo_mix.items()),
+        "n_dithered": dithered,
+        "pc_dithered": 100.0 * dithered / n,
+        "n_switched": sum(bool(r.get("switched")) for r in results),
+        "n_stalled": sum(bool(r.get("stalled")) for r in results),
+    }
+
+
 # ---------------------------------------------------------------------------------------------- worker side
 _worker: dict[str, Any] = {}
 
@@ -208,7 +247,8 @@ def _init_worker(agent: Any, task: str, env_kwargs: Mapping[str, Any], max_steps
     env = _worker.get("env")
     if env is not None:
         env.close()
-    env = suite_for_task(task).make_env(task, max_episode_steps=max_steps, **env_kwargs)
+    suite = suite_for_task(task)
+    env = suite.make_env(task, max_episode_steps=max_steps, **env_kwargs)
     if callable(getattr(agent, "bind_env", None)):
         agent.bind_env(env)
     meta = getattr(agent, "shape_meta", None)
@@ -230,6 +270,7 @@ def _init_worker(agent: Any, task: str, env_kwargs: Mapping[str, Any], max_steps
         lazy=lazy,
         max_steps=max_steps,
         warm=False,
+        classify=suite.mode_classifier(task),
     )
 
 
@@ -250,8 +291,14 @@ def _run_job(episode_ix: int, seed: int, video_dir: str | None) -> dict[str, Any
     frames: list[np.ndarray] = []
     rewards: list[float] = []
     t_start = time.time()
+    classify = w["classify"]
+    states: list[np.ndarray] = []  # full_state trajectory, for the mode classifier
+    successes: list[bool] = []
     try:
-        obs, _ = env.reset(seed=seed)
+        obs, reset_info = env.reset(seed=seed)
+        if classify is not None:
+            states.append(np.asarray(reset_info[FULL_STATE]))
+            successes.append(False)
         agent.reset(seed=seed) if w["reset_takes_seed"] else agent.reset()
         history = deque([obs] * n_obs, maxlen=n_obs)
         if video_dir is not None:
@@ -279,6 +326,9 @@ def _run_job(episode_ix: int, seed: int, video_dir: str | None) -> dict[str, Any
                 obs, reward, _, truncated, info = env.step(action, render=needed) if w["lazy"] else env.step(action)
                 result["steps"] += 1
                 rewards.append(reward)
+                if classify is not None:
+                    states.append(np.asarray(info[FULL_STATE]))
+                    successes.append(bool(info["success"]))
                 history.append(obs)
                 if video_dir is not None:
                     frames.append(env.render())
@@ -289,6 +339,8 @@ def _run_job(episode_ix: int, seed: int, video_dir: str | None) -> dict[str, Any
                     break
     except Exception as e:  # simulator errors also end only this episode
         result["failure"] = result["failure"] or f"episode error {type(e).__name__}: {e}"
+    if classify is not None and states:
+        result.update(classify(np.stack(states), np.asarray(successes)))
     if rewards:
         result["sum_reward"], result["max_reward"] = float(np.sum(rewards)), float(np.max(rewards))
     if frames and video_dir is not None:

@@ -11,11 +11,11 @@ from __future__ import annotations
 import difflib
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from core.errors import MfpError
+from core.errors import ConfigError, MfpError
 from core.spec import ShapeMeta
 
 
@@ -82,8 +82,35 @@ class Suite(ABC):
         num_points: int,
         image_size: int,
         max_steps: int,
+        mode_mix: Sequence[float] | None = None,
     ) -> None:
-        """Write (or complete) ``n_demos`` scripted-expert demos of ``task`` at ``path`` in this suite's format."""
+        """Write (or complete) ``n_demos`` scripted-expert demos of ``task`` at ``path`` in this suite's format;
+        ``mode_mix``: the probability of each of :meth:`strategies` (None: equal), for suites that have several."""
+
+    def strategies(self, task: str) -> list[str]:
+        """The strategies that the scripted demos of ``task`` mix (a multimodal suite), else []."""
+        return []
+
+    def mode_classifier(self, task: str) -> Callable[[Any, Any], Mapping[str, Any]] | None:
+        """For a suite with :meth:`strategies`: ``f(full_states (T, D), success (T,)) -> {"mode", "switched",
+        "stalled", "dithered"}``, the strategy an evaluation episode followed, decided from its ``full_state``
+        trajectory (``info["full_state"]`` of the reset and of every step); None where there is nothing to classify."""
+        return None
+
+    def check_mode_mix(self, task: str, mode_mix: Sequence[float]) -> list[float]:
+        """``mode_mix`` as one probability per strategy of ``task``; :class:`MfpError` if it is not that."""
+        names = self.strategies(task)
+        if not names:
+            raise ConfigError(
+                f"task '{task}' ({self.name}) has one scripted strategy: a mode_mix applies only to multimodal tasks"
+            )
+        mix = [float(p) for p in mode_mix]
+        if len(mix) != len(names) or any(p < 0 for p in mix) or abs(sum(mix) - 1.0) > 1e-6:
+            raise ConfigError(
+                f"mode_mix must be {len(names)} probabilities summing to 1, one per strategy of {task} "
+                f"({', '.join(names)}); got {mix}"
+            )
+        return mix
 
     def needs_more_demos(self, path: Path, task: str, n_demos: int) -> bool:
         """True when ``path`` is a dataset this suite's collector left short of ``n_demos`` (a killed collection)
@@ -100,6 +127,7 @@ class Suite(ABC):
 _SUITES: dict[str, str] = {
     "robomimic": "envs.robosuite.suite:RobosuiteSuite",
     "metaworld": "envs.metaworld.suite:MetaWorldSuite",
+    "multimodal": "envs.multimodal.suite:MultimodalSuite",
 }
 _INSTANCES: dict[str, Suite] = {}
 

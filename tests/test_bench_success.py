@@ -34,6 +34,7 @@ from benchmarks.success_report import (
 from envs.metaworld.env import UnknownTaskError, task_names
 from envs.metaworld.groups import GROUPS, difficulty, tasks_by_group
 from envs.runner import wilson_interval
+from envs.suites import suite_for_task
 from training.provenance import code_version
 
 TASK = "button-press-topdown-v3"
@@ -365,10 +366,10 @@ def test_methods_must_share_one_backbone(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--methods", "meanflw"], "known: ddim, ddpm, flow, meanflow, meanflow_dispersive, regression"),
+        (["--methods", "meanflw"], "known: ddim, ddpm, flow, flow_1step, meanflow, meanflow_dispersive, regression"),
         (["--tasks", "stik-pull"], "did you mean: stick-pull-v3"),
         (["--tasks", "robomimic/lfit"], "known: robomimic/lift, robomimic/can, robomimic/square"),
-        (["--preset", "nope"], "known: cpu, cpu_goal, full, robomimic, robomimic_cpu, smoke"),
+        (["--preset", "nope"], "known: cpu, cpu_goal, full, multimodal_cpu, robomimic, robomimic_cpu, smoke"),
         (["seed=1"], "use --seeds"),
         (["task=robomimic/can"], "use --tasks"),
         (["--preset", "smoke", "batch_size"], "not key=value"),
@@ -452,14 +453,12 @@ def test_every_preset_composes_with_one_backbone(name, tmp_path):
     """Each preset's first task of each suite plans with every method (one backbone: plan_runs checks it)."""
     preset = bench.load_preset(name)
     tasks = bench.resolve_tasks(preset.tasks)
-    firsts = list({bench.is_robomimic(t): t for t in reversed(tasks)}.values())
+    firsts = list({suite_for_task(t).name: t for t in reversed(tasks)}.values())
     runs = bench.plan_runs(
         firsts, preset.methods, preset.seeds[:1], preset.episodes, preset.num_steps, preset.overrides, [], tmp_path
     )
     assert len(runs) == len(firsts) * len(preset.methods)
-    assert {r.config.task.suite for r in runs} == {
-        "robomimic" if bench.is_robomimic(t) else "metaworld" for t in firsts
-    }
+    assert {r.config.task.suite for r in runs} == {suite_for_task(t).name for t in firsts}
 
 
 def test_goal_preset_is_the_cpu_preset_plus_the_goal_position(tmp_path):

@@ -9,7 +9,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from core.errors import ConfigError, check_choice, check_int, check_number
-from envs.suites import NO_SIMULATOR, suite_names
+from envs.suites import NO_SIMULATOR, get_suite, suite_names
 from policies.config import PolicyConfig
 from training.distributed import parse_device
 
@@ -37,6 +37,9 @@ class TaskConfig:
     collect_if_missing: bool = True  # False: a missing dataset is an error (your own recordings)
     max_episode_steps: int = 200
     control_hz: float = 80.0
+    # Multimodal suites: the probability of each scripted strategy per demo (null: equal); other suites refuse one.
+    # The mix is recorded with the dataset, so a new mix needs a new task.dataset.
+    mode_mix: list[float] | None = None
 
     @property
     def demos_to_collect(self) -> int:
@@ -71,6 +74,8 @@ class TaskConfig:
             raise ConfigError(f"task.filter_key must name a mask (e.g. train), 'all' or null; got {self.filter_key!r}")
         check_int("task.max_episode_steps", self.max_episode_steps, 1)
         check_number("task.control_hz", self.control_hz, 0.0, low_open=True)
+        if self.mode_mix is not None:
+            self.mode_mix = get_suite(self.suite).check_mode_mix(self.env, self.mode_mix)
 
 
 @dataclass

@@ -100,7 +100,8 @@ def evaluate_checkpoint(
 
     The task and step limit come from the checkpoint's ``metadata.task`` unless given; the env's observations are
     derived from the checkpoint's shape_meta by the task's suite (plus what the task metadata recorded, e.g. a
-    point-cloud crop box).
+    point-cloud crop box). For a multimodal task the mode frequencies are reported beside the demos' ``mode_mix``
+    that the task metadata recorded.
     """
     config = read_config(policy_dir)
     saved_task = config.get("metadata", {}).get("task", {})
@@ -134,4 +135,5 @@ def evaluate_checkpoint(
         env_kwargs=env_kwargs,
         progress=progress,
         label=label,
+        demo_mix=saved_task.get("mode_mix") if task == saved_task.get("env") else None,
     )

@@ -120,7 +120,14 @@ def ensure_demos(task: TaskConfig) -> Path:
         print(f"[data] {path} {what} {count} scripted-expert demos of {task.suite} {task.env}")
         try:
             suite.ensure_demos(
-                task.env, path, count, task.obs_keys, task.num_points, task.image_size, task.max_episode_steps
+                task.env,
+                path,
+                count,
+                task.obs_keys,
+                task.num_points,
+                task.image_size,
+                task.max_episode_steps,
+                mode_mix=task.mode_mix,
             )
         except ReplayBufferError as e:
             if existing is None:

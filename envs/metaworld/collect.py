@@ -5,12 +5,18 @@ Only successful episodes are kept (DP3's rule: success with at least ``min_succe
 (:mod:`envs.execution_noise`) perturbs only what the env executes and records the expert's own command, so the
 demos show the expert correcting drift. Episodes are appended one at a time and crash-safe, so rerunning the
 same command after an interruption continues to the requested count.
+
+Other suites built on Meta-World's Sawyer scene (:mod:`envs.multimodal`) collect through the same function with
+their own env, expert and suite name; an expert with ``n_obs_steps`` > 1 gets that many observations, as in the
+evaluation runner.
 """
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +72,10 @@ def collect(
     max_attempts: int = 0,
     overwrite: bool = False,
     progress: bool = True,
+    make_env: Callable[..., Any] | None = None,
+    expert: Any = None,
+    suite: str = "metaworld",
+    extra_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run the scripted expert until ``out_path`` holds ``n_episodes`` successful episodes; returns a summary.
 
@@ -73,16 +83,20 @@ def collect(
     episode seeds continue after the largest seed it holds. Anything else at ``out_path`` is refused, unless
     ``overwrite``: then the new dataset is collected beside it (resumable too) and swapped in when complete, so the
     old one stays whole until then. Raises :class:`CollectionError` if ``max_attempts`` episodes do not suffice.
+
+    ``make_env(**options)`` builds another suite's env for ``task`` (default: :class:`MetaWorldEnv`), ``expert``
+    is its scripted expert (default: Meta-World's with ``action_noise``), ``suite`` names the suite in the
+    dataset's attributes, and ``extra_settings`` are further settings recorded with it that a rerun must match.
     """
     from core.seeds import EVAL_SEED_BASE, demo_seeds
 
     execution_noise = check_execution_noise(execution_noise)  # before the env is built
     out_path = Path(out_path)
     if out_path.exists() and not overwrite:
-        _check_appendable(out_path)  # refuses what this collector did not make, before anything is written
+        _check_appendable(out_path, suite)  # refuses what this collector did not make, before anything is written
     target = out_path.with_name(f".{out_path.name}.overwrite") if overwrite and out_path.exists() else out_path
-    env = MetaWorldEnv(
-        task,
+    build = make_env if make_env is not None else functools.partial(MetaWorldEnv, task)
+    env = build(
         point_cloud_cameras=point_cloud_cameras,
         num_points=num_points,
         image_cameras=image_cameras,
@@ -93,10 +107,11 @@ def collect(
         max_episode_steps=max_steps,
         video_size=16,
     )
-    expert = ScriptedExpert(env.task, noise_std=action_noise)
+    if expert is None:
+        expert = ScriptedExpert(env.task, noise_std=action_noise)
     meta = env.shape_meta(env.obs_keys)
     settings = {
-        "task": env.task,
+        "task": task,
         "num_points": int(num_points) if point_cloud_cameras else 0,
         "point_cloud_cameras": list(point_cloud_cameras),
         "image_cameras": list(image_cameras),
@@ -109,10 +124,11 @@ def collect(
         "execution_noise": execution_noise,
         "min_success_steps": int(min_success_steps),
         "stop_on_success": bool(stop_on_success),
+        **(extra_settings or {}),
     }
     t0 = time.perf_counter()
     try:
-        rb = _open_or_create(target, env, meta, settings, metaworld_version())
+        rb = _open_or_create(target, env, meta, settings, metaworld_version(), suite)
         need = n_episodes - rb.n_episodes
         next_seed = demo_seeds(1, seed0)[0]
         if rb.n_episodes:
@@ -160,53 +176,61 @@ def collect(
 
 
 def _run_episode(
-    env: MetaWorldEnv,
-    expert: ScriptedExpert,
+    env: Any,
+    expert: Any,
     seed: int,
     min_success_steps: int,
     stop_on_success: bool,
     execution_noise: float = 0.0,
 ) -> tuple[dict, int]:
     """One expert episode: ``{key: (T, ...)}`` with the observation before each action (the expert's command),
-    and its success count."""
+    and its success count. An expert with ``n_obs_steps`` > 1 gets the last that many observations ``{key: (To,
+    ...)}`` (the first one repeated at the start)."""
     obs, _ = env.reset(seed=seed)
     expert.reset(seed=seed)
+    n_obs = int(getattr(expert, "n_obs_steps", 1))
+    history = deque([obs] * n_obs, maxlen=n_obs)
     perturb = ExecutionNoise.for_episode(execution_noise, seed) if execution_noise > 0 else None
     steps: dict[str, list] = {key: [] for key in obs}
     steps[ACTION] = []
     n_success = 0
     while True:
-        action = expert.predict_action(obs)[0]  # (4,)
+        seen = obs if n_obs == 1 else {key: np.stack([o[key] for o in history]) for key in obs}
+        action = expert.predict_action(seen)[0]  # (4,)
         for key, value in obs.items():
             steps[key].append(value)
         steps[ACTION].append(action)
         obs, _, _, truncated, info = env.step(perturb(action) if perturb else action)
+        history.append(obs)
         n_success += int(info["success"])
         if truncated or (stop_on_success and n_success >= min_success_steps):
             break
     return {key: np.stack(values) for key, values in steps.items()}, n_success
 
 
-def _check_appendable(path: Path) -> None:
+def _check_appendable(path: Path, suite: str) -> None:
     """Refuse ``path`` unless it is a dataset this collector wrote (read-only check: nothing is changed)."""
     if not path.is_dir():
         raise CollectionError(
             f"out={path} is an existing file, not a dataset; choose a new path or pass overwrite=true"
         )
     rb = ReplayBuffer.open(path, mode="r")  # a damaged dataset is refused here, before it is opened for writing
-    if rb.attrs.get("suite") != "metaworld":
+    if rb.attrs.get("suite") != suite:
         raise CollectionError(
             f"out={path} is a dataset this collector did not make (suite {rb.attrs.get('suite')!r}); choose a new "
             "path or pass overwrite=true"
         )
 
 
-def _open_or_create(path: Path, env: MetaWorldEnv, meta: ShapeMeta, settings: dict, mw_version: str) -> ReplayBuffer:
+def _open_or_create(
+    path: Path, env: Any, meta: ShapeMeta, settings: dict, mw_version: str, suite: str = "metaworld"
+) -> ReplayBuffer:
     """The dataset at ``path`` to continue (its settings must match) or a new one."""
     if path.exists():
         stored_attrs = ReplayBuffer.open(path, mode="r").attrs  # compare before opening for writing
-        stored = {k: stored_attrs.get(k, _ATTR_DEFAULTS.get(k)) for k in _MATCHING_ATTRS}
-        diff = {k: (stored[k], v) for k, v in settings.items() if k in _MATCHING_ATTRS and stored[k] != v}
+        matching = [*_MATCHING_ATTRS, *(k for k in settings if k not in _MATCHING_ATTRS)]  # + a suite's own
+        stored = {k: stored_attrs.get(k, _ATTR_DEFAULTS.get(k)) for k in matching}
+        diff = {k: (stored[k], v) for k, v in settings.items() if stored[k] != v}
         if diff:
             details = "; ".join(f"{k}: dataset {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             raise ReplayBufferError(
@@ -219,7 +243,7 @@ def _open_or_create(path: Path, env: MetaWorldEnv, meta: ShapeMeta, settings: di
 
     attrs = {
         **settings,
-        "suite": "metaworld",
+        "suite": suite,
         "metaworld_version": mw_version,
         "obs_types": {key: spec.type for key, spec in meta.obs.items()},
         "camera_params": env.camera_params(),

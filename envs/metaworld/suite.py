@@ -86,8 +86,11 @@ class MetaWorldSuite(Suite):
         num_points: int,
         image_size: int,
         max_steps: int,
+        mode_mix: Sequence[float] | None = None,
     ) -> None:
         """Collect (or complete, after a killed collection) ``n_demos`` episodes into the zarr at ``path``."""
+        if mode_mix is not None:
+            self.check_mode_mix(task, mode_mix)  # refuses: one strategy per task
         from envs.metaworld.collect import collect
 
         image_cameras = ("corner2",) if any(k.startswith(IMAGE) for k in obs_keys) else ()

@@ -76,10 +76,13 @@ class RobosuiteSuite(Suite):
         num_points: int,
         image_size: int,
         max_steps: int,
+        mode_mix: Sequence[float] | None = None,
     ) -> None:
         """Collect ``n_demos`` demos into ``path`` (robomimic's HDF5 writer cannot append to a finished file: the
         collector writes a partial file beside it, continued by the next run if this one is killed, and renames it
         into place when complete)."""
+        if mode_mix is not None:
+            self.check_mode_mix(task, mode_mix)  # refuses: one strategy per task
         from envs.robosuite.collect import collect_robomimic
 
         collect_robomimic(task=task, n_episodes=n_demos, out_path=str(path), image_size=image_size)

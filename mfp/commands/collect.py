@@ -4,12 +4,15 @@ mfp collect task=reach-v3 n_episodes=10 out=data/reach.zarr
 mfp collect task=hammer-v3 image_cameras=[] action_noise=0.05      # point clouds only, noisy expert
 mfp collect task=coffee-pull-v3 execution_noise=0.2                # DART-style recovery demos
 mfp collect task=robomimic/lift n_episodes=50                      # robosuite -> robomimic HDF5
+mfp collect task=multimodal/detour n_episodes=20 mode_mix=[0.7,0.3]  # two strategies, 70/30 per demo seed
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from core.errors import check_int, check_number
 from envs.execution_noise import check_execution_noise
@@ -46,6 +49,8 @@ class CollectConfig:
     max_attempts: int = 0
     overwrite: bool = False
     progress: bool = True
+    # Multimodal tasks only: the probability of each scripted strategy per demo seed (null: equal).
+    mode_mix: list[float] | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_episodes", "num_points", "image_size", "depth_size", "max_steps", "min_success_steps"):
@@ -93,14 +98,27 @@ def main(argv: list[str] | None = None) -> int:
     task = _task_arg(argv)
     if task is not None and suite_for_task(task).name == "robomimic":
         return _collect_robomimic(parse_overrides(RobomimicCollectConfig, argv, "mfp collect"))
-    from envs.metaworld.collect import collect
-
     cfg: CollectConfig = parse_overrides(CollectConfig, argv, "mfp collect")
-    out = cfg.out or f"data/{cfg.task}.zarr"
+    suite = suite_for_task(cfg.task)
+    out = cfg.out or f"data/{cfg.task.replace('/', '-')}.zarr"
+    options: dict[str, Any] = {}
+    collect: Callable[..., dict[str, Any]]
+    if suite.name == "multimodal":
+        from envs.multimodal.collect import collect as collect_multimodal
+
+        collect = collect_multimodal
+        options["mode_mix"] = suite.check_mode_mix(cfg.task, cfg.mode_mix) if cfg.mode_mix is not None else None
+    else:
+        from envs.metaworld.collect import collect as collect_metaworld
+
+        collect = collect_metaworld
+        if cfg.mode_mix is not None:
+            suite.check_mode_mix(cfg.task, cfg.mode_mix)  # refuses: one strategy per task
     summary = collect(
         cfg.task,
         cfg.n_episodes,
         out,
+        **options,
         seed0=cfg.seed0,
         num_points=cfg.num_points,
         point_cloud_cameras=cfg.point_cloud_cameras,

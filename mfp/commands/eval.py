@@ -133,6 +133,13 @@ def format_summary(info: dict[str, Any]) -> str:
         f"{a['pc_success']:.1f} % (95 % CI {100 * a['ci95_low']:.1f}-{100 * a['ci95_high']:.1f} %); "
         f"{a['avg_steps']:.1f} steps/episode; {lat}; {a['env_steps_per_s']:.0f} env steps/s"
     )
+    modes = a.get("modes")
+    if modes:
+        shares = ", ".join(
+            f"{name} {freq:.2f}" + (f" (demos {modes['demo_mix'][name]:.2f})" if name in modes["demo_mix"] else "")
+            for name, freq in modes["frequencies"].items()
+        )
+        text += f"\n[eval] modes: {shares}; dithered {modes['n_dithered']}/{a['n_episodes']}"
     if a["n_agent_failures"]:
         reasons = sorted({r["failure"] for r in info["per_episode"] if r["failure"]})
         text += f"\n[eval] {a['n_agent_failures']} episode(s) ended by agent errors, e.g. {reasons[0]}"
