@@ -62,6 +62,8 @@ def test_finetune_writes_a_checkpoint_that_eval_and_export_take(tmp_path, checkp
         f"checkpoint={checkpoint}",
         f"finetune={method}",
         "ppo.n_envs=2",
+        "ppo.critic_warmup_iterations=0",  # the actor update runs within this small budget
+        "ppo.train_encoder=true",
         "steering.n_envs=2",
         "steering.learning_starts=8",
         "steering.batch_size=8",

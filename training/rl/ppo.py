@@ -192,7 +192,7 @@ class PPO:
                 logp = self.actor.log_prob(t["action"], mean, std)
                 ratio = torch.exp(logp - t["logp"])
                 if first:
-                    deviation = float((ratio - 1.0).abs().max())
+                    deviation = float((ratio.detach() - 1.0).abs().max())
                     if deviation > RATIO_TOLERANCE:
                         raise RLError(
                             f"the probability ratio on the first minibatch is {1 + deviation:.6f}, not 1: the policy "
@@ -210,7 +210,7 @@ class PPO:
                 stats["value_loss"].append(float(value_loss.detach()))
                 stats["entropy"].append(float(entropy))
                 stats["bc"].append(float(bc))
-                stats["ratio_dev"].append(float((ratio - 1.0).abs().mean()))
+                stats["ratio_dev"].append(float((ratio.detach() - 1.0).abs().mean()))
         self.iteration += 1
         out = {k: float(np.mean(v)) for k, v in stats.items() if v}
         out.update(bc_weight=self.bc_weight(), critic_warmup=float(warmup), std_mean=float(flat_std(self, flat)))
