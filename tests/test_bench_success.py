@@ -206,6 +206,7 @@ def combine(tmp_path: Path, *sources: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # end to end, 20-30 s: keeps the fast suite under 10 minutes on 2 cores
 def test_combine_results_renames_variants_into_one_paired_table(tmp_path):
     fast = [result("push-v3", "meanflow", s, n) for s, n in ((0, 40), (1, 35))] + [result("push-v3", "ddim", 0, 30)]
     slow = [result("push-v3", "meanflow", s, n) for s, n in ((0, 30), (1, 33))]

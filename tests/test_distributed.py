@@ -112,6 +112,7 @@ def _resume_worker(rank: int, world: int, port: int, run_dir: str, result_dir: s
     resumed.close()
 
 
+@pytest.mark.slow  # end to end, 20-30 s: keeps the fast suite under 10 minutes on 2 cores
 def test_a_resumed_data_parallel_run_matches_an_uninterrupted_one(tmp_path):
     """Each rank resumes its own sampling streams; restoring rank 0's on every rank (as a single saved state did)
     makes both ranks draw the same batches and noise after the resume, and the averaged gradients change."""
@@ -127,6 +128,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # end to end, 20-30 s: keeps the fast suite under 10 minutes on 2 cores
 @pytest.mark.parametrize("sync", [True, False])
 def test_ddp_parameters_stay_identical_across_ranks(tmp_path, sync):
     mp.spawn(_worker, args=(2, _free_port(), str(tmp_path / "run"), sync, str(tmp_path)), nprocs=2, join=True)

@@ -96,6 +96,7 @@ def _untrained_checkpoint(path, task: str = "reach-v3", steps: int = 6):
     return cfg
 
 
+@pytest.mark.slow  # end to end, 20-30 s: keeps the fast suite under 10 minutes on 2 cores
 def test_evaluating_a_checkpoint_twice_gives_the_same_episodes_whatever_the_workers(tmp_path):
     """The sampler's noise is seeded by each episode's seed: fixed eval seeds fix the whole evaluation."""
     _untrained_checkpoint(tmp_path / "policy", task="push-v3", steps=40)

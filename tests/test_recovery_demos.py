@@ -57,6 +57,7 @@ def test_negative_or_nan_execution_noise_is_refused_before_any_env_is_built(bad,
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # end to end, 20-30 s: keeps the fast suite under 10 minutes on 2 cores
 def test_recovery_demo_records_the_command_and_the_env_executed_command_plus_noise():
     """Open-loop playback of the recorded labels leaves the recorded path; labels plus the same noise stream
     reproduce it exactly, so the file holds the expert's corrections of perturbed states."""

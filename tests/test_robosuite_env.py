@@ -213,6 +213,7 @@ def test_scripted_experts_succeed_over_seeds(task):
     assert sum(successes) >= 4, successes
 
 
+@pytest.mark.slow  # end to end, 20-30 s: keeps the fast suite under 10 minutes on 2 cores
 def test_mfp_eval_runs_the_robosuite_expert_with_a_video(tmp_path):
     """`mfp eval policy=expert task=robomimic/lift`: workers bind the expert to their own env; videos need a camera."""
     from mfp.commands.eval import EvalCliConfig, run

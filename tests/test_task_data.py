@@ -95,6 +95,7 @@ def test_corrupt_dataset_is_named_and_left_in_place(tmp_path):
     assert path.is_dir() and (path / "data").is_dir()
 
 
+@pytest.mark.slow  # end to end, 20-30 s: keeps the fast suite under 10 minutes on 2 cores
 def test_killed_robomimic_collection_leaves_no_dataset_and_the_next_job_collects(tmp_path):
     pytest.importorskip("robosuite")
     from demos.robomimic_hdf5 import list_demos
@@ -126,6 +127,7 @@ def test_killed_robomimic_collection_leaves_no_dataset_and_the_next_job_collects
     assert [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")] == ["lift.hdf5"]
 
 
+@pytest.mark.slow  # end to end, 20-30 s: keeps the fast suite under 10 minutes on 2 cores
 def test_an_interrupted_robomimic_collection_is_continued_not_restarted(tmp_path):
     """`mfp collect task=robomimic/...` stopped after one demo of two (here: out of attempts) keeps that demo in a
     partial file beside the output; the next run with the same settings continues it and then names the file."""
